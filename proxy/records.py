@@ -1,0 +1,158 @@
+"""Records the proxy writes (turns, transitions, feedback) and the routing table it reads.
+
+These are the contract between the proxy and everything downstream. They are versioned pydantic
+models with stdlib + pydantic imports only, so any process can read them without pulling in the
+proxy's web stack. Every record carries a ``record_id`` that makes writes idempotent: the writer
+refuses a second copy of an id it has already stored (spool replay, retries).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+# Redis keys. Everything nextstate stores lives under the ``nextstate:`` prefix; per-entity keys use
+# a ``{hash tag}`` so that related keys land in one Redis Cluster slot.
+TURNS_STREAM = "nextstate:turns"
+TRANSITIONS_STREAM = "nextstate:transitions"
+FEEDBACK_STREAM = "nextstate:feedback"
+ROUTING_KEY = "nextstate:routing"
+
+
+def turn_key(turn_id: str) -> str:
+    """Key of the JSON copy of one turn record, so a consumer can load a turn by id."""
+    return f"nextstate:turn:{{{turn_id}}}"
+
+
+def session_key(session_id: str) -> str:
+    """Key of the per-session state hash (expires with the idle timeout)."""
+    return f"nextstate:session:{{{session_id}}}"
+
+
+def record_seen_key(record_id: str) -> str:
+    """Marker that a record id has been stored once already (idempotent writes)."""
+    return f"nextstate:seen:{{{record_id}}}"
+
+
+TokenMethod = Literal["captured", "retokenized", "none"]
+Arm = Literal["stable", "canary", "pinned", "base"]
+TransitionReason = Literal["next_request", "session_done", "idle_timeout"]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: int = SCHEMA_VERSION
+    record_id: str
+    created_at: float = Field(default_factory=time.time)
+
+
+class TokenCapture(BaseModel):
+    """Exact tokens of a turn as the policy server produced them, when it could give them."""
+
+    model_config = ConfigDict(extra="allow")
+
+    method: TokenMethod = "none"
+    prompt_token_ids: list[int] | None = None
+    response_token_ids: list[int] | None = None
+    # log pi_old(a_t | s) for each response token, aligned with response_token_ids
+    response_logprobs: list[float] | None = None
+
+
+class TurnRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
+    # every sampling parameter the client sent (temperature, top_p, max_tokens, stop, seed, ...)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TurnResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    # the assistant message as the client received it: role, content, tool_calls, reasoning_content
+    message: dict[str, Any]
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+
+
+class Serving(BaseModel):
+    """Which policy produced the turn."""
+
+    model_config = ConfigDict(extra="allow")
+
+    upstream_model: str | None = None  # the name sent upstream, e.g. "tiny-chat@v3"
+    version: str | None = None  # registry version ("v3"), None for the base model
+    arm: Arm = "base"
+
+
+class Timings(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    total_ms: float = 0.0
+    upstream_ms: float = 0.0
+    ttft_ms: float | None = None
+    overhead_ms: float = 0.0
+
+
+class TurnRecord(_Record):
+    """One served main turn: what was asked, what was answered, by which policy."""
+
+    turn_id: str
+    session_id: str
+    turn_index: int
+    stream: bool = False
+    request: TurnRequest
+    response: TurnResponse
+    tokens: TokenCapture = Field(default_factory=TokenCapture)
+    serving: Serving = Field(default_factory=Serving)
+    timings: Timings = Field(default_factory=Timings)
+    client_key_hash: str | None = None  # sha256 prefix of the client's API key, never the key
+
+
+class TransitionRecord(_Record):
+    """A turn and its next state: the user/tool messages that followed it (empty if none)."""
+
+    transition_id: str
+    turn_id: str
+    session_id: str
+    turn_index: int
+    next_state: list[dict[str, Any]] = Field(default_factory=list)
+    has_next_state: bool = True
+    reason: TransitionReason = "next_request"
+    next_turn_id: str | None = None
+
+
+class FeedbackRecord(_Record):
+    """Explicit feedback from ``POST /v1/feedback``; it overrides the judge for its turn."""
+
+    feedback_id: str
+    turn_id: str
+    rating: Literal[1, -1]
+    comment: str | None = None
+    client_key_hash: str | None = None
+
+
+class RoutingTable(BaseModel):
+    """Which upstream model name serves each arm; written by the registry, read by every proxy.
+
+    ``versions`` maps every pinnable version (``"v3"``) to the model name the policy server knows it
+    by (``"tiny-chat@v3"``). With no stable version the base model serves everything.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: int = SCHEMA_VERSION
+    revision: int = 0
+    base_model: str | None = None
+    stable: str | None = None
+    canary: str | None = None
+    canary_fraction: float = 0.0
+    versions: dict[str, str] = Field(default_factory=dict)
+    updated_at: float = Field(default_factory=time.time)

@@ -1,0 +1,82 @@
+"""Records of the control plane: version manifests, states, gate verdicts and audit events.
+
+Stdlib + pydantic imports only. The manifest is written as ``manifest.json`` next to the PEFT files
+of each immutable version directory; audit events go to an append-only Redis stream.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+EVENTS_STREAM = "nextstate:registry:events"
+VERSIONS_KEY = "nextstate:registry:versions"  # hash: version -> VersionInfo JSON
+ALIASES_KEY = "nextstate:registry:aliases"  # hash: alias -> version
+COUNTER_KEY = "nextstate:registry:counter"  # INCR gives the next version number
+
+VersionState = Literal[
+    "candidate", "gated_pass", "gated_fail", "canary", "promoted", "rolled_back", "rejected"
+]
+Alias = Literal["stable", "canary", "previous"]
+
+
+class GateVerdict(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    passed: bool
+    reasons: list[str] = Field(default_factory=list)
+    # per-check numbers: sacred suite per case, replay deltas, drift KL
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    compared_to: str | None = None  # stable version at gate time (None = base model)
+    created_at: float = Field(default_factory=time.time)
+
+
+class Manifest(BaseModel):
+    """Everything needed to reproduce and judge one adapter version."""
+
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: int = SCHEMA_VERSION
+    version: str  # "v3"
+    parent: str | None = None  # version trained from; None = base model
+    base_model: str  # model id or path of the base
+    base_revision: str | None = None
+    method: str  # rl | opd | combined
+    config: dict[str, Any] = Field(default_factory=dict)
+    sample_ids: list[str] = Field(default_factory=list)
+    stream_offsets: dict[str, str] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    gate: GateVerdict | None = None
+    created_at: float = Field(default_factory=time.time)
+
+
+class VersionInfo(BaseModel):
+    """Mutable metadata of a version kept in Redis (the directory itself never changes)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    version: str
+    state: VersionState = "candidate"
+    path: str
+    served_name: str  # "<base>@vN": the name under which the policy server loads it
+    parent: str | None = None
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+
+
+class AuditEvent(BaseModel):
+    """One entry of the append-only decision log."""
+
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: int = SCHEMA_VERSION
+    kind: str  # candidate_created, gate_verdict, canary_started, promoted, rolled_back, rejected, ...
+    version: str | None = None
+    actor: str  # learner, gate, controller, operator, batch
+    reason: str = ""
+    evidence: dict[str, Any] = Field(default_factory=dict)
+    created_at: float = Field(default_factory=time.time)
