@@ -1,0 +1,102 @@
+"""The learner's hyperparameters: one frozen ``TrainConfig``, serialised into every manifest.
+
+Two presets: ``tiny()`` for the built-in CPU model and ``gpu()`` for a 4–8B model on one GPU (bf16,
+gradient checkpointing). ``for_device`` picks one; any field can be overridden with ``replace``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Method = Literal["rl", "opd", "combined"]
+METHODS: tuple[Method, ...] = ("rl", "opd", "combined")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of one training run. Field comments give the unit or meaning."""
+
+    method: Method = "combined"
+    w_rl: float = 1.0  # weight of the binary reward r in the advantage
+    w_opd: float = 1.0  # weight of the teacher-minus-student log-ratio in the advantage
+    rl_baseline: bool = False  # subtract the batch-mean reward of the RL samples
+    topk: int = 0  # > 0: top-K distillation (teacher top-K + tail bin, reverse KL) replaces the OPD advantage
+
+    # LoRA
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+    # optimisation
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    batch_size: int = 4  # samples per optimiser batch
+    micro_batch_size: int = 4  # samples per forward pass (gradient accumulation up to batch_size)
+    steps_per_batch: int = 2  # PPO epochs over each batch against the same pi_old
+    max_grad_norm: float = 1.0
+    max_prompt_tokens: int = 512  # prompts are cut from the left (the latest messages stay)
+    max_response_tokens: int = 256  # responses are cut from the right
+    seed: int = 0
+
+    # PPO clipped surrogate and regularisation
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    kl_coef: float = 0.0  # weight of the k3 KL(pi_theta || pi_base) penalty per token
+
+    # collapse guard: a candidate outside these bounds is not published
+    min_entropy: float = 0.02  # nats per token, mean over response tokens after training
+    max_kl_base: float = 2.0  # nats per token
+    max_kl_parent: float = 1.0  # nats per token
+
+    # devices
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    gradient_checkpointing: bool = False
+
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried into the manifest
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.batch_size < 1 or self.micro_batch_size < 1 or self.steps_per_batch < 1:
+            raise ValueError("batch_size, micro_batch_size and steps_per_batch must be >= 1")
+        if not (0 <= self.eps_low < 1 and self.eps_high >= 0):
+            raise ValueError("eps_low must be in [0, 1) and eps_high >= 0")
+
+    @property
+    def uses_rl(self) -> bool:
+        return self.method in ("rl", "combined") and self.w_rl != 0
+
+    @property
+    def uses_opd(self) -> bool:
+        return self.method in ("opd", "combined") and self.w_opd != 0
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> TrainConfig:
+        """CPU defaults for the built-in tiny model (DESIGN.md decision 8: lr 2e-3, 2 steps per batch)."""
+        return cls(**overrides)
+
+    @classmethod
+    def gpu(cls, **overrides: Any) -> TrainConfig:
+        """One-GPU defaults for a 4–8B model: bf16, gradient checkpointing, rank 16, small micro-batches."""
+        base: dict[str, Any] = dict(
+            lora_r=16, lora_alpha=32, lr=1e-4, batch_size=16, micro_batch_size=2, steps_per_batch=2,
+            max_prompt_tokens=4096, max_response_tokens=1024, dtype="bfloat16", gradient_checkpointing=True,
+        )
+        base.update(overrides)
+        return cls(**base)
+
+    @classmethod
+    def for_device(cls, device: str, **overrides: Any) -> TrainConfig:
+        return cls.gpu(**overrides) if device.startswith("cuda") else cls.tiny(**overrides)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form for the manifest (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        out["target_modules"] = list(self.target_modules)
+        return out
