@@ -1,0 +1,125 @@
+"""``nextstate up`` as a real process: children start, a killed child is restarted, Ctrl-C stops all."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from nextstate.up import backoff_delay
+
+ROOT = Path(__file__).resolve().parents[2]
+# a child that keeps writing into Redis: proves it really runs against the stack's Redis
+PINGER = (
+    f"{sys.executable} -c \"import os, time, redis; c = redis.Redis.from_url(os.environ['NEXTSTATE_REDIS_URL']); "
+    "print('pinger up', flush=True)\n"
+    "while True: c.incr('pings'); time.sleep(0.1)\""
+)
+
+
+@pytest.mark.parametrize(
+    ("crashes", "expected"),
+    [(0, 0.0), (1, 0.5), (2, 1.0), (3, 2.0), (6, 16.0), (7, 30.0), (40, 30.0)],
+)
+def test_backoff_delay_doubles_up_to_the_cap(crashes: int, expected: float) -> None:
+    assert backoff_delay(crashes, base=0.5, cap=30.0) == expected
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); it no longer runs
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(") ")[-1][0] != "Z"
+
+
+def _wait(condition: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def up_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
+    home = tmp_path / "home"
+    log = tmp_path / "up.out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEXTSTATE_")}
+    env.update(NEXTSTATE_HOME=str(home), NEXTSTATE_RESTART_BACKOFF_S="0.2", NEXTSTATE_STOP_GRACE_S="5")
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "nextstate", "up", "--components", "redis", "--extra", f"pinger={PINGER}"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    yield process, home, log
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def test_up_starts_restarts_a_killed_child_and_stops_cleanly(
+    up_process: tuple[subprocess.Popen[bytes], Path, Path],
+) -> None:
+    process, home, log = up_process
+    state_file = home / "up.json"
+
+    def state() -> dict[str, object] | None:
+        try:
+            data = json.loads(state_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return data if {"redis", "pinger"} <= set(data["pids"]) else None
+
+    first = _wait(state, what="up.json with both children")
+    assert isinstance(first, dict)
+    client = redis.Redis.from_url(str(first["redis_url"]))
+    _wait(lambda: int(client.get("pings") or 0) > 3, what="the child to write into the stack's Redis")
+    _wait(lambda: "nextstate is up" in log.read_text(), what="the banner")
+    output = log.read_text()
+    assert f"base URL for clients : {first['base_url']}" in output
+    assert "pinger | pinger up" in output  # prefixed child log
+    assert (home / "logs" / "pinger.log").read_text().startswith("pinger up")
+
+    pids = dict(first["pids"])  # type: ignore[call-overload]
+    os.kill(pids["pinger"], signal.SIGKILL)
+    restarted = _wait(lambda: (s := state()) and s["pids"]["pinger"] != pids["pinger"] and s, what="a restart")
+    assert isinstance(restarted, dict)
+    assert restarted["restarts"]["pinger"] == 1
+    assert f"pinger exited with code -{int(signal.SIGKILL)}" in log.read_text()
+    before = int(client.get("pings") or 0)
+    _wait(lambda: int(client.get("pings") or 0) > before + 3, what="the restarted child to work again")
+
+    os.kill(pids["redis"], signal.SIGKILL)  # the embedded Redis too
+    again = _wait(lambda: (s := state()) and s["pids"].get("redis", pids["redis"]) != pids["redis"] and s,
+                  what="redis restarted")
+    assert isinstance(again, dict)
+    _wait(lambda: _ping(str(first["redis_url"])), what="the restarted redis to answer")
+
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=20) == 0
+    for pid in [*pids.values(), *again["pids"].values()]:
+        assert not _alive(pid), f"child {pid} survived the stop"
+    assert not state_file.exists()
+    text = log.read_text()
+    assert "all stopped" in text and "killed after" not in text  # stopped by SIGTERM, within the grace
+
+
+def _ping(url: str) -> bool:
+    try:
+        with redis.Redis.from_url(url, socket_timeout=1) as client:
+            return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
