@@ -17,6 +17,14 @@ EVENTS_STREAM = "nextstate:registry:events"
 VERSIONS_KEY = "nextstate:registry:versions"  # hash: version -> VersionInfo JSON
 ALIASES_KEY = "nextstate:registry:aliases"  # hash: alias -> version
 COUNTER_KEY = "nextstate:registry:counter"  # INCR gives the next version number
+CANARY_KEY = "nextstate:registry:canary"  # JSON CanaryState of the running canary (absent = none)
+FROZEN_KEY = "nextstate:registry:frozen"  # set by `registry pin`: the controller takes no automatic action
+STABLE_HISTORY_KEY = "nextstate:registry:stable-history"  # list of versions that were stable, newest last
+RETIRED_KEY = "nextstate:registry:retired"  # hash: served name -> time it stopped being referenced
+LOCK_KEY = "nextstate:registry:lock"  # one registry action at a time, across processes
+# Upstream outcome counters per served version, maintained by the proxy: hash fields
+# "<version>:ok" / "<version>:error" (HINCRBY). The controller reads them for the error-rate bound.
+UPSTREAM_OUTCOMES_KEY = "nextstate:upstream:outcomes"
 
 VersionState = Literal[
     "candidate", "gated_pass", "gated_fail", "canary", "promoted", "rolled_back", "rejected"
@@ -66,6 +74,22 @@ class VersionInfo(BaseModel):
     parent: str | None = None
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
+    # the sacred gate's verdict (the directory is immutable, so the verdict lives here and in the log)
+    gate: GateVerdict | None = None
+    imported_from: str | None = None  # "<origin>:<version>" when the version came in through import
+
+
+class CanaryState(BaseModel):
+    """The canary in progress: which version, the current traffic fraction and step of the schedule."""
+
+    model_config = ConfigDict(extra="allow")
+
+    version: str
+    fraction: float
+    step: int = 0
+    started_at: float = Field(default_factory=time.time)
+    step_started_at: float = Field(default_factory=time.time)
+    stable_at_start: str | None = None  # the version it is compared against (None = base model)
 
 
 class AuditEvent(BaseModel):

@@ -1,0 +1,40 @@
+"""Settings of the registry's processes (CLI, admin app, canary controller), read once per process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from proxy.settings import CommonSettings
+
+
+class RegistrySettings(CommonSettings):
+    adapters_dir: Path | None = Field(default=None, description="Version store; unset = <home>/adapters.")
+    base_model: str = Field(default="builtin:tiny-chat", description="Base model id (names versions <base>@vN).")
+    served_base_model: str | None = Field(default=None, description="Name the policy server serves the base under; unset = derived from base_model.")
+    policy_urls: list[str] = Field(default_factory=list, description="Policy-server replicas to publish adapters to (JSON list).")
+    upstream_url: str | None = Field(default=None, description="Used as the only replica when policy_urls is empty.")
+    publish_timeout: float = Field(default=120.0, description="Seconds allowed for one load/unload call.")
+    drain_seconds: float = Field(default=30.0, description="Delay before an unreferenced adapter is unloaded.")
+    # canary controller
+    canary_steps: list[float] = Field(default_factory=lambda: [0.05, 0.25, 0.5], description="Traffic fraction schedule.")
+    canary_step_samples: int = Field(default=30, description="Labeled canary turns required at a step before the next.")
+    canary_step_seconds: float = Field(default=0.0, description="Minimum time at each step before the next.")
+    canary_min_samples: int = Field(default=50, description="Labeled canary turns before promotion is considered.")
+    canary_margin: float = Field(default=0.1, description="Non-inferiority margin delta on the prefer rate.")
+    canary_alpha: float = Field(default=0.05, description="Error probability of the sequential test (confidence 1 - alpha).")
+    canary_deadline_seconds: float = Field(default=86400.0, description="Inconclusive after this long: reject.")
+    canary_max_error_rate: float = Field(default=0.05, description="Roll back above this upstream error rate.")
+    canary_max_p99_ms: float = Field(default=30000.0, description="Roll back above this p99 latency (ms).")
+    canary_health_min_requests: int = Field(default=20, description="Requests needed before health bounds apply.")
+    controller_interval: float = Field(default=10.0, description="Seconds between controller ticks.")
+
+    def adapters_path(self) -> Path:
+        return (self.adapters_dir or self.home_dir() / "adapters").expanduser()
+
+    def replicas(self) -> list[str]:
+        return list(self.policy_urls) or ([self.upstream_url] if self.upstream_url else [])
+
+    def served_base(self) -> str:
+        return self.served_base_model or self.base_model.replace("builtin:", "")
