@@ -17,6 +17,7 @@ from proxy.records import RoutingTable
 from registry.publisher import Publisher
 from registry.records import AuditEvent, CanaryState
 from registry.routing import sync_routing
+from registry.states import check_transition
 from registry.store import Registry, RegistryError
 
 
@@ -94,6 +95,7 @@ class Control:
                 raise RegistryError("no canary is running; name the version to promote")
             if reg.frozen() and actor != "operator":
                 raise RegistryError("the registry is pinned; automatic promotion is off")
+            check_transition(version, reg.get(version).state, "promoted")
             self._load(version)
             old_stable = reg.alias("stable")
             reg.set_state(version, "promoted", actor, reason or "promoted to stable", evidence=evidence)

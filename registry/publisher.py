@@ -15,15 +15,13 @@ from dataclasses import dataclass, field
 import httpx
 import structlog
 
+from registry.errors import PolicyServerError
 from registry.records import RETIRED_KEY
 from registry.routing import desired_table
-from registry.store import Registry, RegistryError
+from registry.store import Registry
 
 log = structlog.get_logger(__name__)
-
-
-class PolicyServerError(RegistryError):
-    """A policy server refused or did not answer a load/unload (retryable: try again later)."""
+__all__ = ["PolicyServerError", "Publisher", "api_root"]
 
 
 def api_root(url: str) -> str:

@@ -7,6 +7,7 @@ without a canary, and roll back a promoted one. Everything else is refused.
 
 from __future__ import annotations
 
+from registry.errors import IllegalTransition
 from registry.records import VersionState
 
 TRANSITIONS: dict[VersionState, frozenset[VersionState]] = {
@@ -22,9 +23,7 @@ TRANSITIONS: dict[VersionState, frozenset[VersionState]] = {
 # states in which a version may be served (named in the routing table); a gate failure never is
 SERVABLE: frozenset[VersionState] = frozenset({"canary", "promoted"})
 
-
-class IllegalTransition(ValueError):
-    """A state change the state machine does not allow."""
+__all__ = ["SERVABLE", "TRANSITIONS", "IllegalTransition", "can_transition", "check_transition"]
 
 
 def can_transition(current: VersionState, target: VersionState) -> bool:

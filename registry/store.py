@@ -4,13 +4,7 @@ A version is published by writing it completely into a temporary directory next 
 renaming it into place (atomic on one filesystem), then recording it in Redis and appending a
 ``candidate_created`` event. A directory, once named ``vN``, is never modified. Every state or alias
 change goes through this class and is appended to the audit stream with its actor and evidence.
-
-Exceptions::
-
-    RegistryError (not retryable: the request itself is wrong)
-    ├── UnknownVersion (also KeyError)
-    ├── NotLoadable
-    └── IllegalTransition lives in registry.states (a ValueError)
+Exceptions are drawn in ``registry.errors``.
 """
 
 from __future__ import annotations
@@ -23,6 +17,7 @@ from typing import Any
 
 import redis
 
+from registry.errors import NotLoadable, RegistryError, UnknownVersion
 from registry.records import (
     ALIASES_KEY,
     CANARY_KEY,
@@ -41,20 +36,10 @@ from registry.records import (
 )
 from registry.states import check_transition
 
+__all__ = ["NotLoadable", "Registry", "RegistryError", "UnknownVersion", "read_manifest", "served_name"]
+
 ALIASES = ("stable", "canary", "previous")
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-
-
-class RegistryError(Exception):
-    """Base of the registry's errors (not retryable: the request itself is wrong)."""
-
-
-class UnknownVersion(RegistryError, KeyError):
-    pass
-
-
-class NotLoadable(RegistryError):
-    """The version's directory lacks the files a policy server needs to load it."""
 
 
 def served_name(base_model: str, version: str) -> str:

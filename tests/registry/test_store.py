@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -44,9 +43,8 @@ def test_aliases_refuse_unknown_and_unloadable_versions(registry: Registry, publ
         registry.set_alias("stable", "v9", "operator")
     with pytest.raises(RegistryError, match="unknown alias"):
         registry.set_alias("beta", v1, "operator")
-    shutil.rmtree(Path(registry.get(v1).path) / "adapter_config.json", ignore_errors=True)
     (Path(registry.get(v1).path) / "adapter_config.json").unlink(missing_ok=True)
-    with pytest.raises(NotLoadable, match="adapter_config.json"):
+    with pytest.raises(NotLoadable, match=r"adapter_config\.json"):
         registry.set_alias("stable", v1, "operator")
     assert registry.alias("stable") is None
 
