@@ -13,6 +13,11 @@ if [[ "${1:-}" == "--dev" ]]; then
     SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server >/dev/null
   fi
+  # headless browser for the dashboard's end-to-end test
+  if ! command -v chromium >/dev/null; then
+    SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
+  fi
 fi
 [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
