@@ -1,0 +1,158 @@
+"""Running PrefBench: one private stack per (method, persona, seed), the simulated user, evaluations.
+
+Learning happens only through the real loop (proxy -> streams -> labeler -> samples -> learner ->
+registry -> gate -> canary -> promotion); the bench only shortens the canary's evidence thresholds
+and paces the simulated user so that what is in flight is labeled, trained and gated before the next
+interaction. Satisfaction is measured on held-out prompts served as stable, never recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import openai
+import redis
+
+from bench.prefbench.personas import PERSONAS
+from bench.prefbench.questions import question_stream, split_pools
+from bench.prefbench.simulator import FeedbackMix
+from bench.prefbench.stack import Pipeline, Stack
+from bench.prefbench.user import Interaction, SimulatedUser, evaluate
+
+METHODS = ("none", "rl", "opd", "combined")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    methods: tuple[str, ...] = METHODS
+    personas: tuple[str, ...] = ("terse", "quiet", "listy")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    interactions: int = 24
+    every: int = 4
+    """Evaluate every ``every`` interactions (and before the first)."""
+    eval_prompts: int = 16
+    mix: FeedbackMix = field(default_factory=FeedbackMix)
+    batch_size: int = 4
+    """The learner's batch size (also used to tell a waiting learner from a training one)."""
+    canary_min_samples: int = 4
+    """Labeled canary turns before the controller may promote (shortened, never skipped)."""
+    settle_timeout_s: float = 120.0
+    model: str | None = None
+    """Model name clients send; unset = the first model the proxy lists."""
+    model_cache: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def stack_env(config: BenchConfig, method: str, seed: int) -> tuple[dict[str, str], str | None]:
+    """Environment and components of the stack for one run (``none`` runs without a learner)."""
+    env = {
+        # proxy: refresh routing quickly, close idle sessions quickly
+        "NEXTSTATE_ROUTING_REFRESH_S": "0.5", "NEXTSTATE_SESSION_IDLE_TIMEOUT_S": "5", "NEXTSTATE_SWEEP_INTERVAL_S": "1",
+        # labeler: one worker process on a 2-core machine
+        "NEXTSTATE_WORKERS": "1",
+        # canary: one step at half the traffic, small evidence thresholds, frequent ticks
+        "NEXTSTATE_CANARY_STEPS": "[0.5]", "NEXTSTATE_CANARY_STEP_SAMPLES": str(config.canary_min_samples),
+        "NEXTSTATE_CANARY_MIN_SAMPLES": str(config.canary_min_samples), "NEXTSTATE_CONTROLLER_INTERVAL": "1",
+        "NEXTSTATE_DRAIN_SECONDS": "2",
+        # learner
+        "NEXTSTATE_METHOD": method if method != "none" else "combined", "NEXTSTATE_BATCH_SIZE": str(config.batch_size),
+        "NEXTSTATE_SEED": str(seed),
+        **config.extra_env,
+    }
+    components = "redis,serve,proxy,worker" if method == "none" else None
+    return env, components
+
+
+@dataclass
+class RunResult:
+    method: str
+    persona: str
+    seed: int
+    points: list[dict[str, Any]]
+    interactions: list[dict[str, Any]]
+    progress: dict[str, Any]
+    wall_s: float
+    startup_s: float
+    settle_timeouts: list[str]
+    restarts: dict[str, int]
+
+
+def run_one(config: BenchConfig, method: str, persona_name: str, seed: int, home: Path,
+            on_line: Callable[[str], None] = print,
+            on_interaction: Callable[[Interaction], None] = lambda i: None) -> RunResult:
+    persona = PERSONAS[persona_name]
+    shutil.rmtree(home, ignore_errors=True)
+    env, components = stack_env(config, method, seed)
+    started = time.monotonic()
+    stack = Stack(home, env=env, components=components, model_cache=config.model_cache).start()
+    startup_s = time.monotonic() - started
+    try:
+        client = openai.OpenAI(base_url=stack.base_url, api_key="prefbench", timeout=120.0, max_retries=2)
+        model = config.model or client.models.list().data[0].id
+        pipeline = Pipeline(redis.Redis.from_url(stack.redis_url, socket_timeout=5))
+        pools = split_pools(seed, config.eval_prompts)
+        rng = random.Random(f"prefbench-{persona_name}-{seed}")  # the same user behaviour for every method
+        user = SimulatedUser(client, model, persona, config.mix, rng, question_stream(pools, rng), f"{method}-{seed}")
+        timeouts: list[str] = []
+        interactions: list[dict[str, Any]] = []
+        points: list[dict[str, Any]] = []
+
+        def pace() -> None:
+            if method != "none" and (busy := pipeline.settle(config.batch_size, config.settle_timeout_s)):
+                timeouts.append(f"{busy} at interaction {user.count}")
+
+        def record(interaction: Interaction) -> None:
+            interactions.append(asdict(interaction))
+            on_interaction(interaction)
+
+        def checkpoint() -> None:
+            pace()
+            result = evaluate(client, model, persona, pools.evaluate, f"{method}-{seed}-c{user.count}")
+            progress = pipeline.refresh()
+            points.append({"method": method, "persona": persona_name, "seed": seed, "interactions": user.count,
+                           "satisfaction": result.satisfaction, "fact_accuracy": result.fact_accuracy,
+                           "served_by": list(result.versions), "stable": progress.stable,
+                           "elapsed_s": round(time.monotonic() - started, 1)})
+            on_line(f"[{method}/{persona_name}/seed {seed}] eval satisfaction {result.satisfaction:.2f} "
+                    f"(facts {result.fact_accuracy:.2f}, served by {','.join(result.versions)}) | "
+                    + progress.line(user.count))
+
+        checkpoint()
+        while user.count < config.interactions:
+            user.interact(min(config.every, config.interactions - user.count), before_each=pace, after_each=record)
+            checkpoint()
+        progress = pipeline.refresh()
+        summary = {"turns": progress.turns, "transitions": progress.transitions, "samples": progress.samples,
+                   "prefer": progress.prefer, "avoid": progress.avoid, "hints": progress.hints,
+                   "events": dict(progress.events), "states": progress.states, "stable": progress.stable}
+        return RunResult(method, persona_name, seed, points, interactions, summary,
+                         round(time.monotonic() - started, 1), round(startup_s, 1), timeouts, stack.restarts())
+    finally:
+        stack.stop()
+
+
+def run_matrix(config: BenchConfig, out_dir: Path, on_line: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every (seed, persona, method); results are rewritten to ``results.json`` after each run."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"config": _jsonable(asdict(config)), "runs": [], "points": []}
+    started = time.monotonic()
+    for seed in config.seeds:
+        for persona in config.personas:
+            for method in config.methods:
+                run = run_one(config, method, persona, seed, out_dir / "runs" / f"{method}-{persona}-s{seed}", on_line)
+                results["points"].extend(run.points)
+                results["runs"].append({k: v for k, v in asdict(run).items() if k != "points"})
+                results["wall_s"] = round(time.monotonic() - started, 1)
+                (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))

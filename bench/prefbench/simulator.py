@@ -1,0 +1,68 @@
+"""The simulated user's reactions: thanks, silence, complaints, rephrasings and directive corrections.
+
+Pure functions of the persona, the answer and a seeded ``random.Random``; the reaction text is the only
+thing the system ever learns from. A configurable share of reactions is misleading noise.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+from bench.prefbench.personas import GENERIC_COMPLAINTS, MOVE_ON, REPHRASINGS, THANKS, Persona
+
+Kind = Literal["thanks", "silent", "complain", "directive", "rephrase"]
+
+
+@dataclass(frozen=True)
+class FeedbackMix:
+    """How a persona reacts; the shares of the unsatisfied reactions are relative weights."""
+
+    silent_p: float = 0.1
+    """Chance of giving no feedback at all (just the next question)."""
+    noise_p: float = 0.0
+    """Chance that the reaction is misleading (thanks for a bad answer, a complaint for a good one)."""
+    directive_w: float = 0.5
+    complain_w: float = 0.3
+    rephrase_w: float = 0.2
+
+
+@dataclass(frozen=True)
+class Reaction:
+    kind: Kind
+    text: str
+    """What the user sends next ("" is never sent: a silent user just asks the next question)."""
+    satisfied: bool
+    """Whether the answer really met the persona's preference (ground truth, never sent)."""
+    retry: bool
+    """True when the user wants this question answered again (same question, next turn)."""
+
+
+def react(persona: Persona, answer: str, question: str, rng: random.Random, mix: FeedbackMix) -> Reaction:
+    """The persona's next message after ``answer`` to ``question``."""
+    satisfied = persona.satisfied_by(answer)
+    if rng.random() < mix.silent_p:
+        return Reaction("silent", "", satisfied, retry=False)
+    honest = rng.random() >= mix.noise_p
+    if satisfied == honest:  # satisfied and honest, or unsatisfied and misleading
+        return Reaction("thanks", rng.choice(THANKS), satisfied, retry=False)
+    kinds: list[Kind] = ["directive", "complain", "rephrase"]
+    kind = rng.choices(kinds, weights=[mix.directive_w, mix.complain_w, mix.rephrase_w])[0]
+    if kind == "directive":
+        text = rng.choice(persona.directives)
+        if rng.random() < 0.4:
+            text = f"{rng.choice(('No.', 'Hmm.', 'Not like that.', 'Please redo it.'))} {text}"
+    elif kind == "complain":
+        text = rng.choice(persona.complaints + GENERIC_COMPLAINTS)
+    else:
+        text = rng.choice(REPHRASINGS).format(q=question)
+    return Reaction(kind, text, satisfied, retry=True)
+
+
+def next_message(reaction: Reaction, next_question: str | None, rng: random.Random) -> str:
+    """The user message that follows: the reaction, and the next question when moving on."""
+    if reaction.retry or next_question is None:
+        return reaction.text
+    ask = rng.choice(MOVE_ON).format(q=next_question)
+    return f"{reaction.text} {ask}".strip()

@@ -1,0 +1,192 @@
+"""A private nextstate stack per benchmark run (``nextstate up`` as a subprocess) and what it is doing.
+
+Each run gets a fresh home (its own Redis, registry and adapters) whose model cache is shared, so the
+built-in model is built once. ``Pipeline`` reads the stack's Redis to pace the simulated user (wait
+until what is in flight has been labeled, trained and gated) and to report progress.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from labeler.records import SAMPLES_STREAM
+from proxy.records import TRANSITIONS_STREAM, TURNS_STREAM
+from registry.records import ALIASES_KEY, EVENTS_STREAM, VERSIONS_KEY
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class StackError(RuntimeError):
+    """The stack did not start (its output is in the message)."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    """``nextstate up --quiet`` under ``home`` with extra environment; ``start`` waits for the banner."""
+
+    home: Path
+    env: dict[str, str] = field(default_factory=dict)
+    components: str | None = None
+    model_cache: Path | None = None
+    process: subprocess.Popen[bytes] | None = None
+    base_url: str = ""
+    redis_url: str = ""
+
+    @property
+    def output(self) -> Path:
+        return self.home / "up.out"
+
+    def start(self, timeout_s: float = 900.0) -> Stack:
+        self.home.mkdir(parents=True, exist_ok=True)
+        if self.model_cache is not None and not (self.home / "models").exists():
+            self.model_cache.mkdir(parents=True, exist_ok=True)
+            (self.home / "models").symlink_to(self.model_cache.resolve(), target_is_directory=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NEXTSTATE_")}
+        env.update(NEXTSTATE_HOME=str(self.home), NEXTSTATE_PROXY_PORT=str(free_port()),
+                   NEXTSTATE_SERVE_PORT=str(free_port()), **self.env)
+        argv = [sys.executable, "-m", "nextstate", "up", "--quiet"]
+        if self.components:
+            argv += ["--components", self.components]
+        with self.output.open("wb") as out:
+            self.process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while "nextstate is up" not in self.output.read_text(errors="replace"):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                tail = "\n".join(self.output.read_text(errors="replace").splitlines()[-30:])
+                raise StackError(f"nextstate up did not come up under {self.home}:\n{tail}")
+            time.sleep(0.2)
+        state = json.loads((self.home / "up.json").read_text())
+        self.base_url, self.redis_url = state["base_url"], state["redis_url"]
+        return self
+
+    def restarts(self) -> dict[str, int]:
+        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+            return {k: int(v) for k, v in json.loads((self.home / "up.json").read_text())["restarts"].items()}
+        return {}
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class Progress:
+    """What the loop has done so far (for the live line and the results)."""
+
+    turns: int = 0
+    transitions: int = 0
+    samples: int = 0
+    prefer: int = 0
+    avoid: int = 0
+    hints: int = 0
+    events: Counter[str] = field(default_factory=Counter)
+    states: dict[str, str] = field(default_factory=dict)
+    stable: str | None = None
+
+    @property
+    def reward_rate(self) -> float | None:
+        judged = self.prefer + self.avoid
+        return self.prefer / judged if judged else None
+
+    def line(self, interactions: int) -> str:
+        rate = f"{self.reward_rate:.2f}" if self.reward_rate is not None else "-"
+        gate_pass = self.events["gate_passed"]
+        gate_fail = self.events["gate_failed"]
+        return (f"interactions {interactions:3d} | reward rate {rate} | samples {self.samples} "
+                f"(prefer {self.prefer}, avoid {self.avoid}, hints {self.hints}) | versions {self.events['candidate_created']} "
+                f"| gate pass {gate_pass} fail {gate_fail} | canary promoted {self.events['promoted']} "
+                f"rolled back {self.events['rolled_back']} rejected {self.events['rejected']} | stable {self.stable or 'base'}")
+
+
+class Pipeline:
+    """Reads the stack's streams and registry state; ``settle`` waits for in-flight work to finish."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self.progress = Progress()
+        self._samples_from = "-"
+        self._events_from = "-"
+
+    def refresh(self) -> Progress:
+        p = self.progress
+        p.turns = int(self.redis.xlen(TURNS_STREAM))
+        p.transitions = int(self.redis.xlen(TRANSITIONS_STREAM))
+        p.samples = int(self.redis.xlen(SAMPLES_STREAM))
+        for _, fields in self._read(SAMPLES_STREAM, "_samples_from"):
+            sample = json.loads(fields[b"record"])
+            p.prefer += sample.get("cls") == "prefer"
+            p.avoid += sample.get("cls") == "avoid"
+            p.hints += bool(sample.get("hint"))
+        for _, fields in self._read(EVENTS_STREAM, "_events_from"):
+            event = json.loads(fields[b"event"])
+            kind = event.get("kind", "")
+            if kind == "gate_verdict":
+                passed = (event.get("evidence") or {}).get("to") == "gated_pass"
+                kind = "gate_passed" if passed else "gate_failed"
+            p.events[kind] += 1
+        p.states = {k.decode(): json.loads(v).get("state", "") for k, v in self.redis.hgetall(VERSIONS_KEY).items()}
+        stable = self.redis.hget(ALIASES_KEY, "stable")
+        p.stable = stable.decode() if stable else None
+        return p
+
+    def _read(self, stream: str, cursor_attr: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        start = getattr(self, cursor_attr)
+        entries = self.redis.xrange(stream, min=start if start == "-" else f"({start}", count=1000)
+        if entries:
+            last = entries[-1][0]
+            setattr(self, cursor_attr, last.decode() if isinstance(last, bytes) else last)
+        return entries
+
+    def busy(self, batch_size: int) -> str | None:
+        """Why the loop is not idle yet (None = idle): unlabeled transitions, training or gating pending."""
+        p = self.refresh()
+        if p.samples < p.transitions:
+            return "labeling"
+        for group in self._groups(SAMPLES_STREAM):
+            lag = group.get("lag")
+            if (lag is not None and int(lag) > 0) or int(group.get("pending", 0)) >= batch_size:
+                return "training"
+        if any(state in ("candidate", "gated_pass") for state in p.states.values()):
+            return "gating"
+        return None
+
+    def _groups(self, stream: str) -> list[dict[str, object]]:
+        try:
+            raw = self.redis.xinfo_groups(stream)
+        except redis.ResponseError:  # no such stream yet
+            return []
+        return [{(k.decode() if isinstance(k, bytes) else k): v for k, v in g.items()} for g in raw]
+
+    def settle(self, batch_size: int, timeout_s: float) -> str | None:
+        """Wait until idle; returns what was still busy at the timeout (None = settled)."""
+        deadline = time.monotonic() + timeout_s
+        while (reason := self.busy(batch_size)) is not None:
+            if time.monotonic() > deadline:
+                return reason
+            time.sleep(0.1)
+        return None

@@ -1,0 +1,122 @@
+"""The simulated user talking to the proxy with the unmodified ``openai`` SDK, in multi-turn sessions.
+
+Each assistant answer the persona reacts to is one *interaction*. A session asks a few questions; an
+unsatisfying answer draws a reaction and the same question is answered again; the session ends with
+``X-Session-Done`` so that its last reaction still reaches the system as a next state.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import openai
+
+from bench.prefbench.personas import Persona
+from bench.prefbench.questions import EvalPrompt
+from bench.prefbench.simulator import FeedbackMix, next_message, react
+from learner.tinycorpus import Fact, fact_correct
+
+MAX_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class Interaction:
+    index: int
+    session_id: str
+    satisfied: bool
+    reaction: str
+    arm: str | None
+    version: str | None
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    satisfaction: float
+    fact_accuracy: float
+    versions: tuple[str, ...]
+    """Versions that answered the evaluation prompts (``x-nextstate-version``; "base" for none)."""
+
+
+def _chat(client: openai.OpenAI, model: str, messages: list[dict[str, str]], seed: int,
+          headers: dict[str, str]) -> tuple[str, dict[str, str]]:
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=messages, temperature=1.0, max_tokens=MAX_TOKENS, seed=seed,  # type: ignore[arg-type]
+        extra_headers=headers,
+    )
+    completion = raw.parse()
+    return completion.choices[0].message.content or "", dict(raw.headers)
+
+
+@dataclass
+class SimulatedUser:
+    """One persona's conversations through the proxy; ``interact`` runs until ``n`` interactions."""
+
+    client: openai.OpenAI
+    model: str
+    persona: Persona
+    mix: FeedbackMix
+    rng: random.Random
+    questions: Iterator[tuple[Fact, str]]
+    run_id: str
+    questions_per_session: int = 3
+    max_attempts: int = 2
+    sessions: int = 0
+    count: int = 0
+
+    def interact(self, n: int, before_each: Callable[[], None] = lambda: None,
+                 after_each: Callable[[Interaction], None] = lambda i: None) -> None:
+        """Hold sessions until ``n`` more interactions happened; ``before_each`` paces them."""
+        target = self.count + n
+        while self.count < target:
+            self._session(target, before_each, after_each)
+
+    def _session(self, target: int, before_each: Callable[[], None], after_each: Callable[[Interaction], None]) -> None:
+        self.sessions += 1
+        session_id = f"{self.run_id}-s{self.sessions}"
+        headers = {"X-Session-Id": session_id}
+        messages: list[dict[str, str]] = []
+        _, question = next(self.questions)
+        pending = question
+        asked, attempts = 1, 0
+        while True:
+            messages.append({"role": "user", "content": pending})
+            before_each()
+            answer, response_headers = _chat(self.client, self.model, messages, self.rng.randrange(2**31), headers)
+            messages.append({"role": "assistant", "content": answer})
+            self.count += 1
+            attempts += 1
+            reaction = react(self.persona, answer, question, self.rng, self.mix)
+            after_each(Interaction(self.count, session_id, reaction.satisfied, reaction.kind,
+                                   response_headers.get("x-nextstate-arm"), response_headers.get("x-nextstate-version")))
+            retry = reaction.retry and attempts < self.max_attempts
+            last = self.count >= target or (not retry and asked >= self.questions_per_session)
+            if last:
+                if reaction.text:  # deliver the last reaction as the next state, then close the session
+                    messages.append({"role": "user", "content": reaction.text})
+                    _chat(self.client, self.model, messages, self.rng.randrange(2**31),
+                          {**headers, "X-Session-Done": "true"})
+                return
+            if retry:
+                pending = reaction.text
+                continue
+            _, question = next(self.questions)
+            asked, attempts = asked + 1, 0
+            pending = next_message(reaction, question, self.rng)
+
+
+def evaluate(client: openai.OpenAI, model: str, persona: Persona, prompts: tuple[EvalPrompt, ...],
+             tag: str) -> EvalResult:
+    """Fresh prompts, no hint, answered by what the proxy serves as stable; nothing is recorded."""
+    satisfied = correct = 0
+    versions: set[str] = set()
+    for i, prompt in enumerate(prompts):
+        headers = {"X-NextState-Record": "off", "X-NextState-Canary": "0", "X-Session-Id": f"{tag}-e{i}"}
+        answer, response_headers = _chat(client, model, [{"role": "user", "content": prompt.question}],
+                                         prompt.seed, headers)
+        satisfied += persona.satisfied_by(answer)
+        correct += fact_correct(answer, prompt.fact)
+        versions.add(response_headers.get("x-nextstate-version") or "base")
+    n = max(1, len(prompts))
+    return EvalResult(satisfied / n, correct / n, tuple(sorted(versions)))

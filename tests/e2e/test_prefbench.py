@@ -1,0 +1,104 @@
+"""PrefBench: the simulated user, the metrics, and a CI-sized run of the real loop (combined vs none)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from bench.prefbench.personas import PERSONAS
+from bench.prefbench.questions import split_pools
+from bench.prefbench.report import curve, interactions_to, markdown_table, plot, sparkline
+from bench.prefbench.simulator import FeedbackMix, next_message, react
+from learner.tinycorpus import FACTS, STYLES, render_answer
+
+TERSE = PERSONAS["terse"]
+FRANCE = next(f for f in FACTS if f.subject == "France")
+
+
+def test_every_persona_wants_a_style_the_model_can_express() -> None:
+    for persona in PERSONAS.values():
+        assert persona.style in STYLES
+        assert persona.satisfied_by(render_answer(FRANCE, persona.style))
+        others = [s for s in STYLES if s != persona.style]
+        assert not any(persona.satisfied_by(render_answer(FRANCE, s)) for s in others)
+
+
+@pytest.mark.parametrize(
+    ("style", "expected_kinds"),
+    [("word", {"thanks"}), ("detail", {"directive", "complain", "rephrase"})],
+)
+def test_honest_reactions_follow_satisfaction(style: str, expected_kinds: set[str]) -> None:
+    rng = random.Random(0)
+    mix = FeedbackMix(silent_p=0.0, noise_p=0.0)
+    reactions = [react(TERSE, render_answer(FRANCE, style), "What is the capital of France?", rng, mix) for _ in range(200)]
+    assert {r.kind for r in reactions} == expected_kinds
+    assert all(r.satisfied == (style == "word") for r in reactions)
+    assert all(r.retry == (style != "word") for r in reactions)
+    assert len({r.text for r in reactions}) >= 8  # varied wording, not one canned line
+
+
+def test_feedback_mix_rates_silence_and_noise() -> None:
+    rng = random.Random(1)
+    mix = FeedbackMix(silent_p=0.2, noise_p=0.25)
+    good = render_answer(FRANCE, "word")
+    reactions = [react(TERSE, good, "q?", rng, mix) for _ in range(4000)]
+    silent = sum(r.kind == "silent" for r in reactions) / len(reactions)
+    misleading = sum(r.kind not in ("thanks", "silent") for r in reactions) / len(reactions)
+    assert silent == pytest.approx(0.2, abs=0.03)
+    assert misleading == pytest.approx(0.8 * 0.25, abs=0.03)
+
+
+def test_directive_corrections_name_the_preference() -> None:
+    rng = random.Random(2)
+    mix = FeedbackMix(silent_p=0.0, directive_w=1.0, complain_w=0.0, rephrase_w=0.0)
+    texts = {react(TERSE, render_answer(FRANCE, "detail"), "q?", rng, mix).text for _ in range(100)}
+    assert all("word" in text.lower() for text in texts)
+
+
+def test_next_message_carries_the_reaction_and_the_next_question() -> None:
+    rng = random.Random(3)
+    thanks = react(TERSE, "Paris", "q?", rng, FeedbackMix(silent_p=0.0))
+    message = next_message(thanks, "What color is snow?", rng)
+    assert message.startswith(thanks.text) and message.endswith("What color is snow?")
+    retry = react(TERSE, render_answer(FRANCE, "bullets"), "q?", rng, FeedbackMix(silent_p=0.0))
+    assert next_message(retry, "What color is snow?", rng) == retry.text
+
+
+def test_pools_hold_out_fresh_prompts_with_fixed_seeds() -> None:
+    pools = split_pools(seed=0, n_eval=12)
+    held = {p.fact for p in pools.evaluate}
+    assert len(held) == 12 and not held & set(pools.interact)
+    assert len({p.fact.topic for p in pools.evaluate}) == 5  # spread over every topic
+    assert split_pools(seed=0, n_eval=12) == pools  # identical for every method
+    assert split_pools(seed=1, n_eval=12) != pools
+
+
+POINTS = [
+    {"method": m, "persona": p, "seed": s, "interactions": x, "satisfaction": v}
+    for m, p, s, x, v in [
+        ("none", "a", 0, 0, 0.2), ("none", "b", 0, 0, 0.2), ("none", "a", 1, 0, 0.1), ("none", "b", 1, 0, 0.3),
+        ("none", "a", 0, 8, 0.2), ("none", "b", 0, 8, 0.2), ("none", "a", 1, 8, 0.2), ("none", "b", 1, 8, 0.2),
+        ("combined", "a", 0, 0, 0.2), ("combined", "b", 0, 0, 0.2), ("combined", "a", 1, 0, 0.2), ("combined", "b", 1, 0, 0.2),
+        ("combined", "a", 0, 8, 1.0), ("combined", "b", 0, 8, 0.8), ("combined", "a", 1, 8, 0.6), ("combined", "b", 1, 8, 0.8),
+    ]
+]
+
+
+def test_curve_averages_personas_then_seeds_with_a_band() -> None:
+    line = curve(POINTS, "combined")
+    assert [(c.interactions, round(c.mean, 3), round(c.low, 3), round(c.high, 3)) for c in line] == [
+        (0, 0.2, 0.2, 0.2), (8, 0.8, 0.7, 0.9),
+    ]
+    assert interactions_to(POINTS, "combined") == 8
+    assert interactions_to(POINTS, "none") is None
+
+
+def test_table_sparkline_and_plot(tmp_path: Path) -> None:
+    table = markdown_table(POINTS)
+    assert "| none | 0.20 (0.20–0.20) | 0.20 (0.20–0.20) | not reached |" in table
+    assert "| combined | 0.20 (0.20–0.20) | 0.80 (0.70–0.90) | 8 |" in table
+    assert sparkline([0.0, 0.5, 1.0]) == "▁▅█"
+    png = plot(POINTS, tmp_path / "curve.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
