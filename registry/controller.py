@@ -1,0 +1,162 @@
+"""The canary controller: starts canaries for gated versions and applies the canary decision.
+
+Each ``tick`` reads the labeled samples (and the canary's turns, for latency) written since the canary
+started, counts prefer/avoid per arm — a sample counts for the version that served its turn, so
+header opt-in and pinned turns are evidence too; a relabel of a turn replaces its earlier label — asks
+``registry.canary.decide`` what to do and does it through ``registry.actions``, logging every decision
+with its statistics. Run it as ``nextstate controller`` or call ``tick()`` from another process's loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import Any
+
+import redis
+import structlog
+
+from labeler.records import SAMPLES_STREAM, SampleRecord
+from proxy.logs import configure_logging
+from proxy.records import TURNS_STREAM, TurnRecord
+from registry.actions import Control
+from registry.canary import ArmCounts, CanaryPolicy, Decision, Health, decide, p99
+from registry.errors import RegistryError
+from registry.records import UPSTREAM_OUTCOMES_KEY, AuditEvent, CanaryState
+from registry.settings import RegistrySettings
+from registry.wiring import canary_policy, open_control
+
+log = structlog.get_logger(__name__)
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+class Controller:
+    def __init__(self, control: Control, policy: CanaryPolicy, clock: Callable[[], float] = time.time) -> None:
+        self.control = control
+        self.registry = control.registry
+        self.policy = policy
+        self.clock = clock
+        self._canary: str | None = None
+        self._sample_cursor = "0-0"
+        self._turn_cursor = "0-0"
+        self._labels: dict[str, tuple[int, str | None, str]] = {}  # turn_id -> (revision, version, cls)
+        self._latencies: list[float] = []
+
+    # -- evidence -------------------------------------------------------------------------------
+    def _reset(self, state: CanaryState) -> None:
+        self._canary = state.version
+        start = f"{int(state.started_at * 1000)}-0"
+        self._sample_cursor = self._turn_cursor = start
+        self._labels.clear()
+        self._latencies.clear()
+
+    def _read(self, stream: str, cursor: str) -> tuple[list[bytes], str]:
+        records: list[bytes] = []
+        while True:
+            entries = self.registry.redis.xrange(stream, min=f"({cursor}" if cursor != "0-0" else "-", count=1000)
+            if not entries:
+                return records, cursor
+            for entry_id, fields in entries:
+                records.append(fields.get(b"record") or fields["record"])
+                cursor = _text(entry_id)
+
+    def _collect(self, state: CanaryState) -> tuple[ArmCounts, ArmCounts, Health]:
+        if self._canary != state.version:
+            self._reset(state)
+        raw, self._sample_cursor = self._read(SAMPLES_STREAM, self._sample_cursor)
+        for item in raw:
+            sample = SampleRecord.model_validate_json(item)
+            known = self._labels.get(sample.turn_id)
+            if known is None or sample.revision >= known[0]:
+                self._labels[sample.turn_id] = (sample.revision, sample.serving_version, sample.cls)
+        raw, self._turn_cursor = self._read(TURNS_STREAM, self._turn_cursor)
+        for item in raw:
+            turn = TurnRecord.model_validate_json(item)
+            if turn.serving.version == state.version:
+                self._latencies.append(turn.timings.total_ms)
+        counts: dict[str | None, list[int]] = {state.version: [0, 0], state.stable_at_start: [0, 0]}
+        for _, version, cls in self._labels.values():
+            if version in counts and cls in ("prefer", "avoid"):
+                counts[version][0 if cls == "prefer" else 1] += 1
+        outcomes = self.registry.redis.hmget(UPSTREAM_OUTCOMES_KEY, f"{state.version}:ok", f"{state.version}:error")
+        ok, errors = (int(v) if v else 0 for v in outcomes)
+        health = Health(requests=ok + errors, errors=errors, p99_ms=p99(self._latencies), turns=len(self._latencies))
+        return ArmCounts(*counts[state.version]), ArmCounts(*counts[state.stable_at_start]), health
+
+    # -- the loop body --------------------------------------------------------------------------
+    def tick(self) -> Decision | None:
+        """One check: start a canary if one is due, else decide on the running one. Returns the decision."""
+        reg = self.registry
+        decision: Decision | None = None
+        if not reg.frozen():
+            state = reg.canary_state()
+            decision = self._start_next() if state is None else self._decide(state)
+        self.control.sync()  # routing table and drain-delayed unloads
+        return decision
+
+    def _start_next(self) -> Decision | None:
+        stable = self.registry.alias("stable")
+        floor = int(stable.lstrip("v")) if stable else 0
+        ready = [i for i in self.registry.versions() if i.state == "gated_pass" and int(i.version.lstrip("v")) > floor]
+        if not ready:
+            return None
+        version = ready[-1].version
+        self.control.start_canary(version, self.policy.steps[0], "controller", "passed the gate; newest ready version")
+        return Decision("step", f"canary {version} started", {"version": version}, self.policy.steps[0])
+
+    def _decide(self, state: CanaryState) -> Decision:
+        canary, stable, health = self._collect(state)
+        now = self.clock()
+        decision = decide(canary, stable, health, state.step, now - state.started_at, now - state.step_started_at,
+                          self.policy)
+        evidence = {**decision.evidence, "compared_to": state.stable_at_start}
+        if decision.action == "promote":
+            self.control.promote(state.version, "controller", decision.reason, evidence)
+        elif decision.action == "rollback":
+            self.control.rollback("controller", decision.reason, evidence)
+        elif decision.action == "reject":
+            self.control.reject(state.version, "controller", decision.reason, evidence)
+        elif decision.action == "step" and decision.fraction is not None:
+            self.control.step_canary(decision.fraction, state.step + 1, "controller", decision.reason, evidence)
+        if decision.action != "continue":
+            log.info("canary_decision", version=state.version, action=decision.action, reason=decision.reason)
+        return decision
+
+    def run(self, interval: float, stop: threading.Event) -> None:
+        """Tick every ``interval`` seconds until ``stop`` is set; errors are logged as events, not lost."""
+        while not stop.is_set():
+            try:
+                self.tick()
+            except RegistryError as exc:
+                log.warning("controller_tick_failed", error=str(exc))
+                self.registry.log(AuditEvent(kind="controller_error", actor="controller", reason=str(exc)))
+            except redis.RedisError as exc:  # Redis is down: nothing can change, try again next tick
+                log.warning("controller_redis_unavailable", error=str(exc))
+            stop.wait(interval)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nextstate controller", description="Run the canary controller.")
+    parser.add_argument("--once", action="store_true", help="run one check and exit")
+    parser.add_argument("--interval", type=float, default=None, help="seconds between checks")
+    args = parser.parse_args(argv)
+    settings = RegistrySettings()
+    configure_logging(settings.log_level, settings.log_json)
+    with ExitStack() as stack:
+        controller = Controller(open_control(settings, stack), canary_policy(settings))
+        if args.once:
+            decision = controller.tick()
+            print(decision.action + ": " + decision.reason if decision else "nothing to do")
+            return 0
+        stop = threading.Event()
+        try:
+            controller.run(args.interval or settings.controller_interval, stop)
+        except KeyboardInterrupt:
+            stop.set()
+    return 0
