@@ -23,7 +23,7 @@ import redis
 from bench.prefbench.personas import PERSONAS
 from bench.prefbench.questions import question_stream, split_pools
 from bench.prefbench.simulator import FeedbackMix
-from bench.prefbench.stack import Pipeline, Stack
+from bench.prefbench.stack import Pipeline, Progress, Stack
 from bench.prefbench.user import Interaction, SimulatedUser, evaluate
 
 METHODS = ("none", "rl", "opd", "combined")
@@ -86,7 +86,9 @@ class RunResult:
 
 def run_one(config: BenchConfig, method: str, persona_name: str, seed: int, home: Path,
             on_line: Callable[[str], None] = print,
-            on_interaction: Callable[[Interaction], None] = lambda i: None) -> RunResult:
+            on_interaction: Callable[[Interaction], None] = lambda i: None,
+            on_progress: Callable[[Progress, int], None] = lambda p, n: None) -> RunResult:
+    """One run on a fresh stack; ``on_progress`` sees the loop's state after every interaction."""
     persona = PERSONAS[persona_name]
     shutil.rmtree(home, ignore_errors=True)
     env, components = stack_env(config, method, seed)
@@ -111,6 +113,7 @@ def run_one(config: BenchConfig, method: str, persona_name: str, seed: int, home
         def record(interaction: Interaction) -> None:
             interactions.append(asdict(interaction))
             on_interaction(interaction)
+            on_progress(pipeline.refresh(), user.count)
 
         def checkpoint() -> None:
             pace()

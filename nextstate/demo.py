@@ -1,0 +1,110 @@
+"""``nextstate demo``: start a private stack and watch a simulated user personalise the model.
+
+PrefBench ``--quick`` for one persona and the combined method through the real loop, with a progress
+bar, a live line per update of the loop (versions, gate verdicts, canary decisions), and at the end
+the learning curve as a PNG and a terminal sparkline, plus where to look next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+
+from tqdm import tqdm
+
+from bench.prefbench.personas import PERSONAS
+from bench.prefbench.report import curve, plot, sparkline
+from bench.prefbench.runner import BenchConfig, run_one
+from bench.prefbench.simulator import FeedbackMix
+from bench.prefbench.stack import Progress
+from bench.prefbench.user import Interaction
+from proxy.settings import CommonSettings
+
+
+class DemoSettings(CommonSettings):
+    """The demo reads only the common settings (its data goes under ``<home>/demo``)."""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="nextstate demo", description=__doc__)
+    parser.add_argument("--persona", default="terse", choices=sorted(PERSONAS), help="the simulated user")
+    parser.add_argument("--method", default="combined", choices=("none", "rl", "opd", "combined"))
+    parser.add_argument("--interactions", type=int, default=24)
+    parser.add_argument("--every", type=int, default=4, help="evaluate every k interactions")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def _updates(before: dict[str, int], progress: Progress) -> list[str]:
+    """Human lines for the loop events that happened since ``before`` (mutated to the new counts)."""
+    names = {"candidate_created": "new version", "gate_passed": "gate passed", "gate_failed": "gate failed",
+             "canary_started": "canary started", "promoted": "promoted to stable", "rolled_back": "canary rolled back",
+             "rejected": "canary rejected"}
+    lines = []
+    for kind, label in names.items():
+        count = progress.events[kind]
+        if count > before.get(kind, 0):
+            lines.append(f"{label} (x{count - before.get(kind, 0)})")
+            before[kind] = count
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    settings = DemoSettings()
+    root = settings.home_dir().resolve() / "demo"
+    cache = settings.home_dir().resolve() / "models"
+    print(f"nextstate demo: persona '{args.persona}' (hidden preference: {PERSONAS[args.persona].style}), "
+          f"method {args.method}, {args.interactions} interactions")
+    print(f"1/3 building the built-in model (cached in {cache}) ...", flush=True)
+    built = subprocess.run([sys.executable, "-m", "nextstate", "build-model", "--out", str(cache)], check=False)
+    if built.returncode != 0:
+        print("could not build the built-in model", file=sys.stderr)
+        return 1
+    config = BenchConfig(methods=(args.method,), personas=(args.persona,), seeds=(args.seed,),
+                         interactions=args.interactions, every=args.every, eval_prompts=12,
+                         mix=FeedbackMix(silent_p=0.1, noise_p=0.0), model_cache=cache)
+    home = root / f"{args.method}-{args.persona}-s{args.seed}"
+    print("2/3 starting the stack (redis, policy server, proxy, labeler, learner, controller) ...", flush=True)
+    bar = tqdm(total=args.interactions, desc="interactions", unit="turn", dynamic_ncols=True)
+    seen: dict[str, int] = {}
+    satisfied: list[bool] = []
+
+    def on_interaction(interaction: Interaction) -> None:
+        satisfied.append(interaction.satisfied)
+        bar.update(1)
+        bar.set_postfix(arm=interaction.arm or "-", satisfied=f"{sum(satisfied[-8:])}/{len(satisfied[-8:])}")
+
+    def on_progress(progress: Progress, interactions: int) -> None:
+        for update in _updates(seen, progress):
+            rate = f"{progress.reward_rate:.2f}" if progress.reward_rate is not None else "-"
+            bar.write(f"{time.strftime('%H:%M:%S')} update: {update} | interactions {interactions} | "
+                      f"reward rate {rate} | versions {progress.events['candidate_created']} | "
+                      f"gate pass/fail {progress.events['gate_passed']}/{progress.events['gate_failed']} | "
+                      f"stable {progress.stable or 'base'}")
+
+    def on_line(line: str) -> None:
+        bar.write(time.strftime("%H:%M:%S ") + line)
+
+    started = time.monotonic()
+    run = run_one(config, args.method, args.persona, args.seed, home, on_line, on_interaction, on_progress)
+    bar.close()
+    points = run.points
+    png = plot(points, root / "curve.png", title=f"nextstate demo: {args.persona} / {args.method}")
+    (root / "results.json").write_text(json.dumps(dataclasses.asdict(run), indent=1))
+    line = curve(points, args.method)
+    print(f"\n3/3 done in {time.monotonic() - started:.0f} s (stack start-up {run.startup_s:.0f} s)")
+    print(f"satisfaction on fresh prompts: {sparkline([c.mean for c in line])}  "
+          + " ".join(f"{c.mean:.2f}@{c.interactions}" for c in line))
+    print(f"loop: {json.dumps(run.progress['events'])}; stable at the end: {run.progress['stable'] or 'base'}")
+    print(f"curve: {png}")
+    print("where to look next:")
+    print(f"  NEXTSTATE_HOME={home} nextstate registry history    # every decision with its evidence")
+    print(f"  {home}/logs/                                        # each component's log")
+    print(f"  {root / 'results.json'}                             # every point and interaction")
+    print("  python -m bench.prefbench                                # all methods, 3 seeds x 3 personas")
+    return 0
