@@ -41,3 +41,19 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "private-redis").start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> Path:
+    """Directory of ``builtin:tiny-chat`` (Hugging Face format), built once and reused across runs.
+
+    Cached under ``$NEXTSTATE_MODEL_CACHE`` (default ``~/.cache/nextstate/models``), keyed by a hash of
+    the builder's code and configuration, so a changed builder rebuilds. Load it with
+    ``learner.modeling.load_model(path)``.
+    """
+    import os
+
+    from learner.tiny import ensure_tiny_model
+
+    root = Path(os.environ.get("NEXTSTATE_MODEL_CACHE") or Path.home() / ".cache" / "nextstate" / "models")
+    return ensure_tiny_model(root, progress=False)

@@ -1,0 +1,23 @@
+"""Settings of the embedded policy server (``python -m learner serve``), read once in its entry point."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from proxy.settings import CommonSettings
+
+
+class ServeSettings(CommonSettings):
+    """``NEXTSTATE_*`` environment variables of the policy server; tests pass keyword arguments."""
+
+    base_model: str = Field(default="builtin:tiny-chat", description="builtin:tiny-chat, a local HF directory, or a cached hub id.")
+    served_model_name: str | None = Field(default=None, description="Name of the base model in the API; default: 'tiny-chat' for the built-in model, else base_model.")
+    serve_host: str = Field(default="127.0.0.1", description="Bind address. Keep it private: the LoRA endpoints are control-plane only.")
+    serve_port: int = Field(default=8000, description="Port (vLLM's default).")
+    device: str | None = Field(default=None, description="cpu, cuda, cuda:1, ...; unset = CUDA when available.")
+    dtype: str | None = Field(default=None, description="float32, bfloat16, ...; unset = bfloat16 on CUDA, float32 on CPU.")
+    max_loras: int = Field(default=4, ge=1, description="Adapters loaded at once (stable + canary + draining).")
+    max_num_seqs: int = Field(default=8, ge=1, description="Requests decoded concurrently (interleaved token by token).")
+    max_queue: int = Field(default=64, ge=0, description="Requests waiting beyond max_num_seqs; more get 503 with Retry-After.")
+    max_model_len: int | None = Field(default=None, description="Context length; unset = the model's max_position_embeddings.")
+    default_max_tokens: int = Field(default=256, ge=1, description="max_tokens when a request sets none (capped by the context).")
