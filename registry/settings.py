@@ -28,6 +28,18 @@ class RegistrySettings(CommonSettings):
     canary_max_error_rate: float = Field(default=0.05, description="Roll back above this upstream error rate.")
     canary_max_p99_ms: float = Field(default=30000.0, description="Roll back above this p99 latency (ms).")
     canary_health_min_requests: int = Field(default=20, description="Requests needed before health bounds apply.")
+    # sacred gate (the learner's settings inherit these; `nextstate gate` reads them too)
+    gate_suite: Path | None = Field(default=None, description="Sacred suite JSONL; unset = the suite shipped for the tiny model.")
+    gate_samples: int = Field(default=8, description="Sampled answers per sacred case and policy.")
+    gate_temperature: float = Field(default=0.7, description="Sampling temperature of sacred answers.")
+    gate_max_tokens: int = Field(default=48, description="Longest sacred answer.")
+    gate_sacred_tolerance: float = Field(default=0.25, description="Allowed drop of a case's pass rate.")
+    gate_replay_max: int = Field(default=200, description="Most recent held-out samples replayed.")
+    gate_replay_min_samples: int = Field(default=4, description="Held-out samples per class before it is judged.")
+    gate_replay_tolerance: float = Field(default=0.0, description="Allowed wrong-way move of mean log-likelihood (nats).")
+    gate_max_kl: float = Field(default=0.5, description="Bound on mean per-token KL(candidate||stable) on anchors.")
+    gate_seed: int = Field(default=0, description="Seed of the gate's sampling.")
+    gate_auto_canary: bool = Field(default=True, description="Start a canary right after a passing verdict.")
     controller_interval: float = Field(default=10.0, description="Seconds between controller ticks.")
 
     def adapters_path(self) -> Path:

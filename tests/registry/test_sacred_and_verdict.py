@@ -1,0 +1,83 @@
+"""Sacred checks and the gate's verdict as literal tables (no model: numbers and text in, verdict out)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from registry.errors import RegistryError
+from registry.sacred import Check, SacredCase, check_answer, load_suite, score
+from registry.verdict import CaseScore, GateThresholds, ReplayStats, gate_verdict
+
+SUITE = Path(__file__).resolve().parents[2] / "learner" / "sacred" / "tiny.jsonl"
+
+CHECKS = [
+    ("Paris", Check(type="contains", value="Paris"), True),
+    ("paris", Check(type="contains", value="Paris"), False),
+    ("paris", Check(type="contains", value="Paris", ignore_case=True), True),
+    ("Paris\nCheers!", Check(type="not_contains", value="\n"), False),
+    ("Paris", Check(type="not_contains", value="\n"), True),
+    ("- city: Paris", Check(type="regex", value="^- "), True),
+    ("The city: Paris", Check(type="regex", value="^- "), False),
+    ("one two three", Check(type="max_words", value=3), True),
+    ("one two three four", Check(type="max_words", value=3), False),
+    ("  Green \n", Check(type="exact", value="Green"), True),
+    ("Green.", Check(type="exact", value="Green"), False),
+    ("GREEN", Check(type="exact", value="green", ignore_case=True), True),
+]
+
+
+@pytest.mark.parametrize(("answer", "check", "expected"), CHECKS)
+def test_checks(answer: str, check: Check, expected: bool) -> None:
+    assert check_answer(answer, check) is expected
+
+
+def test_score_is_share_of_answers_passing_every_check() -> None:
+    case = SacredCase(id="c", prompt="q", checks=[Check(type="contains", value="moo"), Check(type="max_words", value=3)])
+    assert case.messages == [{"role": "user", "content": "q"}]
+    assert score(["moo", "a cow says moo", "moo moo moo moo", "baa"], case) == 0.25
+    assert score([], case) == 0.0
+
+
+def test_shipped_suite_loads(tmp_path: Path) -> None:
+    suite = load_suite(SUITE)
+    assert len([c for c in suite if c.anchor]) >= 3 and len([c for c in suite if not c.anchor]) >= 8
+    assert {check.type for c in suite for check in c.checks} == {"contains", "not_contains", "regex", "max_words", "exact"}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "prompt": "q", "checks": [{"type": "contains", "value": "x"}]}\n{"id": "b", "prompt": "q"}\n')
+    with pytest.raises(RegistryError, match=r"bad.jsonl:2: invalid sacred case"):
+        load_suite(bad)
+
+
+T = GateThresholds(sacred_tolerance=0.25, replay_tolerance=0.0, replay_min_samples=4, max_kl=0.5)
+GOOD_REPLAY = ReplayStats(prefer_n=10, prefer_delta=0.2, avoid_n=10, avoid_delta=-0.1)
+
+VERDICTS = [
+    # cases, replay, kl -> passed, reason fragment
+    ([CaseScore("a", 1.0, 1.0), CaseScore("b", 0.5, 0.75)], GOOD_REPLAY, 0.1, True, None),
+    ([CaseScore("a", 1.0, 1.0), CaseScore("b", 0.375, 0.75)], GOOD_REPLAY, 0.1, False, "sacred case b"),
+    ([CaseScore("a", 0.9, 0.1)], GOOD_REPLAY, 0.1, True, None),
+    ([], ReplayStats(10, -0.01, 10, -0.1), 0.1, False, "prefer log-likelihood fell"),
+    ([], ReplayStats(10, 0.3, 10, 0.02), 0.1, False, "avoid log-likelihood rose"),
+    ([], ReplayStats(3, -5.0, 3, 5.0), 0.1, True, None),  # too few held-out samples to judge
+    ([], GOOD_REPLAY, 0.51, False, "drift"),
+    ([], GOOD_REPLAY, None, True, None),  # no anchors: drift not measured
+]
+
+
+@pytest.mark.parametrize(("cases", "replay", "kl", "passed", "fragment"), VERDICTS)
+def test_verdict_table(cases: list[CaseScore], replay: ReplayStats, kl: float | None, passed: bool,
+                       fragment: str | None) -> None:
+    verdict = gate_verdict(cases, replay, kl, T, compared_to="v1")
+    assert verdict.passed is passed, verdict.reasons
+    if fragment:
+        assert any(fragment in reason for reason in verdict.reasons)
+    assert verdict.metrics["kl"] == kl and verdict.compared_to == "v1"
+    assert verdict.metrics["replay"]["prefer_n"] == replay.prefer_n
+
+
+def test_tolerance_zero_is_strict() -> None:
+    strict = GateThresholds(sacred_tolerance=0.0)
+    assert not gate_verdict([CaseScore("a", 0.875, 1.0)], ReplayStats(), None, strict, None).passed
+    assert gate_verdict([CaseScore("a", 1.0, 1.0)], ReplayStats(), None, strict, None).passed
