@@ -62,6 +62,10 @@ class SampleRecord(BaseModel):
     truncated: bool = False
     timings: dict[str, float] = Field(default_factory=dict)
     previous: dict[str, Any] | None = None  # the overridden verdict, kept when a label is replaced
+    # every source's verdict on this turn ("judge", "feedback", "strong_judge"); the label is the
+    # verdict of the highest-precedence source present (strong_judge > feedback > judge)
+    verdicts: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    events: list[str] = Field(default_factory=list)  # ids of the label events applied, oldest first
 
     # training payload, copied from the turn
     messages: list[dict[str, Any]]
