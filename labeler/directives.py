@@ -17,7 +17,7 @@ _USELESS = frozenset({"try", "redo", "retry", "start", "fix", "check"})  # "try 
 _FILLER = re.compile(
     r"^(?:(?:no+[,.!]|nope|ugh|hmm+|ok(?:ay)?|actually|well|but|and|so|again|please|pls|plz|oh|wait|sorry|thanks|thank you|"
     r"great|perfect|i said|i told you|next time|listen|look|seriously|also|now|next|then)(?:[\s,.:;!-]+|$))+", re.IGNORECASE)
-_MOVE_ON = re.compile(r"^(?:ok(?:ay)?[\s,]+)?(?:now|next|also|then|and now)\b|\b(?:too|as well|another one|for my other)\b",
+_MOVE_ON = re.compile(r"^(?:ok(?:ay)?[\s,]+)?(?:now|next|also|then|and now)\b|\b(?:too|as well)[.!?]*$|\b(?:another one|for my other)\b",
                       re.IGNORECASE)
 _MODAL = re.compile(r"^(?:can|could|would|will|can't|couldn't) (?:you|u) (?:please |just )?", re.IGNORECASE)
 _WANT = re.compile(r"^i(?:'d| would)? (?:like|want|need|prefer|rather have|rather)(?:ed)?\s+(?:(it|the answer|your answer|answers|the response)\s+)?(.+)$",

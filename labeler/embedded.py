@@ -142,7 +142,8 @@ class EmbeddedJudge:
         return cls(budget=settings.next_state_budget_chars)
 
     def judge(self, messages: Sequence[Mapping[str, Any]], response: Mapping[str, Any],
-              next_state: Sequence[Mapping[str, Any]]) -> Verdict:
+              next_state: Sequence[Mapping[str, Any]], extra_next_state: str | None = None) -> Verdict:
+        """Rules read only what the user and the tools said; ``extra_next_state`` is ignored."""
         started = time.perf_counter()
         cut = False
         user_texts: list[str] = []

@@ -56,7 +56,9 @@ class Judge(Protocol):
     model: str
 
     def judge(self, messages: Sequence[Mapping[str, Any]], response: Mapping[str, Any],
-              next_state: Sequence[Mapping[str, Any]]) -> Verdict: ...
+              next_state: Sequence[Mapping[str, Any]], extra_next_state: str | None = None) -> Verdict:
+        """``extra_next_state``: more evidence shown with the next state (an explicit rating)."""
+        ...
 
 
 def build_judge(settings: LabelerSettings, *, strong: bool = False) -> Judge:

@@ -105,7 +105,7 @@ def apply_verdict(previous: SampleRecord | None, base: dict[str, Any], source: L
             base = {k: v for k, v in base.items() if k not in {"messages", "response", "tools", "tokens"}}
     fields.update(base)
     fields.update(
-        cls=chosen["cls"], reward=chosen["reward"], votes=chosen.get("votes", []),
+        cls=chosen["cls"], reward=chosen["reward"], votes=[v for v in chosen.get("votes", []) if v is not None],
         agreement=chosen.get("agreement", 0.0), source=decider, judge_model=chosen.get("model"),
         prompt_version=chosen.get("prompt_version"), reason=chosen.get("reason"),
         truncated=bool(chosen.get("truncated", fields.get("truncated", False))),
@@ -147,6 +147,9 @@ class SampleStore:
             if result == -2:
                 return Commit("duplicate", current_sample(self.redis, turn_id))
         raise LabelConflict(f"could not write a sample for turn {turn_id} after {attempts} attempts")
+
+    def current(self, turn_id: str) -> SampleRecord | None:
+        return current_sample(self.redis, turn_id)
 
     def history(self, turn_id: str | None = None) -> list[SampleRecord]:
         """Every revision in the samples stream (optionally of one turn), oldest first."""
