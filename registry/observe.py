@@ -140,7 +140,7 @@ def judge_latency_ms(sample: SampleRecord) -> float | None:
 # -- readers ------------------------------------------------------------------------------------
 
 
-def _text(raw: Any) -> str:
+def as_text(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
@@ -161,7 +161,7 @@ def canary_state(client: redis.Redis) -> CanaryState | None:
 
 
 def aliases(client: redis.Redis) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in client.hgetall(ALIASES_KEY).items()}
+    return {as_text(k): as_text(v) for k, v in client.hgetall(ALIASES_KEY).items()}
 
 
 def versions(client: redis.Redis) -> list[VersionInfo]:
@@ -172,7 +172,7 @@ def versions(client: redis.Redis) -> list[VersionInfo]:
 def events(client: redis.Redis, count: int = 200) -> list[tuple[str, AuditEvent]]:
     """The last ``count`` audit events, oldest first, with their stream ids."""
     entries = client.xrevrange(EVENTS_STREAM, count=count)
-    return [(_text(entry_id), AuditEvent.model_validate_json(fields[b"event"])) for entry_id, fields in reversed(entries)]
+    return [(as_text(entry_id), AuditEvent.model_validate_json(fields[b"event"])) for entry_id, fields in reversed(entries)]
 
 
 def canary_view(client: redis.Redis, samples: Sequence[SampleRecord]) -> dict[str, Any] | None:
@@ -194,7 +194,7 @@ def stream_stats(client: redis.Redis) -> list[dict[str, Any]]:
         if client.exists(stream):
             for group in client.xinfo_groups(stream):
                 lag = group.get("lag")
-                groups.append({"group": _text(group["name"]), "pending": int(group["pending"]),
+                groups.append({"group": as_text(group["name"]), "pending": int(group["pending"]),
                                "lag": int(lag) if lag is not None else None})
         out.append({"stream": stream, "length": int(client.xlen(stream)), "groups": groups})
     return out
