@@ -26,3 +26,33 @@ class CommonSettings(BaseSettings):
         path = self.home.expanduser()
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+
+class ProxySettings(CommonSettings):
+    """The recording proxy's settings (``nextstate proxy``)."""
+
+    host: str = Field(default="127.0.0.1", description="Address the proxy listens on.")
+    port: int = Field(default=8080, description="Port the proxy listens on.")
+    upstream_url: str = Field(default="http://127.0.0.1:8000/v1", description="Base URL of the OpenAI-compatible policy server (…/v1).")
+    upstream_api_key: str | None = Field(default=None, description="Key sent upstream; unset = pass the client's Authorization through.")
+    upstream_model: str | None = Field(default=None, description="Base model name sent upstream when no routing table applies; unset = the client's model.")
+    admin_token: str | None = Field(default=None, description="Bearer token for /admin and /dashboard; unset = those mounts answer 404.")
+    connect_timeout_s: float = Field(default=5.0, description="Upstream connect timeout.")
+    read_timeout_s: float = Field(default=300.0, description="Upstream read timeout (first byte and between stream chunks).")
+    upstream_connections: int = Field(default=256, description="Upstream connection pool size.")
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, description="Largest request body accepted (413 above).")
+    capture_tokens: bool = Field(default=True, description="Ask the upstream for logprobs and token ids (vLLM) to store on each turn.")
+    record: bool = Field(default=True, description="Record turns at all (requests may still opt out with X-NextState-Record: off).")
+    session_idle_timeout_s: float = Field(default=1800.0, description="A session with no request for this long is closed.")
+    session_ttl_s: int = Field(default=7 * 24 * 3600, description="TTL of per-session state in Redis.")
+    turn_ttl_s: int = Field(default=7 * 24 * 3600, description="TTL of the JSON copy of each turn and of record-id markers.")
+    sweep_interval_s: float = Field(default=5.0, description="How often idle sessions are looked for.")
+    routing_refresh_s: float = Field(default=1.0, description="How often the routing table is reloaded from Redis.")
+    redis_timeout_s: float = Field(default=1.0, description="Timeout of every Redis call the proxy makes.")
+    replay_interval_s: float = Field(default=1.0, description="How often replaying the spool is retried while Redis is down.")
+    spool_dir: Path | None = Field(default=None, description="Spool directory; unset = <home>/spool.")
+
+    def spool_path(self) -> Path:
+        path = (self.spool_dir or self.home_dir() / "spool").expanduser()
+        path.mkdir(parents=True, exist_ok=True)
+        return path

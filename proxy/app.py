@@ -1,0 +1,118 @@
+"""The app factory: routes, admin mounts behind the token guard, and a lifespan that owns every client.
+
+The lifespan opens the upstream client, the Redis client, the spool and the recorder, and runs the
+background tasks (recorder, routing-table refresher, idle-session sweeper). A background task that
+dies is logged, counted and reported by ``/readyz``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+import structlog
+from starlette.applications import Starlette
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp
+
+from proxy import chat, routes
+from proxy.embedded_redis import resolve_redis_url
+from proxy.metrics import Metrics
+from proxy.middleware import AdminGuard, CanonicalLog
+from proxy.recorder import REDIS_DOWN, Recorder
+from proxy.routing import RoutingRefresher
+from proxy.settings import ProxySettings
+from proxy.spool import Spool
+from proxy.state import ProxyState
+from proxy.store import Store
+from proxy.upstream import Upstream
+
+log = structlog.get_logger("proxy.app")
+
+ROUTES = [
+    Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
+    Route("/v1/completions", routes.completions, methods=["POST"]),
+    Route("/v1/models", routes.models, methods=["GET"]),
+    Route("/v1/feedback", routes.feedback, methods=["POST"]),
+    Route("/healthz", routes.healthz, methods=["GET"]),
+    Route("/readyz", routes.readyz, methods=["GET"]),
+    Route("/metrics", routes.metrics, methods=["GET"]),
+]
+
+
+async def sweep_sessions(state: ProxyState) -> None:
+    """Close idle sessions every ``sweep_interval_s`` (any replica may; each session closes once)."""
+    settings = state.settings
+    while True:
+        await asyncio.sleep(settings.sweep_interval_s)
+        try:
+            closed = await state.store.sweep_idle(settings.session_idle_timeout_s)
+            if closed:
+                state.metrics.sessions_closed.inc(closed)
+                log.info("sessions_closed_idle", count=closed)
+        except REDIS_DOWN as exc:
+            log.info("sweep_skipped_redis_unavailable", error=repr(exc))
+
+
+def _watch(state: ProxyState, name: str, task: asyncio.Task[None]) -> None:
+    def done(finished: asyncio.Task[None]) -> None:
+        if finished.cancelled():
+            return
+        state.failed_tasks.append(name)
+        log.error("background_task_stopped", task=name, error=repr(finished.exception()))
+
+    task.add_done_callback(done)
+    state.tasks.append(task)
+
+
+def create_app(settings: ProxySettings, *, mounts: list[tuple[str, ASGIApp]] | None = None) -> ASGIApp:
+    """Build the proxy app; ``mounts`` (e.g. ``("/admin", app)``) are served behind the admin token."""
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, ProxyState]]:
+        redis_url, embedded = resolve_redis_url(settings.redis_url, settings.home_dir())
+        redis_client = aioredis.Redis.from_url(
+            redis_url, socket_timeout=settings.redis_timeout_s, socket_connect_timeout=settings.redis_timeout_s,
+            health_check_interval=30,
+        )
+        upstream = Upstream(
+            settings.upstream_url, connect_timeout_s=settings.connect_timeout_s,
+            read_timeout_s=settings.read_timeout_s, connections=settings.upstream_connections,
+        )
+        await upstream.open()
+        store = Store(redis_client, ttl_s=settings.turn_ttl_s, session_ttl_s=settings.session_ttl_s)
+        spool = Spool(settings.spool_path())
+        recorder = Recorder(store, spool, metrics, replay_interval_s=settings.replay_interval_s)
+        refresher = RoutingRefresher(redis_client, settings.routing_refresh_s)
+        with contextlib.suppress(Exception):  # first load before serving; the refresher retries
+            await refresher.refresh()
+        state = ProxyState(settings, upstream, redis_client, store, recorder, refresher, metrics)
+        _watch(state, "recorder", asyncio.create_task(recorder.run()))
+        _watch(state, "routing", asyncio.create_task(refresher.run()))
+        _watch(state, "sweeper", asyncio.create_task(sweep_sessions(state)))
+        log.info("proxy_started", upstream=settings.upstream_url, redis=redis_url, spool=str(spool.path))
+        try:
+            yield {"proxy": state}
+        finally:
+            with contextlib.suppress(TimeoutError):
+                await recorder.drain(timeout=5.0)
+            for task in state.tasks:
+                task.cancel()
+            await asyncio.gather(*state.tasks, return_exceptions=True)
+            spool.close()
+            await upstream.close()
+            await redis_client.aclose()
+            if embedded is not None:
+                embedded.stop()
+
+    app_routes: list[Route | Mount] = list(ROUTES)
+    prefixes = []
+    for prefix, mounted in mounts or []:
+        app_routes.append(Mount(prefix, app=AdminGuard(mounted, settings.admin_token)))
+        prefixes.append(prefix)
+    app = Starlette(routes=app_routes, lifespan=lifespan)
+    paths = {route.path for route in ROUTES}
+    return CanonicalLog(app, metrics, paths, tuple(prefixes))

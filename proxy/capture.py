@@ -1,0 +1,79 @@
+"""Token capture: ask the upstream for logprobs and token ids, strip them from what the client sees.
+
+vLLM answers ``return_token_ids: true`` with a top-level ``prompt_token_ids`` (first stream chunk
+only) and per-choice ``token_ids`` (per delta when streaming); ``logprobs: true`` adds
+``choices[].logprobs.content[].logprob`` for each generated token. The request body is forwarded as
+the client's bytes whenever possible: new keys are spliced in before the closing brace, and only a
+changed ``model`` or a client's explicit ``logprobs: false`` costs a re-serialisation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+CAPTURE_FIELDS = {"logprobs": True, "return_token_ids": True}
+
+
+@dataclass(frozen=True)
+class Wants:
+    """What the client itself asked for (kept in its response); the rest is stripped."""
+
+    logprobs: bool
+    token_ids: bool
+
+    @property
+    def everything(self) -> bool:
+        return self.logprobs and self.token_ids
+
+
+def client_wants(body: dict[str, Any]) -> Wants:
+    return Wants(bool(body.get("logprobs")), bool(body.get("return_token_ids")))
+
+
+def forward_body(raw: bytes, body: dict[str, Any], *, model: str | None, capture: bool) -> bytes:
+    """The bytes to send upstream: the client's body with ``model`` replaced and capture fields added."""
+    model_changes = model is not None and body.get("model") != model
+    extra = {k: v for k, v in CAPTURE_FIELDS.items() if capture and body.get(k) is not True}
+    if not model_changes and not extra:
+        return raw
+    if model_changes or any(k in body for k in extra):
+        rewritten = dict(body)
+        if model_changes:
+            rewritten["model"] = model
+        rewritten.update(extra)
+        return json.dumps(rewritten, ensure_ascii=False, separators=(",", ":")).encode()
+    end = raw.rstrip()
+    if not end.endswith(b"}"):
+        return raw
+    splice = b"".join(b',"%s":true' % key.encode() for key in extra)
+    return end[:-1] + splice + b"}"
+
+
+def strip(obj: Any, wants: Wants) -> Any:
+    """Remove from a completion (or stream chunk) the capture fields the client did not ask for."""
+    if not isinstance(obj, dict):
+        return obj
+    if not wants.token_ids:
+        obj.pop("prompt_token_ids", None)
+    for choice in obj.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        if not wants.token_ids:
+            choice.pop("token_ids", None)
+        if not wants.logprobs and "logprobs" in choice:
+            choice["logprobs"] = None
+    return obj
+
+
+def chosen_logprobs(choice: dict[str, Any]) -> list[float] | None:
+    """The logprob of each generated token of a choice, or None when absent."""
+    logprobs = choice.get("logprobs")
+    if not isinstance(logprobs, dict):
+        return None
+    content = logprobs.get("content")
+    if not isinstance(content, list):
+        return None
+    return [float(item.get("logprob", 0.0)) for item in content if isinstance(item, dict)]
+

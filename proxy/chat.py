@@ -1,0 +1,277 @@
+"""``POST /v1/chat/completions``: the hot path — route, forward, stream back, hand off to the recorder.
+
+Only what routing and sessions need is decided here; parsing the answer into a record happens in the
+recorder after the response has been sent. The request body is forwarded as the client's bytes
+unless routing or capture must change it (see proxy.capture).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import structlog
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from proxy.accumulate import SSESplitter, event_data
+from proxy.capture import Wants, client_wants, forward_body, strip
+from proxy.errors import BadRequest, BodyTooLarge, ProxyError, error_body, error_response
+from proxy.recorder import REDIS_DOWN, Exchange
+from proxy.routing import route
+from proxy.sessions import last_assistant_index, message_digest, opening_fingerprint, session_identity
+from proxy.state import ProxyState
+from proxy.upstream import Upstream
+
+log = structlog.get_logger("proxy.chat")
+
+_OFF = frozenset({"off", "0", "false", "no"})
+_TRUE = frozenset({"1", "true", "yes", "on"})
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"request body is larger than {limit} bytes")
+    parts: list[bytes] = []
+    size = 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise BodyTooLarge(f"request body is larger than {limit} bytes")
+        parts.append(part)
+    return b"".join(parts)
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def parse_chat(raw: bytes) -> dict[str, Any]:
+    body = parse_json_object(raw)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' must be a non-empty array of messages", param="messages")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise BadRequest(f"messages[{index}] must be an object with a 'role'", param=f"messages.[{index}]")
+    return body
+
+
+def key_hash(authorization: str | None) -> str | None:
+    """A short sha256 of the client's key, never the key itself."""
+    if not authorization:
+        return None
+    token = authorization.split(" ", 1)[-1].strip()
+    return hashlib.sha256(token.encode()).hexdigest()[:16] if token else None
+
+
+def upstream_headers(request: Request, api_key: str | None) -> dict[str, str]:
+    headers = {"content-type": "application/json"}
+    if api_key:
+        headers["authorization"] = f"Bearer {api_key}"
+    elif "authorization" in request.headers:
+        headers["authorization"] = request.headers["authorization"]
+    return headers
+
+
+async def _find_session(state: ProxyState, messages: list[dict[str, Any]]) -> str:
+    """Session of a request that names none: the session whose last turn this history continues."""
+    index = last_assistant_index(messages)
+    if index is not None:
+        try:
+            found = await state.store.find_session([message_digest(m) for m in messages[: index + 1]])
+            if found:
+                return found
+        except REDIS_DOWN:
+            pass
+    return f"fp-{uuid.uuid4().hex}"
+
+
+def _rewrite_event(event: bytes, wants: Wants) -> bytes:
+    data = event_data(event)
+    if data is None or data.strip() == b"[DONE]":
+        return event + b"\n\n"
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        return event + b"\n\n"
+    return b"data: " + json.dumps(strip(chunk, wants), ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def _send_upstream(state: ProxyState, raw: bytes, body: dict[str, Any], model: str | None,
+                         headers: dict[str, str]) -> tuple[aiohttp.ClientResponse, bool]:
+    """Forward the request; if the upstream refuses the capture fields, retry once without them."""
+    capture = state.settings.capture_tokens and state.capture_supported is not False
+    response = await state.upstream.request(
+        "POST", "/chat/completions", body=forward_body(raw, body, model=model, capture=capture), headers=headers,
+    )
+    if capture and response.status in (400, 422):
+        refused = await Upstream.read(response)
+        retry = await state.upstream.request(
+            "POST", "/chat/completions", body=forward_body(raw, body, model=model, capture=False), headers=headers,
+        )
+        if retry.status < 400:
+            state.capture_supported = False
+            state.metrics.capture.set(0)
+            log.warning("upstream_refuses_capture", status=response.status, body=refused[:300].decode("utf-8", "replace"))
+        return retry, False
+    if capture and response.status < 400 and state.capture_supported is None:
+        state.capture_supported = True
+        state.metrics.capture.set(1)
+    return response, capture
+
+
+async def chat_completions(request: Request) -> Response:
+    state: ProxyState = request.state.proxy
+    t0 = time.perf_counter()
+    started_at = time.time()
+    fields: dict[str, Any] = request.scope.setdefault("nextstate.log", {})
+    try:
+        raw = await read_body(request, state.settings.max_body_bytes)
+        body = parse_chat(raw)
+        headers = request.headers
+        messages: list[dict[str, Any]] = body["messages"]
+        record = (
+            state.settings.record
+            and headers.get("x-nextstate-record", "on").strip().lower() not in _OFF
+            and headers.get("x-turn-type", "main").strip().lower() != "side"
+        )
+        session_id, routing_key = session_identity(headers.get("x-session-id"), body.get("user"), messages)
+        lookup = None
+        if not session_id:
+            routing_key = opening_fingerprint(messages)
+            if record:
+                lookup = asyncio.ensure_future(_find_session(state, messages))
+            else:
+                session_id = f"fp-{uuid.uuid4().hex}"
+        decision = route(
+            state.routing.table, pin_header=headers.get("x-nextstate-policy"),
+            canary_header=headers.get("x-nextstate-canary"), requested_model=body.get("model"),
+            session_key=routing_key or "",
+        )
+        model = decision.upstream_model or state.settings.upstream_model
+        t_up = time.perf_counter()
+        try:
+            response, captured = await _send_upstream(
+                state, raw, body, model, upstream_headers(request, state.settings.upstream_api_key),
+            )
+        except BaseException:
+            if lookup is not None:
+                lookup.cancel()
+            raise
+        t_headers = time.perf_counter()
+        if lookup is not None:
+            session_id = await lookup
+    except ProxyError as exc:
+        fields.update(error=exc.code or exc.type)
+        return error_response(exc)
+
+    turn_id = uuid.uuid4().hex
+    out_headers = {"x-nextstate-session-id": session_id, "x-nextstate-arm": decision.arm}
+    if record:
+        out_headers["x-nextstate-turn-id"] = turn_id
+    if decision.version:
+        out_headers["x-nextstate-version"] = decision.version
+    fields.update(session_id=session_id, turn_id=turn_id if record else None, arm=decision.arm,
+                  version=decision.version, upstream_status=response.status)
+    wants = client_wants(body)
+    content_type = response.headers.get("content-type", "application/json")
+    exchange = Exchange(
+        turn_id=turn_id, session_id=session_id, body=body, stream=bool(body.get("stream")), decision=decision,
+        upstream_model=model or body.get("model"), started_at=started_at, chained=lookup is not None,
+        done=headers.get("x-session-done", "").strip().lower() in _TRUE,
+        client_key_hash=key_hash(headers.get("authorization")),
+    )
+
+    if response.status >= 400 or "text/event-stream" not in content_type:
+        try:
+            data = await Upstream.read(response)
+        except ProxyError as exc:
+            return error_response(exc, out_headers)
+        upstream_s = time.perf_counter() - t_up
+        exchange.completion = data
+        if response.status < 400 and captured and not wants.everything:
+            with contextlib.suppress(ValueError):
+                data = json.dumps(strip(json.loads(data), wants), ensure_ascii=False).encode()
+        overhead_s = time.perf_counter() - t0 - upstream_s
+        out_headers["x-nextstate-overhead-ms"] = f"{overhead_s * 1000:.3f}"
+        state.metrics.overhead.labels("chat").observe(overhead_s)
+        fields.update(overhead_ms=round(overhead_s * 1000, 3), upstream_ms=round(upstream_s * 1000, 3))
+        background = None
+        if record and response.status < 400:
+            exchange.timings.upstream_ms = upstream_s * 1000
+            exchange.timings.overhead_ms = overhead_s * 1000
+            exchange.timings.total_ms = (time.perf_counter() - t0) * 1000
+            background = BackgroundTask(_submit, state, exchange)
+        return Response(data, status_code=response.status, headers=out_headers, media_type=content_type,
+                        background=background)
+
+    before_s = (t_up - t0) + (time.perf_counter() - t_headers)
+    out_headers["x-nextstate-overhead-ms"] = f"{before_s * 1000:.3f}"
+    out_headers["cache-control"] = "no-cache"
+    return StreamingResponse(
+        _relay(state, response, exchange, wants, captured, record, t0, t_up, before_s, fields),
+        status_code=response.status, headers=out_headers, media_type=content_type,
+    )
+
+
+async def _submit(state: ProxyState, exchange: Exchange) -> None:
+    state.recorder.submit(exchange)
+
+
+async def _relay(state: ProxyState, response: aiohttp.ClientResponse, exchange: Exchange, wants: Wants,
+                 captured: bool, record: bool, t0: float, t_up: float, overhead_s: float,
+                 fields: dict[str, Any]) -> AsyncIterator[bytes]:
+    """Pass SSE through as it arrives; keep the raw chunks for the recorder."""
+    splitter = SSESplitter() if captured and not wants.everything else None
+    completed = False
+    first: float | None = None
+    try:
+        async for data in Upstream.iter_chunks(response):
+            if first is None:
+                first = time.perf_counter()
+            t_chunk = time.perf_counter()
+            exchange.chunks.append(data)
+            if splitter is not None:
+                data = b"".join(_rewrite_event(event, wants) for event in splitter.feed(data))
+            overhead_s += time.perf_counter() - t_chunk
+            if data:
+                yield data
+        rest = splitter.rest() if splitter is not None else b""
+        if rest.strip():
+            yield _rewrite_event(rest, wants)
+        completed = True
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        log.warning("upstream_stream_broken", error=repr(exc))
+        fields.update(error="upstream_stream_broken")
+        yield b"data: " + error_body("upstream stream broken", "upstream_error", code="upstream_stream_broken") + b"\n\n"
+    finally:
+        if completed:
+            response.release()
+        else:  # the client went away (or the upstream broke): close the upstream request too
+            response.close()
+            fields.setdefault("error", "client_disconnected")
+        total_s = time.perf_counter() - t0
+        fields.update(overhead_ms=round(overhead_s * 1000, 3), stream=True)
+        state.metrics.overhead.labels("chat").observe(overhead_s)
+        if completed and record:
+            exchange.timings.total_ms = total_s * 1000
+            exchange.timings.overhead_ms = overhead_s * 1000
+            exchange.timings.upstream_ms = (total_s - overhead_s) * 1000
+            exchange.timings.ttft_ms = (first - t_up) * 1000 if first is not None else None
+            state.recorder.submit(exchange)

@@ -1,0 +1,81 @@
+"""The proxy's errors and their one OpenAI-shaped JSON form.
+
+Exceptions::
+
+    ProxyError (carries status, type, code, param; rendered by ``error_response``)
+    ├── BadRequest            400 invalid_request_error (not retryable)
+    ├── Unauthorized          401 (not retryable)
+    ├── NotFound              404 (unknown version, unknown turn; not retryable)
+    ├── BodyTooLarge          413 (not retryable)
+    └── UpstreamError         (retryable: the upstream may come back)
+        ├── UpstreamUnreachable   502
+        └── UpstreamTimeout       504 (also TimeoutError)
+"""
+
+from __future__ import annotations
+
+import json
+
+from starlette.responses import Response
+
+
+class ProxyError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = None
+    retryable = False
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(ProxyError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class Unauthorized(ProxyError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_admin_token"
+
+
+class NotFound(ProxyError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class BodyTooLarge(ProxyError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class UpstreamError(ProxyError):
+    status = 502
+    type = "upstream_error"
+    retryable = True
+
+
+class UpstreamUnreachable(UpstreamError):
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(UpstreamError, TimeoutError):
+    status = 504
+    code = "upstream_timeout"
+
+
+def error_body(message: str, type_: str, *, param: str | None = None, code: str | None = None) -> bytes:
+    """The OpenAI error envelope, serialised."""
+    return json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()
+
+
+def error_response(exc: ProxyError, headers: dict[str, str] | None = None) -> Response:
+    body = error_body(exc.message, exc.type, param=exc.param, code=exc.code)
+    return Response(body, status_code=exc.status, media_type="application/json", headers=headers)

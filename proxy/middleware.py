@@ -1,0 +1,86 @@
+"""Pure-ASGI middleware: the canonical request log line with metrics, and the admin token guard."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Any
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from proxy.errors import NotFound, Unauthorized, error_response
+from proxy.metrics import Metrics
+
+log = structlog.get_logger("proxy.request")
+
+_QUIET = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class CanonicalLog:
+    """One log line per request (method, path, status, duration and what handlers added), and metrics."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, paths: set[str], prefixes: tuple[str, ...] = ()) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.paths = paths
+        self.prefixes = prefixes
+
+    def _route(self, path: str) -> str:
+        """A bounded metric label for a path (unknown paths share one label)."""
+        if path in self.paths:
+            return path
+        for prefix in self.prefixes:
+            if path == prefix or path.startswith(prefix + "/"):
+                return prefix
+        return "other"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        fields: dict[str, Any] = {}
+        scope["nextstate.log"] = fields
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            duration = time.perf_counter() - start
+            path = scope["path"]
+            route = self._route(path)
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.latency.labels(route).observe(duration)
+            if path not in _QUIET:
+                log.info("request", method=scope["method"], path=path, status=status,
+                         duration_ms=round(duration * 1000, 3), **fields)
+
+
+class AdminGuard:
+    """Mounted admin apps: 404 when no admin token is configured, 401 without the right bearer token."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode() if token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.expected is None:
+            await error_response(NotFound("not found (admin routes are disabled)"))(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        if not hmac.compare_digest(given, self.expected):
+            response = error_response(Unauthorized("missing or wrong admin token"),
+                                      headers={"www-authenticate": "Bearer"})
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -1,0 +1,209 @@
+"""The recorder: turns served exchanges into records, off the request path, Redis or spool.
+
+Handlers only ``submit`` (a non-blocking queue put) after the response has been sent. One task
+builds the records (parsing the response happens here, not on the hot path) and applies them to
+Redis in order. When Redis fails, the entry goes to the spool, and while the spool holds anything
+every new entry goes there too, so order is kept; the same task replays the spool when Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import redis
+import structlog
+from pydantic import BaseModel
+
+from proxy.accumulate import Accumulator
+from proxy.metrics import Metrics
+from proxy.records import FeedbackRecord, Serving, Timings, TurnRecord, TurnRequest
+from proxy.routing import Decision
+from proxy.sessions import message_digest, turn_index
+from proxy.spool import Spool
+from proxy.store import Store
+
+log = structlog.get_logger("proxy.recorder")
+
+_NOT_PARAMS = frozenset({"messages", "tools", "model"})
+# what makes Redis count as down: connection problems and timeouts (not a bug in our own code)
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+@dataclass
+class Exchange:
+    """One served main turn, as the handler saw it; the recorder turns it into records."""
+
+    turn_id: str
+    session_id: str
+    body: dict[str, Any]
+    stream: bool
+    decision: Decision
+    upstream_model: str | None
+    started_at: float
+    chained: bool = False
+    done: bool = False
+    client_key_hash: str | None = None
+    completion: bytes = b""
+    chunks: list[bytes] = field(default_factory=list)
+    timings: Timings = field(default_factory=Timings)
+
+
+class Entry(BaseModel):
+    """One unit of recording work; also the line format of the spool."""
+
+    kind: Literal["turn", "feedback"]
+    turn: TurnRecord | None = None
+    digests: list[str] = []
+    reply_digest: str = ""
+    chained: bool = False
+    done: bool = False
+    feedback: FeedbackRecord | None = None
+
+
+def build_entry(exchange: Exchange) -> Entry | None:
+    """Parse what was served into a turn entry; None when the upstream answered no choice."""
+    accumulator = Accumulator()
+    if exchange.stream:
+        accumulator.feed_sse(b"".join(exchange.chunks))
+    else:
+        accumulator.feed_completion(json.loads(exchange.completion))
+    if not accumulator.saw_choice:
+        return None
+    body = exchange.body
+    messages = body["messages"]
+    response = accumulator.response()
+    turn = TurnRecord(
+        record_id=exchange.turn_id,
+        created_at=exchange.started_at,
+        turn_id=exchange.turn_id,
+        session_id=exchange.session_id,
+        turn_index=turn_index(messages),
+        stream=exchange.stream,
+        request=TurnRequest(
+            model=body.get("model"), messages=messages, tools=body.get("tools"),
+            params={k: v for k, v in body.items() if k not in _NOT_PARAMS},
+        ),
+        response=response,
+        tokens=accumulator.tokens(),
+        serving=Serving(
+            upstream_model=exchange.upstream_model, version=exchange.decision.version, arm=exchange.decision.arm,
+        ),
+        timings=exchange.timings,
+        client_key_hash=exchange.client_key_hash,
+    )
+    return Entry(
+        kind="turn", turn=turn, digests=[message_digest(m) for m in messages],
+        reply_digest=message_digest(response.message), chained=exchange.chained, done=exchange.done,
+    )
+
+
+class Recorder:
+    def __init__(self, store: Store, spool: Spool, metrics: Metrics, *, replay_interval_s: float = 1.0) -> None:
+        self.store = store
+        self.spool = spool
+        self.metrics = metrics
+        self.replay_interval_s = replay_interval_s
+        self.queue: asyncio.Queue[Exchange | Entry] = asyncio.Queue()
+        self.pending_turns: set[str] = set()
+        self._next_replay = 0.0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def submit(self, item: Exchange | Entry) -> None:
+        if isinstance(item, Exchange):
+            self.pending_turns.add(item.turn_id)
+        self._idle.clear()
+        self.queue.put_nowait(item)
+
+    def knows_turn(self, turn_id: str) -> bool:
+        """True when a turn is still on its way to Redis (queued or spooled)."""
+        return turn_id in self.pending_turns or self.spool.pending()
+
+    async def apply(self, entry: Entry) -> bool:
+        if entry.kind == "feedback":
+            assert entry.feedback is not None
+            return await self.store.write_feedback(entry.feedback)
+        assert entry.turn is not None
+        await self.store.record_turn(entry.turn, entry.digests, entry.reply_digest,
+                                     chained=entry.chained, done=entry.done)
+        return True
+
+    def _to_spool(self, entry: Entry) -> None:
+        self.spool.append(entry.model_dump_json())
+        self.metrics.records.labels(entry.kind, "spooled").inc()
+        self.metrics.spool_pending.set(1)
+
+    async def replay(self, force: bool = False) -> bool:
+        """Replay the spool in order; True when it is empty afterwards."""
+        if not force and time.monotonic() < self._next_replay:
+            return False
+        try:
+            for offset, line in self.spool.entries():
+                entry = Entry.model_validate_json(line)
+                await self.apply(entry)
+                self.spool.commit(offset)
+                self.metrics.records.labels(entry.kind, "replayed").inc()
+        except REDIS_DOWN as exc:
+            self._next_replay = time.monotonic() + self.replay_interval_s
+            log.info("spool_replay_paused", error=repr(exc))
+            return False
+        self.spool.reset_if_drained()
+        drained = not self.spool.pending()
+        self.metrics.spool_pending.set(0 if drained else 1)
+        if drained:
+            log.info("spool_replayed")
+        return drained
+
+    def _entry(self, item: Exchange | Entry) -> Entry | None:
+        if isinstance(item, Entry):
+            return item
+        try:
+            entry = build_entry(item)
+        except Exception as exc:  # a malformed upstream answer must not stop recording
+            log.error("record_build_failed", turn_id=item.turn_id, error=repr(exc))
+            self.metrics.records.labels("turn", "failed").inc()
+            entry = None
+        if entry is None:
+            self.pending_turns.discard(item.turn_id)
+        return entry
+
+    async def _handle(self, item: Exchange | Entry) -> None:
+        entry = self._entry(item)
+        if entry is not None:
+            if self.spool.pending() and not await self.replay():
+                self._to_spool(entry)
+            else:
+                try:
+                    written = await self.apply(entry)
+                    self.metrics.records.labels(entry.kind, "written" if written else "duplicate").inc()
+                except REDIS_DOWN as exc:
+                    log.warning("redis_unavailable_spooling", error=repr(exc))
+                    self._to_spool(entry)
+            if entry.turn is not None:
+                self.pending_turns.discard(entry.turn.turn_id)
+
+    async def run(self) -> None:
+        if self.spool.pending():
+            self.metrics.spool_pending.set(1)
+        while True:
+            if self.queue.empty():
+                self._idle.set()
+            try:
+                timeout = self.replay_interval_s if self.spool.pending() else None
+                item = await asyncio.wait_for(self.queue.get(), timeout)
+            except TimeoutError:
+                await self.replay()
+                continue
+            try:
+                await self._handle(item)
+            except Exception as exc:  # keep the recorder alive whatever happens; count it
+                log.error("record_failed", error=repr(exc))
+                self.metrics.records.labels("turn", "failed").inc()
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait until everything submitted so far has been handled (written or spooled)."""
+        await asyncio.wait_for(self._idle.wait(), timeout)

@@ -1,0 +1,141 @@
+"""The proxy's other routes: completions and models pass-through, feedback, health, readiness, metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from proxy.chat import key_hash, parse_json_object, read_body, upstream_headers
+from proxy.errors import BadRequest, NotFound, ProxyError, error_response
+from proxy.recorder import REDIS_DOWN, Entry
+from proxy.records import FeedbackRecord, turn_key
+from proxy.state import ProxyState
+from proxy.upstream import Upstream
+
+MAX_COMMENT_CHARS = 10_000
+
+
+async def _stream(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    completed = False
+    try:
+        async for data in Upstream.iter_chunks(response):
+            yield data
+        completed = True
+    finally:
+        if completed:
+            response.release()
+        else:  # the client went away: close the upstream request too
+            response.close()
+
+
+async def completions(request: Request) -> Response:
+    """``POST /v1/completions``: forwarded unchanged (streamed when the upstream streams), not recorded."""
+    state: ProxyState = request.state.proxy
+    try:
+        raw = await read_body(request, state.settings.max_body_bytes)
+        parse_json_object(raw)
+        response = await state.upstream.request(
+            "POST", "/completions", body=raw, headers=upstream_headers(request, state.settings.upstream_api_key),
+        )
+        content_type = response.headers.get("content-type", "application/json")
+        if response.status < 400 and "text/event-stream" in content_type:
+            return StreamingResponse(_stream(response), status_code=response.status, media_type=content_type)
+        data = await Upstream.read(response)
+    except ProxyError as exc:
+        return error_response(exc)
+    return Response(data, status_code=response.status, media_type=content_type)
+
+
+async def models(request: Request) -> Response:
+    """``GET /v1/models``: the upstream's list."""
+    state: ProxyState = request.state.proxy
+    try:
+        response = await state.upstream.request(
+            "GET", "/models", headers=upstream_headers(request, state.settings.upstream_api_key),
+        )
+        data = await Upstream.read(response)
+    except ProxyError as exc:
+        return error_response(exc)
+    return Response(data, status_code=response.status, media_type=response.headers.get("content-type"))
+
+
+def parse_feedback(body: dict[str, Any]) -> tuple[str, int, str | None]:
+    turn_id = body.get("turn_id")
+    if not isinstance(turn_id, str) or not turn_id:
+        raise BadRequest("'turn_id' must be a non-empty string", param="turn_id")
+    rating = body.get("rating")
+    if isinstance(rating, bool) or rating not in (1, -1):
+        raise BadRequest("'rating' must be 1 or -1", param="rating")
+    comment = body.get("comment")
+    if comment is not None and (not isinstance(comment, str) or len(comment) > MAX_COMMENT_CHARS):
+        raise BadRequest(f"'comment' must be a string of at most {MAX_COMMENT_CHARS} characters", param="comment")
+    return turn_id, int(rating), comment
+
+
+async def feedback(request: Request) -> Response:
+    """``POST /v1/feedback``: thumbs up/down on a served turn, appended once to the feedback stream."""
+    state: ProxyState = request.state.proxy
+    try:
+        body = parse_json_object(await read_body(request, state.settings.max_body_bytes))
+        turn_id, rating, comment = parse_feedback(body)
+        try:
+            known = bool(await state.redis.exists(turn_key(turn_id)))
+        except REDIS_DOWN:
+            known = True  # cannot check now: accept, the spool keeps it
+        if not known and not state.recorder.knows_turn(turn_id):
+            raise NotFound(f"unknown turn {turn_id!r}", param="turn_id", code="turn_not_found")
+    except ProxyError as exc:
+        return error_response(exc)
+    client = key_hash(request.headers.get("authorization"))
+    given = body.get("feedback_id")
+    feedback_id = given if isinstance(given, str) and given else hashlib.sha256(
+        json.dumps([turn_id, rating, comment, client]).encode()
+    ).hexdigest()[:32]
+    record = FeedbackRecord(
+        record_id=f"fb-{feedback_id}", feedback_id=feedback_id, turn_id=turn_id, rating=rating,  # type: ignore[arg-type]
+        comment=comment, client_key_hash=client,
+    )
+    state.recorder.submit(Entry(kind="feedback", feedback=record))
+    return JSONResponse({"id": feedback_id, "object": "feedback", "turn_id": turn_id, "rating": rating,
+                         "status": "accepted"})
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Ready when the upstream answers ``/models`` and Redis answers PING."""
+    state: ProxyState = request.state.proxy
+    checks: dict[str, str] = {}
+    try:
+        await state.redis.ping()
+        checks["redis"] = "ok"
+    except REDIS_DOWN as exc:
+        checks["redis"] = f"unavailable: {exc.__class__.__name__}"
+    try:
+        response = await state.upstream.request(
+            "GET", "/models", headers=upstream_headers(request, state.settings.upstream_api_key),
+            timeout=aiohttp.ClientTimeout(total=2.0),
+        )
+        await Upstream.read(response)
+        checks["upstream"] = "ok" if response.status < 500 else f"status {response.status}"
+    except ProxyError as exc:
+        checks["upstream"] = f"unavailable: {exc.code}"
+    for name in state.failed_tasks:
+        checks[name] = "stopped"
+    ready = all(value == "ok" for value in checks.values())
+    return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},
+                        status_code=200 if ready else 503)
+
+
+async def metrics(request: Request) -> Response:
+    state: ProxyState = request.state.proxy
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,114 @@
+"""Which policy serves a request: the pure ``route`` decision and the routing-table refresher.
+
+Precedence: a pin (``X-NextState-Policy: vN`` or ``model: <base>@vN``) > the opt-in/opt-out header
+(``X-NextState-Canary: 1|0``) > a sticky slice (a stable hash of the session key below the canary
+fraction, so a conversation never switches arm).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+import structlog
+
+from proxy.errors import NotFound
+from proxy.records import ROUTING_KEY, Arm, RoutingTable
+
+log = structlog.get_logger("proxy.routing")
+
+_PIN_IN_MODEL = re.compile(r"^(?P<base>.+)@(?P<version>v\d+)$")
+
+
+@dataclass(frozen=True)
+class Decision:
+    upstream_model: str | None
+    """The model name to send upstream; None = leave the client's ``model`` as it is."""
+    version: str | None
+    """Registry version serving the request (``"v3"``); None for the base model."""
+    arm: Arm
+
+
+class UnknownVersion(NotFound):
+    """A pinned version the routing table does not know (404)."""
+
+    code = "model_not_found"
+
+
+def slice_position(session_key: str) -> float:
+    """A stable position in [0, 1) for a session key: the same key always lands on the same arm."""
+    digest = hashlib.sha256(session_key.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _model_for(table: RoutingTable, version: str) -> str:
+    if version in table.versions:
+        return table.versions[version]
+    return f"{table.base_model}@{version}" if table.base_model else version
+
+
+def route(
+    table: RoutingTable | None,
+    *,
+    pin_header: str | None,
+    canary_header: str | None,
+    requested_model: str | None,
+    session_key: str,
+) -> Decision:
+    """Decide the upstream model, version and arm of one request; raise UnknownVersion for a bad pin."""
+    pinned = (pin_header or "").strip() or None
+    if pinned is None and requested_model:
+        match = _PIN_IN_MODEL.match(requested_model)
+        if match:
+            pinned = match.group("version")
+    if pinned is not None:
+        if table is None or pinned not in table.versions:
+            raise UnknownVersion(f"unknown policy version {pinned!r}", param="model")
+        return Decision(table.versions[pinned], pinned, "pinned")
+    if table is None or (table.stable is None and table.canary is None):
+        return Decision(None, None, "base")
+    stable = (
+        Decision(_model_for(table, table.stable), table.stable, "stable")
+        if table.stable
+        else Decision(table.base_model, None, "base")
+    )
+    if table.canary is None:
+        return stable
+    canary = Decision(_model_for(table, table.canary), table.canary, "canary")
+    opt = (canary_header or "").strip().lower()
+    if opt in {"1", "true", "yes", "on"}:
+        return canary
+    if opt in {"0", "false", "no", "off"}:
+        return stable
+    return canary if slice_position(session_key) < table.canary_fraction else stable
+
+
+class RoutingRefresher:
+    """Reloads the routing table from Redis every ``interval`` seconds; keeps the last good one."""
+
+    def __init__(self, redis_client: aioredis.Redis, interval: float) -> None:
+        self.redis = redis_client
+        self.interval = interval
+        self.table: RoutingTable | None = None
+
+    async def refresh(self) -> None:
+        raw = await self.redis.get(ROUTING_KEY)
+        if raw is None:
+            self.table = None
+            return
+        table = RoutingTable.model_validate_json(raw)
+        if self.table is None or table.revision != self.table.revision or table != self.table:
+            log.info("routing_table", revision=table.revision, stable=table.stable, canary=table.canary,
+                     canary_fraction=table.canary_fraction)
+        self.table = table
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception as exc:  # Redis down or a malformed table: keep serving with the last one
+                log.warning("routing_refresh_failed", error=repr(exc))
+            await asyncio.sleep(self.interval)

@@ -1,0 +1,64 @@
+"""The upstream client: one pooled aiohttp session per app, errors translated to proxy errors.
+
+aiohttp was chosen by measurement (bench/proxy_overhead.py, DESIGN's table): on the same loop it adds
+about half the per-request time of httpx. Connect failures become ``UpstreamUnreachable`` (502),
+timeouts ``UpstreamTimeout`` (504), both chained from the aiohttp error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+
+import aiohttp
+
+from proxy.errors import UpstreamTimeout, UpstreamUnreachable
+
+
+class Upstream:
+    def __init__(self, base_url: str, *, connect_timeout_s: float, read_timeout_s: float, connections: int) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s)
+        self._connections = connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self._connections, ttl_dns_cache=300, keepalive_timeout=30)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=self._timeout, auto_decompress=False, skip_auto_headers=("User-Agent",),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(
+        self, method: str, path: str, *, body: bytes | None = None, headers: Mapping[str, str] | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
+    ) -> aiohttp.ClientResponse:
+        """Send a request; the caller reads (or streams) the body and must release the response."""
+        assert self._session is not None, "Upstream.open() was not called"
+        url = self.base_url + path
+        try:
+            return await self._session.request(method, url, data=body, headers=headers, timeout=timeout or self._timeout)
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout(f"upstream timed out: {url}") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnreachable(f"upstream unreachable: {url} ({exc.__class__.__name__})") from exc
+
+    @staticmethod
+    async def read(response: aiohttp.ClientResponse) -> bytes:
+        try:
+            return await response.read()
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout("upstream timed out while sending its answer") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnreachable(f"upstream connection failed ({exc.__class__.__name__})") from exc
+        finally:
+            response.release()
+
+    @staticmethod
+    async def iter_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        """Body chunks as they arrive (no re-chunking)."""
+        async for data in response.content.iter_any():
+            yield data

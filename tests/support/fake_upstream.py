@@ -1,0 +1,218 @@
+"""A small scripted OpenAI-compatible upstream (chat, completions, models) that truly streams SSE.
+
+It stands in for an LLM provider, which is outside the project. Replies are scripted with
+``push(Reply(...))``; with nothing scripted it echoes the last user message. With ``capture=True``
+it behaves like vLLM: ``return_token_ids`` adds ``prompt_token_ids`` (top level, first chunk when
+streaming) and per-choice ``token_ids``; ``logprobs`` adds per-token logprobs. Tokens are
+characters (id = code point). With ``capture=False`` it refuses ``return_token_ids`` with a 400, as
+OpenAI does for unknown arguments. Every request body and header set is kept in ``requests``.
+Run it in a test with ``serve_in_thread(FakeUpstream().app)``, or as a process with
+``uvicorn --factory tests.support.fake_upstream:create_app``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+
+@dataclass
+class Reply:
+    """One scripted answer."""
+
+    content: str | None = None
+    """Assistant text; None = echo the last user message (``"echo: <text>"``)."""
+    tool_calls: list[dict[str, str]] | None = None
+    """Each ``{"id", "name", "arguments"}``; arguments stream in pieces."""
+    reasoning: str | None = None
+    finish_reason: str | None = None
+    status: int = 200
+    error: dict[str, Any] | None = None
+    """Body sent with a non-200 status (default: an OpenAI-shaped error)."""
+    delay_s: float = 0.0
+    """Wait before answering at all (to provoke read timeouts)."""
+    chunk_delay_s: float = 0.0
+    """Wait between stream chunks."""
+    chunk_chars: int = 3
+    """Characters of content per stream chunk."""
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content or ""
+
+
+def _logprob(position: int) -> float:
+    return -0.05 - 0.1 * (position % 5)
+
+
+class FakeUpstream:
+    def __init__(self, *, capture: bool = True, model: str = "fake-model") -> None:
+        self.capture = capture
+        self.model = model
+        self.replies: collections.deque[Reply] = collections.deque()
+        self.requests: list[dict[str, Any]] = []
+        self.disconnects = 0
+        self.disconnected = threading.Event()
+        self.app = Starlette(routes=[
+            Route("/v1/chat/completions", self.chat, methods=["POST"]),
+            Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+        ])
+
+    def push(self, *replies: Reply) -> None:
+        self.replies.extend(replies)
+
+    def _next(self, body: dict[str, Any]) -> tuple[Reply, str]:
+        reply = self.replies.popleft() if self.replies else Reply()
+        if reply.content is not None or reply.tool_calls:
+            return reply, reply.content or ""
+        users = [m for m in body.get("messages", []) if m.get("role") == "user"]
+        return reply, "echo: " + (_text(users[-1].get("content")) if users else "")
+
+    def _refusal(self, body: dict[str, Any]) -> Response | None:
+        if not self.capture and "return_token_ids" in body:
+            return JSONResponse({"error": {
+                "message": "Unrecognized request argument supplied: return_token_ids",
+                "type": "invalid_request_error", "param": None, "code": None}}, status_code=400)
+        return None
+
+    async def models(self, request: Request) -> Response:
+        self.requests.append({"path": "/v1/models", "headers": dict(request.headers), "body": None})
+        return JSONResponse({"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "fake"}]})
+
+    async def chat(self, request: Request) -> Response:
+        body = json.loads(await request.body())
+        self.requests.append({"path": "/v1/chat/completions", "headers": dict(request.headers), "body": body})
+        refusal = self._refusal(body)
+        if refusal is not None:
+            return refusal
+        reply, text = self._next(body)
+        if reply.delay_s:
+            await asyncio.sleep(reply.delay_s)
+        if reply.status != 200:
+            error = reply.error or {"error": {"message": f"scripted {reply.status}", "type": "server_error",
+                                              "param": None, "code": None}}
+            return JSONResponse(error, status_code=reply.status)
+        prompt_ids = [ord(c) for m in body.get("messages", []) for c in _text(m.get("content"))]
+        finish = reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")
+        if body.get("stream"):
+            return StreamingResponse(self._stream(body, reply, text, prompt_ids, finish), media_type="text/event-stream")
+        message: dict[str, Any] = {"role": "assistant", "content": text if text or not reply.tool_calls else None}
+        if reply.reasoning:
+            message["reasoning_content"] = reply.reasoning
+        if reply.tool_calls:
+            message["tool_calls"] = [
+                {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                for c in reply.tool_calls
+            ]
+        choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
+        answer: dict[str, Any] = {
+            "id": f"chatcmpl-{time.monotonic_ns()}", "object": "chat.completion", "created": int(time.time()),
+            "model": body.get("model") or self.model, "choices": [choice],
+            "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": len(text),
+                      "total_tokens": len(prompt_ids) + len(text)},
+        }
+        if body.get("logprobs"):
+            choice["logprobs"] = {"content": [
+                {"token": c, "logprob": _logprob(i), "bytes": list(c.encode()), "top_logprobs": []}
+                for i, c in enumerate(text)]}
+        if self.capture and body.get("return_token_ids"):
+            answer["prompt_token_ids"] = prompt_ids
+            choice["token_ids"] = [ord(c) for c in text]
+        return JSONResponse(answer)
+
+    async def _stream(self, body: dict[str, Any], reply: Reply, text: str, prompt_ids: list[int],
+                      finish: str) -> AsyncIterator[bytes]:
+        ident, created, model = f"chatcmpl-{time.monotonic_ns()}", int(time.time()), body.get("model") or self.model
+        capture_ids = self.capture and body.get("return_token_ids")
+        finished = False
+
+        def chunk(delta: dict[str, Any], *, finish_reason: str | None = None, piece: str = "", start: int = 0,
+                  first: bool = False) -> bytes:
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+            data: dict[str, Any] = {"id": ident, "object": "chat.completion.chunk", "created": created,
+                                    "model": model, "choices": [choice]}
+            if body.get("logprobs") and piece:
+                choice["logprobs"] = {"content": [
+                    {"token": c, "logprob": _logprob(start + i), "bytes": list(c.encode()), "top_logprobs": []}
+                    for i, c in enumerate(piece)]}
+            if capture_ids:
+                choice["token_ids"] = [ord(c) for c in piece]
+                if first:
+                    data["prompt_token_ids"] = prompt_ids
+            return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+        try:
+            yield chunk({"role": "assistant", "content": ""}, first=True)
+            if reply.reasoning:
+                yield chunk({"reasoning_content": reply.reasoning})
+            step = max(1, reply.chunk_chars)
+            for start in range(0, len(text), step):
+                if reply.chunk_delay_s:
+                    await asyncio.sleep(reply.chunk_delay_s)
+                piece = text[start:start + step]
+                yield chunk({"content": piece}, piece=piece, start=start)
+            for index, call in enumerate(reply.tool_calls or []):
+                yield chunk({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
+                                             "function": {"name": call["name"], "arguments": ""}}]})
+                args = call["arguments"]
+                for start in range(0, len(args), 4):
+                    if reply.chunk_delay_s:
+                        await asyncio.sleep(reply.chunk_delay_s)
+                    yield chunk({"tool_calls": [{"index": index, "function": {"arguments": args[start:start + 4]}}]})
+            yield chunk({}, finish_reason=finish)
+            if (body.get("stream_options") or {}).get("include_usage"):
+                usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": len(text),
+                         "total_tokens": len(prompt_ids) + len(text)}
+                data = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
+                        "choices": [], "usage": usage}
+                yield b"data: " + json.dumps(data).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+            finished = True
+        finally:
+            if not finished:
+                self.disconnects += 1
+                self.disconnected.set()
+
+    async def completions(self, request: Request) -> Response:
+        body = json.loads(await request.body())
+        self.requests.append({"path": "/v1/completions", "headers": dict(request.headers), "body": body})
+        text = "echo: " + str(body.get("prompt", ""))
+        answer = {"id": f"cmpl-{time.monotonic_ns()}", "object": "text_completion", "created": int(time.time()),
+                  "model": body.get("model") or self.model,
+                  "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}]}
+        if not body.get("stream"):
+            return JSONResponse(answer)
+
+        async def events() -> AsyncIterator[bytes]:
+            for start in range(0, len(text), 4):
+                piece = dict(answer, choices=[{"index": 0, "text": text[start:start + 4], "finish_reason": None}])
+                yield b"data: " + json.dumps(piece).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def create_app() -> Starlette:
+    """Factory for running the fake upstream as a process (benchmarks); keeps no request log."""
+    upstream = FakeUpstream()
+    upstream.requests = _Discard()
+    return upstream.app
+
+
+class _Discard(list[dict[str, Any]]):
+    def append(self, item: dict[str, Any]) -> None:
+        pass
