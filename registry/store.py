@@ -112,7 +112,13 @@ class Registry:
         return VersionInfo.model_validate_json(raw)
 
     def manifest(self, version: str) -> Manifest:
-        return Manifest.model_validate_json((Path(self.get(version).path) / "manifest.json").read_text())
+        """The version's manifest, with the gate verdict filled in from the registry once there is one
+        (the file itself is written before the gate runs and never changes)."""
+        info = self.get(version)
+        manifest = Manifest.model_validate_json((Path(info.path) / "manifest.json").read_text())
+        if manifest.gate is None and info.gate is not None:
+            manifest = manifest.model_copy(update={"gate": info.gate})
+        return manifest
 
     def versions(self) -> list[VersionInfo]:
         infos = [VersionInfo.model_validate_json(v) for v in self.redis.hgetall(self._versions_key()).values()]

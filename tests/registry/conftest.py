@@ -1,8 +1,10 @@
-"""Registry fixtures: a store on real Redis, real PEFT adapter files, two fake policy-server replicas."""
+"""Registry fixtures: a store on real Redis, PEFT-format adapter files, two fake policy-server replicas."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,19 +20,32 @@ from tests.registry.fake_policy import create_fake_policy
 from tests.support.servers import serve_in_thread
 
 
+def write_safetensors(path: Path, tensors: dict[str, tuple[list[int], list[float]]]) -> None:
+    """A float32 safetensors file (8-byte header length, JSON header, raw little-endian data)."""
+    header: dict[str, Any] = {}
+    data = b""
+    for name, (shape, values) in tensors.items():
+        raw = struct.pack(f"<{len(values)}f", *values)
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data)
+
+
 @pytest.fixture(scope="session")
 def adapter_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One real LoRA adapter saved by peft from a tiny randomly initialised Qwen2 model."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
-    model = get_peft_model(Qwen2ForCausalLM(config), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    """PEFT-format LoRA files (config + safetensors) written directly: the registry never reads weights,
+    so these tests need no torch. The gate tests use adapters trained by peft on the tiny model."""
     out = tmp_path_factory.mktemp("adapter")
-    model.save_pretrained(out)
+    (out / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 2, "lora_alpha": 4, "lora_dropout": 0.0,
+        "target_modules": ["q_proj", "v_proj"], "base_model_name_or_path": "tiny-chat", "bias": "none",
+    }))
+    prefix = "base_model.model.model.layers.0.self_attn"
+    tensors = {f"{prefix}.{m}.lora_A.weight": ([2, 16], [0.01] * 32) for m in ("q_proj", "v_proj")}
+    tensors |= {f"{prefix}.{m}.lora_B.weight": ([16, 2], [0.0] * 32) for m in ("q_proj", "v_proj")}
+    write_safetensors(out / "adapter_model.safetensors", tensors)
     return out
 
 

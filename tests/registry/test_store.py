@@ -31,6 +31,7 @@ def test_gate_verdict_is_recorded_beside_the_immutable_directory(registry: Regis
     info = registry.record_gate(v1, verdict)
     assert info.state == "gated_fail" and info.gate is not None and info.gate.metrics == {"kl": 0.9}
     assert sorted(p.name for p in Path(info.path).iterdir()) == before
+    assert registry.manifest(v1).gate == verdict  # the manifest as read carries the verdict
     event = registry.history()[-1]
     assert (event.kind, event.actor, event.evidence["gate"]["reasons"]) == ("gate_verdict", "gate", ["drift 0.9 > 0.5"])
     with pytest.raises(IllegalTransition):
