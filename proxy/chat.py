@@ -93,6 +93,9 @@ async def _find_session(state: ProxyState, messages: list[dict[str, Any]]) -> st
     """Session of a request that names none: the session whose last turn this history continues."""
     index = last_assistant_index(messages)
     if index is not None:
+        # the previous turn of this conversation may still be on its way to Redis: let it land first
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state.recorder.barrier(), 0.25)
         try:
             found = await state.store.find_session([message_digest(m) for m in messages[: index + 1]])
             if found:

@@ -107,7 +107,7 @@ class Recorder:
         self.spool = spool
         self.metrics = metrics
         self.replay_interval_s = replay_interval_s
-        self.queue: asyncio.Queue[Exchange | Entry] = asyncio.Queue()
+        self.queue: asyncio.Queue[Exchange | Entry | asyncio.Future[None]] = asyncio.Queue()
         self.pending_turns: set[str] = set()
         self._next_replay = 0.0
         self._idle = asyncio.Event()
@@ -118,6 +118,13 @@ class Recorder:
             self.pending_turns.add(item.turn_id)
         self._idle.clear()
         self.queue.put_nowait(item)
+
+    def barrier(self) -> asyncio.Future[None]:
+        """A future that resolves once everything submitted before it has been handled."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._idle.clear()
+        self.queue.put_nowait(future)
+        return future
 
     def knows_turn(self, turn_id: str) -> bool:
         """True when a turn is still on its way to Redis (queued or spooled)."""
@@ -197,6 +204,10 @@ class Recorder:
                 item = await asyncio.wait_for(self.queue.get(), timeout)
             except TimeoutError:
                 await self.replay()
+                continue
+            if isinstance(item, asyncio.Future):
+                if not item.done():
+                    item.set_result(None)
                 continue
             try:
                 await self._handle(item)

@@ -27,7 +27,7 @@ def fake() -> FakeUpstream:
 
 @pytest.fixture
 def upstream_url(fake: FakeUpstream) -> Iterator[str]:
-    with serve_in_thread(fake.app) as url:
+    with serve_in_thread(fake.app, timeout_graceful_shutdown=2) as url:
         yield f"{url}/v1"
 
 
@@ -48,7 +48,8 @@ def start_proxy(tmp_path: Path, redis_url: str, upstream_url: str) -> Iterator[C
     def start(*, mounts: list[Any] | None = None, redis: str | None = None, upstream: str | None = None,
               **overrides: Any) -> str:
         settings = proxy_settings(tmp_path, redis or redis_url, upstream or upstream_url, **overrides)
-        return stack.enter_context(serve_in_thread(create_app(settings, mounts=mounts)))
+        # bounded shutdown: uvloop's wait_closed() can wait on a keep-alive socket a client left open
+        return stack.enter_context(serve_in_thread(create_app(settings, mounts=mounts), timeout_graceful_shutdown=2))
 
     with stack:
         yield start
