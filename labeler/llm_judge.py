@@ -42,6 +42,14 @@ def base_model_name(api_base: str, api_key: str | None = None, timeout: float = 
     raise JudgeMisconfigured(f"{api_base} serves no model")
 
 
+def _litellm() -> Any:
+    """litellm, imported once and outside any timed call (its import takes seconds)."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch a price list at run time
+    import litellm
+
+    return litellm
+
+
 @dataclass
 class LLMJudge:
     """PRM judge with ``votes`` parallel samples and ``hint_votes`` hint samples per transition."""
@@ -70,6 +78,7 @@ class LLMJudge:
                 raise JudgeMisconfigured("the llm judge needs NEXTSTATE_JUDGE_MODEL or a policy server URL")
             model = f"openai/{base_model_name(api_base, api_key)}"
         rubric = settings.rubric_file.read_text(encoding="utf-8") if settings.rubric_file else None
+        _litellm()
         return cls(
             model=model, api_base=api_base, api_key=api_key,
             prm=load_prompt("prm", settings.prompt_version), hint_prompt=load_prompt("hint", settings.prompt_version),
@@ -112,15 +121,13 @@ class LLMJudge:
 
     async def _call(self, prompt: str) -> str | Exception:
         """One judge call with a hard timeout; failures are returned, not raised, so votes stay independent."""
-        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch a price list at run time
-        import litellm
-
+        litellm = _litellm()
         try:
             reply = await asyncio.wait_for(
                 litellm.acompletion(
                     model=self.model, messages=[{"role": "user", "content": prompt}], api_base=self.api_base,
                     api_key=self.api_key or "none", temperature=self.temperature, max_tokens=self.max_tokens,
-                    timeout=self.timeout_s, num_retries=0,
+                    timeout=self.timeout_s, num_retries=0, max_retries=0,
                 ),
                 timeout=self.timeout_s,
             )

@@ -17,11 +17,13 @@ Script = Callable[[str], str]
 
 @dataclass
 class ScriptedJudge:
-    """``script(prompt) -> answer``; ``delay_s`` delays every answer; prompts received are kept."""
+    """``script(prompt) -> answer``; answers can be delayed; prompts received are kept."""
 
     script: Script
     models: list[str] = field(default_factory=lambda: ["tiny-chat", "tiny-chat@v1"])
     delay_s: float = 0.0
+    delays: list[float] = field(default_factory=list)
+    """Per-request delays consumed in order (then ``delay_s``)."""
     fail_status: int | None = None
     prompts: list[str] = field(default_factory=list)
     requests: list[dict] = field(default_factory=list)
@@ -36,8 +38,9 @@ class ScriptedJudge:
             prompt = body["messages"][-1]["content"]
             self.prompts.append(prompt)
             self.requests.append(body)
-            if self.delay_s:
-                await asyncio.sleep(self.delay_s)
+            delay = self.delays.pop(0) if self.delays else self.delay_s
+            if delay:
+                await asyncio.sleep(delay)
             if self.fail_status:
                 return JSONResponse({"error": {"message": "scripted failure", "type": "server_error",
                                                "param": None, "code": None}}, status_code=self.fail_status)
