@@ -29,13 +29,13 @@ def desired_table(registry: Registry) -> RoutingTable:
         info = registry.get(version)
         if info.state in SERVABLE:
             versions[version] = info.served_name
-    stable = aliases["stable"]
-    canary = aliases["canary"] if canary_state is not None else None
+    stable = aliases["stable"] if aliases["stable"] in versions else None
+    canary = aliases["canary"] if canary_state is not None and aliases["canary"] in versions else None
     return RoutingTable(
         base_model=registry.base_model,
-        stable=versions.get(stable) if stable else None,
-        canary=versions.get(canary) if canary else None,
-        canary_fraction=canary_state.fraction if canary_state and canary in versions else 0.0,
+        stable=stable,  # versions ("v3"); ``versions`` maps each to its served name
+        canary=canary,
+        canary_fraction=canary_state.fraction if canary_state and canary else 0.0,
         versions=versions,
     )
 

@@ -25,7 +25,7 @@ def assert_stable_loadable(control: Control, replicas: list[Any]) -> None:
         assert table is None or table.stable is None
         return
     info = control.registry.check_loadable(stable)
-    assert table is not None and table.stable == info.served_name
+    assert table is not None and table.stable == stable and table.versions[stable] == info.served_name
     assert all(info.served_name in names for names in loaded(replicas))
 
 
@@ -34,7 +34,7 @@ def test_full_lifecycle_on_every_replica(control: Control, publish: PublishFn, r
     control.start_canary(v1, 0.05, "controller")
     assert loaded(replicas) == [{"tiny-chat@v1"}] * 2
     table = read_table(control.registry.redis)
-    assert table is not None and (table.canary, table.canary_fraction, table.stable) == ("tiny-chat@v1", 0.05, None)
+    assert table is not None and (table.canary, table.canary_fraction, table.stable) == ("v1", 0.05, None)
     control.step_canary(0.25, 1, "controller")
     assert read_table(control.registry.redis).canary_fraction == 0.25  # type: ignore[union-attr]
     control.promote(None, "controller", "not worse", {"lcb": -0.02})

@@ -39,7 +39,7 @@ def test_actions_and_errors(admin: httpx.Client, control: Control, publish: Publ
     v1, v2, v3 = publish(gate=True), publish(gate=True), publish(gate=False)
     assert admin.post(f"/versions/{v1}/promote", json={"reason": "first"}).json()["aliases"]["stable"] == v1
     body = admin.post(f"/versions/{v2}/canary", json={"fraction": 0.2}).json()
-    assert body["routing"]["canary"] == "tiny-chat@v2" and body["routing"]["canary_fraction"] == 0.2
+    assert body["routing"]["canary"] == "v2" and body["routing"]["canary_fraction"] == 0.2
 
     refused = admin.post(f"/versions/{v3}/promote")
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "illegal_transition"

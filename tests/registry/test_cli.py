@@ -44,7 +44,7 @@ def test_operator_session(env: None, publish: PublishFn, registry: Registry, cap
     assert code == 1 and "still running" in err
     code, out, _ = cli(capsys, "routing")
     table = json.loads(out)
-    assert table["canary"] == "tiny-chat@v2" and table["canary_fraction"] == 0.1 and v3 not in table["versions"]
+    assert table["canary"] == "v2" and table["canary_fraction"] == 0.1 and v3 not in table["versions"]
     assert cli(capsys, "abort")[1].strip() == f"{v2} rejected"
     code, out, _ = cli(capsys, "rollback", "--reason", "user reports")
     assert code == 0 and f"{v1} rolled back; stable is the base model" in out

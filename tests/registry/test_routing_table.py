@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
 
 from proxy.records import ROUTING_KEY, RoutingTable
+from proxy.routing import UnknownVersion, route
 from registry.records import CanaryState
 from registry.routing import read_table, sync_routing, write_table
 from registry.store import Registry
@@ -20,7 +22,7 @@ def test_revision_increments_on_each_change_only(registry: Registry, publish: Pu
     registry.set_alias("canary", v1, "controller")
     registry.save_canary_state(CanaryState(version=v1, fraction=0.05))
     table = sync_routing(registry)
-    assert (table.revision, table.canary, table.canary_fraction, table.versions) == (2, "tiny-chat@v1", 0.05, {"v1": "tiny-chat@v1"})
+    assert (table.revision, table.canary, table.canary_fraction, table.versions) == (2, "v1", 0.05, {"v1": "tiny-chat@v1"})
     stored = RoutingTable.model_validate_json(registry.redis.get(ROUTING_KEY))
     assert stored == table and table.base_model == "tiny-chat"
 
@@ -37,3 +39,26 @@ def test_concurrent_writers_never_reuse_a_revision(redis_client: redis.Redis) ->
     revisions = {write_table(redis_client, RoutingTable(canary_fraction=i / 10)).revision for i in range(10)}
     assert revisions == set(range(1, 11))
     assert read_table(redis_client).revision == 10  # type: ignore[union-attr]
+
+
+def test_the_proxy_routes_by_the_table_the_registry_writes(registry: Registry, publish: PublishFn) -> None:
+    stable, canary, failed = publish(gate=True), publish(gate=True), publish(gate=False)
+    registry.set_state(stable, "promoted", "operator")
+    registry.set_alias("stable", stable, "operator")
+    registry.set_state(canary, "canary", "controller")
+    registry.set_alias("canary", canary, "controller")
+    registry.save_canary_state(CanaryState(version=canary, fraction=0.25))
+    table = sync_routing(registry)
+
+    def decide(pin: str | None = None, opt: str | None = None, model: str | None = None, key: str = "s") -> tuple:
+        d = route(table, pin_header=pin, canary_header=opt, requested_model=model, session_key=key)
+        return d.upstream_model, d.version, d.arm
+
+    assert decide(opt="1") == ("tiny-chat@v2", canary, "canary")
+    assert decide(opt="0") == ("tiny-chat@v1", stable, "stable")
+    assert decide(model=f"tiny-chat@{stable}") == ("tiny-chat@v1", stable, "pinned")
+    with pytest.raises(UnknownVersion):
+        decide(pin=failed)  # a version that failed the gate cannot even be pinned
+    arms = [decide(key=f"session-{i}")[2] for i in range(2000)]
+    assert 0.2 < arms.count("canary") / len(arms) < 0.3
+    assert all(decide(key=f"session-{i}") == decide(key=f"session-{i}") for i in range(50))  # sticky
