@@ -23,6 +23,7 @@ from rq.job import Job
 from tqdm import tqdm
 
 from labeler.jobs import Runtime, install, runtime
+from labeler.judges import JudgeError
 from labeler.records import HARD_QUEUE
 from labeler.samples import SampleStore, apply_verdict
 from labeler.settings import LabelerSettings
@@ -113,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_json)
     url, _ = resolve_redis_url(settings.redis_url, settings.home_dir())
     rt = Runtime(settings=settings, redis=redis.Redis.from_url(url), strong=True)
-    counts = drain(rt, limit=args.limit, concurrency=settings.strong_concurrency)
+    try:
+        counts = drain(rt, limit=args.limit, concurrency=settings.strong_concurrency)
+    except JudgeError as exc:
+        print(f"nextstate label hard-cases: {exc}", file=sys.stderr)
+        return 2
     print(" ".join(f"{k}={v}" for k, v in counts.items()))
     return 1 if counts["failed"] else 0
