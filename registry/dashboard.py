@@ -8,6 +8,7 @@ registry timeline, queue and stream depths, and recent labeled samples with thei
 from __future__ import annotations
 
 import html
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from proxy.embedded_redis import resolve_redis_url
+from proxy.settings import CommonSettings
 from registry import observe
 
 STATIC = Path(__file__).parent / "static"
@@ -58,9 +61,25 @@ def _sample_row(sample: Any) -> dict[str, Any]:
 class Views:
     """The JSON views, each a plain function of a synchronous Redis client (run in a thread)."""
 
-    def __init__(self, client: redis.Redis, sample_window: int) -> None:
-        self.client = client
+    def __init__(self, connect: Callable[[], redis.Redis], sample_window: int) -> None:
+        self.connect = connect
         self.sample_window = sample_window
+        self._client: redis.Redis | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> redis.Redis:
+        """Connected on first use: a mounted app has no lifespan, and the proxy may start Redis first."""
+        with self._lock:
+            if self._client is None:
+                self._client = self.connect()
+            return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
 
     def summary(self, request: Request) -> dict[str, Any]:
         table = observe.routing_table(self.client)
@@ -117,9 +136,16 @@ async def page(request: Request) -> HTMLResponse:
     return HTMLResponse(text, headers={"cache-control": "no-store"})
 
 
-def create_dashboard(client: redis.Redis, *, sample_window: int = 5000) -> Starlette:
-    """The dashboard app; the composition root mounts it at ``/dashboard`` (behind the admin token)."""
-    views = Views(client, sample_window)
+def create_dashboard(client: redis.Redis | Callable[[], redis.Redis], *, sample_window: int = 5000) -> Starlette:
+    """The dashboard app on a Redis client (or a function making one on first use).
+
+    The composition root mounts it at ``/dashboard`` on the proxy, behind the admin token.
+    """
+    if isinstance(client, redis.Redis):
+        shared = client
+        views = Views(lambda: shared, sample_window)
+    else:
+        views = Views(client, sample_window)
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return _error(404, f"no dashboard route {request.url.path}", "invalid_request_error", code="not_found")
@@ -134,10 +160,17 @@ def create_dashboard(client: redis.Redis, *, sample_window: int = 5000) -> Starl
         Route("/api/samples", _endpoint(views.samples), methods=["GET"]),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
-    return Starlette(routes=routes, exception_handlers={404: not_found})
+    app = Starlette(routes=routes, exception_handlers={404: not_found})
+    app.state.close = views.close  # the owner closes the Redis client (a mounted app gets no lifespan)
+    return app
 
 
-def dashboard_from_url(redis_url: str, *, sample_window: int = 5000) -> Starlette:
-    """Convenience for the composition root: a dashboard on its own Redis connection pool."""
-    client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
-    return create_dashboard(client, sample_window=sample_window)
+def dashboard_for(settings: CommonSettings, *, sample_window: int = 5000) -> Starlette:
+    """The dashboard on the Redis the settings name (the embedded one when none is set: by the time
+    the first page is requested the proxy's lifespan has started it, and this reuses it)."""
+
+    def connect() -> redis.Redis:
+        url, _ = resolve_redis_url(settings.redis_url, settings.home_dir())
+        return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+
+    return create_dashboard(connect, sample_window=sample_window)

@@ -1,8 +1,9 @@
 """The dashboard end to end: a real proxy serving it behind the admin token, real Redis, a real registry
 with real PEFT adapter files, turns recorded by the proxy, and headless Chromium drawing the page.
 
-Labeled samples are written with the labeler's record schema: the turns' samples from the turns the
-proxy recorded, plus six hours of earlier history so the reward chart has a time axis.
+The turns the proxy recorded are labeled by the real labeler (dispatcher, RQ worker, embedded judge),
+three jobs left queued; six hours of earlier samples, written with the labeler's record schema, give
+the reward chart a time axis.
 """
 
 from __future__ import annotations
@@ -18,13 +19,18 @@ import httpx
 import openai
 import pytest
 import redis
+from rq import SimpleWorker
+from rq.serializers import JSONSerializer
 
-from labeler.records import SAMPLES_STREAM, SampleRecord
+from labeler.dispatcher import Dispatcher
+from labeler.jobs import Runtime, install
+from labeler.records import LABEL_QUEUE, SAMPLES_STREAM, SampleRecord
+from labeler.settings import LabelerSettings
 from proxy.app import create_app
-from proxy.records import TRANSITIONS_STREAM, TransitionRecord, TurnRecord, turn_key
+from proxy.records import TRANSITIONS_STREAM
 from proxy.settings import ProxySettings
 from registry.actions import Control
-from registry.dashboard import create_dashboard
+from registry.dashboard import dashboard_for
 from registry.publisher import Publisher
 from registry.records import GateVerdict, Manifest
 from registry.store import Registry
@@ -87,25 +93,18 @@ def history(now: float) -> list[SampleRecord]:
     return rows
 
 
-def label_recorded_turns(client: redis.Redis) -> int:
-    """A sample for every transition the proxy recorded (the next user turn said 'thanks' = prefer)."""
-    written = 0
-    for _, fields in client.xrange(TRANSITIONS_STREAM):
-        transition = TransitionRecord.model_validate_json(fields[b"record"])
-        turn = TurnRecord.model_validate_json(client.get(turn_key(transition.turn_id)))
-        text = " ".join(str(m.get("content")) for m in transition.next_state)
-        good = "thanks" in text
-        sample = SampleRecord(
-            record_id=f"{turn.turn_id}:r0", sample_id=f"{turn.turn_id}:r0", turn_id=turn.turn_id,
-            session_id=turn.session_id, transition_id=transition.transition_id, serving_version=turn.serving.version,
-            cls="prefer" if good else ("avoid" if transition.has_next_state else "observation"),
-            reward=1 if good else (-1 if transition.has_next_state else 0), votes=[1, 1, 1] if good else [-1, -1, -1],
-            agreement=1.0, hint=None if good else "The user wanted the answer in French.",
-            messages=turn.request.messages, response=turn.response.message, next_state=transition.next_state,
-        )
-        client.xadd(SAMPLES_STREAM, {"record": sample.model_dump_json()})
-        written += 1
-    return written
+def label_recorded_turns(redis_url: str, leave_queued: int) -> int:
+    """The real labeler on the transitions the proxy recorded: its dispatcher enqueues a job per
+    transition, a real RQ worker runs all but ``leave_queued`` of them with the embedded judge."""
+    rt = install(Runtime(settings=LabelerSettings(redis_url=redis_url, judge="embedded", dispatch_block_ms=1),
+                         redis=redis.Redis.from_url(redis_url)))
+    dispatcher = Dispatcher(rt, consumer="e2e")
+    dispatcher.ensure_groups()
+    enqueued = dispatcher.run_once(block_ms=1)
+    queue = rt.queue(LABEL_QUEUE)
+    SimpleWorker([queue], connection=rt.redis, serializer=JSONSerializer).work(burst=True, max_jobs=enqueued - leave_queued)
+    rt.redis.close()
+    return enqueued - leave_queued
 
 
 @pytest.fixture
@@ -115,13 +114,13 @@ def stack(tmp_path: Path, redis_url: str, redis_client: redis.Redis) -> Iterator
     for sample in history(now):
         redis_client.xadd(SAMPLES_STREAM, {"record": sample.model_dump_json()})
     fake = FakeUpstream()
-    dashboard_client = redis.Redis.from_url(redis_url, socket_timeout=5)
     with serve_in_thread(fake.app) as upstream:
         settings = ProxySettings(
             home=tmp_path / "home", redis_url=redis_url, upstream_url=f"{upstream}/v1", admin_token=TOKEN,
             routing_refresh_s=0.1, sweep_interval_s=0.1, session_idle_timeout_s=0.5, read_timeout_s=5.0,
         )
-        app = create_app(settings, mounts=[("/dashboard", create_dashboard(dashboard_client))])
+        dashboard = dashboard_for(settings)
+        app = create_app(settings, mounts=[("/dashboard", dashboard)])
         with serve_in_thread(app) as proxy_url:
             time.sleep(0.3)  # the routing refresher picks up stable v1 / canary v3
             with openai.OpenAI(base_url=f"{proxy_url}/v1", api_key="sk-test", max_retries=0, timeout=10) as sdk:
@@ -134,11 +133,11 @@ def stack(tmp_path: Path, redis_url: str, redis_client: redis.Redis) -> Iterator
                         messages += [{"role": "assistant", "content": reply.choices[0].message.content},
                                      {"role": "user", "content": follow_up}]
             deadline = time.monotonic() + 10
-            while redis_client.xlen(TRANSITIONS_STREAM) < 8 and time.monotonic() < deadline:
+            while redis_client.xlen(TRANSITIONS_STREAM) < 12 and time.monotonic() < deadline:  # 8 next turns, 4 idle closes
                 time.sleep(0.05)
-            labeled = label_recorded_turns(redis_client)
+            labeled = label_recorded_turns(redis_url, leave_queued=3)
             yield {"url": proxy_url, "labeled": labeled}
-    dashboard_client.close()
+        dashboard.state.close()
 
 
 def api(url: str, path: str) -> Any:
@@ -205,7 +204,9 @@ def test_dashboard_page_draws_the_stack_in_chromium(stack: dict[str, Any]) -> No
     lengths = dict(tuple(s) for s in drawn["streams"])
     assert lengths["nextstate:turns"] >= 12 and lengths["nextstate:samples"] == 72 + stack["labeled"]
     assert drawn["samples"] == len(samples["samples"]) == 25
-    assert "The user wanted the answer in French." in drawn["hints"]
+    assert drawn["hints"] == [row["hint"] for row in samples["samples"] if row["hint"]]
+    assert drawn["hints"]  # the history carries hints; the page shows each next to its sample
+    assert ("label", "queued", 3) in [tuple(b) for b in drawn["bars"]]
     assert "v3" in drawn["routing"] and "25.0%" in drawn["routing"]
     assert shot.stat().st_size > 10_000
     (ROOT / "artifacts" / "dashboard-data.json").write_text(json.dumps({"rewards": rewards, "canary": canary}, indent=1))
