@@ -10,6 +10,7 @@ with its statistics. Run it as ``nextstate controller`` or call ``tick()`` from 
 from __future__ import annotations
 
 import argparse
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -141,6 +142,14 @@ class Controller:
             stop.wait(interval)
 
 
+def start_in_thread(control: Control, policy: CanaryPolicy, interval: float, stop: threading.Event) -> threading.Thread:
+    """Run the controller inside another process (e.g. the learner) until ``stop`` is set."""
+    thread = threading.Thread(target=Controller(control, policy).run, args=(interval, stop),
+                              name="canary-controller", daemon=True)
+    thread.start()
+    return thread
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nextstate controller", description="Run the canary controller.")
     parser.add_argument("--once", action="store_true", help="run one check and exit")
@@ -155,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             print(decision.action + ": " + decision.reason if decision else "nothing to do")
             return 0
         stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
             controller.run(args.interval or settings.controller_interval, stop)
         except KeyboardInterrupt:

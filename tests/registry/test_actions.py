@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -112,4 +113,20 @@ def test_a_failed_load_leaves_routing_untouched(registry: Registry, publish: Pub
         control.start_canary(v1, 0.05, "controller")
     assert registry.get(v1).state == "gated_pass" and registry.alias("canary") is None
     assert read_table(registry.redis) is None
+    publisher.close()
+
+
+def test_unreferenced_versions_unload_only_after_the_drain_delay(registry: Registry, publish: PublishFn,
+                                                                 replicas: list[Any]) -> None:
+    publisher = Publisher(urls=[url for _, url in replicas], drain_seconds=30.0)
+    control = Control(registry, publisher)
+    v1, v2 = publish(gate=True), publish(gate=True)
+    control.promote(v1, "operator")
+    control.start_canary(v2, 0.05, "controller")
+    control.reject(v2, "operator", "abort")  # v2 is no longer referenced; first seen unreferenced now
+    assert loaded(replicas) == [{"tiny-chat@v1", "tiny-chat@v2"}] * 2
+    now = time.time()
+    assert publisher.reconcile(registry, now=now + 29)["draining"] == ["tiny-chat@v2"]
+    assert publisher.reconcile(registry, now=now + 31)["unloaded"] == ["tiny-chat@v2"]
+    assert loaded(replicas) == [{"tiny-chat@v1"}] * 2
     publisher.close()

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,8 +21,10 @@ from registry.canary import CanaryPolicy
 from registry.controller import Controller
 from registry.records import UPSTREAM_OUTCOMES_KEY
 from registry.routing import read_table
+from registry.store import Registry
 from tests.registry.conftest import PublishFn
 
+ROOT = Path(__file__).resolve().parents[2]
 POLICY = CanaryPolicy(steps=(0.05, 0.25, 0.5), step_samples=20, min_samples=60, margin=0.25, alpha=0.05,
                       deadline_seconds=3600, health_min_requests=10, max_error_rate=0.1, max_p99_ms=5000)
 
@@ -163,3 +170,18 @@ def test_run_loop_stops_on_event(control: Control, publish: PublishFn, replicas:
     stop.set()
     thread.join(10)
     assert control.registry.alias("canary") == "v1" and not thread.is_alive()
+
+
+@pytest.mark.timeout(120)
+def test_controller_process_starts_the_canary(redis_url: str, registry: Registry, publish: PublishFn,
+                                              replicas: list[Any], tmp_path: Path) -> None:
+    """``nextstate controller --once`` as a real process, configured only through the environment."""
+    publish(gate=True)
+    env = {**os.environ, "NEXTSTATE_REDIS_URL": redis_url, "NEXTSTATE_HOME": str(tmp_path / "home"),
+           "NEXTSTATE_ADAPTERS_DIR": str(registry.root), "NEXTSTATE_BASE_MODEL": "tiny-chat",
+           "NEXTSTATE_POLICY_URLS": json.dumps([url for _, url in replicas])}
+    done = subprocess.run([sys.executable, "-m", "nextstate", "controller", "--once"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0, done.stderr
+    assert "canary v1 started" in done.stdout
+    assert registry.alias("canary") == "v1" and [set(app.state.loaded) for app, _ in replicas] == [{"tiny-chat@v1"}] * 2
