@@ -24,6 +24,7 @@ COPY labeler ./labeler
 COPY registry ./registry
 COPY learner ./learner
 COPY nextstate ./nextstate
+COPY bench ./bench
 
 FROM base AS proxy
 RUN pip install . \
