@@ -94,11 +94,14 @@ def test_an_invalid_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_only_the_proxy_publishes_a_port(variant: tuple[str, dict[str, Any]]) -> None:
+    """On the host's interfaces only the proxy listens; the monitoring profile binds loopback only."""
     _, config = variant
-    published = {name for name, svc in config["services"].items() if svc.get("ports")}
-    assert published == {"proxy"}
+    public = {name for name, svc in config["services"].items()
+              for port in svc.get("ports", []) if port.get("host_ip") != "127.0.0.1"}
+    assert public == {"proxy"}
     (port,) = config["services"]["proxy"]["ports"]
     assert (port["target"], port["published"]) == (8080, "8080")
+    assert "ports" not in config["services"]["vllm"]
 
 
 def test_vllm_serves_runtime_lora_adapters() -> None:
@@ -137,6 +140,17 @@ def test_redis_persists_append_only_and_is_healthchecked(variant: tuple[str, dic
     assert redis_svc["command"][redis_svc["command"].index("--appendonly") + 1] == "yes"
     assert any(v["source"] == "redis-data" and v["target"] == "/data" for v in redis_svc["volumes"])
     assert redis_svc["healthcheck"]["test"]
+
+
+def test_monitoring_scrapes_every_metrics_endpoint() -> None:
+    import yaml
+
+    config = compose_config("gpu")
+    scrape = yaml.safe_load(config["configs"]["prometheus"]["content"])
+    targets = {t for job in scrape["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
+    assert targets == {"proxy:8080", "exporter:9108", "learner:9465"}
+    services = config["services"]
+    assert "9108" in argv(services["exporter"]) and "9465" in services["learner"]["expose"]
 
 
 def test_start_order_waits_on_health(variant: tuple[str, dict[str, Any]]) -> None:
