@@ -13,6 +13,12 @@ from tests.labeler.support import dispatch, put_feedback, put_transition, put_tu
 from tests.support.servers import serve_in_thread
 
 
+@pytest.fixture(autouse=True)
+def _keep_test_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command configures process-wide logging onto the current stderr; pytest closes that stream."""
+    monkeypatch.setattr("proxy.logs.configure_logging", lambda *args, **kwargs: None)
+
+
 def strong_judge(verdict: str) -> ScriptedJudge:
     def script(prompt: str) -> str:
         if "[HINT_START]" in prompt:
