@@ -47,6 +47,10 @@ NEGATIVE = [
         r"still (?:wrong|broken|not|failing|doesn'?t)", r"try again", r"once more", r"redo", r"retry", r"start over",
         r"useless", r"unhelpful", r"not helpful", r"makes no sense", r"confusing", r"too (?:long|short|wordy|verbose|much|many|complicated|technical)",
         r"way too", r"\w+,\s+not\s+\w+", r"trop", r"zu (?:lang|kurz|viel)", r"demasiado", r"troppo", r"muito (?:longo|curto)", r"(?:syntax )?error", r"key ?error", r"crash(?:ed|es)?", r"fails?", r"failed", r"broken", r"gone",
+        r"again[.!?]*$", r"i (?:don'?t|do not) (?:like|want|need)", r"not enough", r"not (?:how|the way) i",
+        r"(?:isn'?t|is not|wasn'?t|not) (?:\w+ ){0,2}(?:the way|how) i", r"why so \w+",
+        r"(?:a bit|kind of|rather|too|so|very|felt|feels|sounds|seems) (?:curt|rude|cold|dry|harsh|robotic|vague|generic|thin|off)",
+        r"wall of text", r"rude", r"meh",
         r"are you sure", r"why (?:would|did) you", r"says otherwise", r"bad", r"fix (?:it|this|that)",
         r"check your", r"instead(?: of)?", r"rather than",
         r"non", r"faux", r"pas ce que", r"nein", r"falsch", r"stimmt nicht", r"funktioniert nicht", r"nochmal", r"noch einmal",
@@ -70,7 +74,7 @@ SARCASM = [
 ]
 
 # phrases that look negative but are not ("no problem", "no worries")
-NOT_NEGATIVE = _words(r"no (?:problem|worries|rush|pressure)", r"not bad", r"no further questions", r"nothing wrong")
+NOT_NEGATIVE = _words(r"no (?:problem|worries|rush|pressure)", r"thanks? (?:you )?again", r"(?:see|talk to) you again", r"not bad", r"no further questions", r"nothing wrong")
 
 TOOL_ERROR = _phrases(
     r'"error"\s*:(?!\s*(?:null|false|""|\[\]|\{\}))', r'"status"\s*:\s*"?(?:error|fail(?:ed|ure)?|[45]\d\d)\b', r'"ok"\s*:\s*false',

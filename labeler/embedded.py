@@ -28,8 +28,7 @@ from labeler.tally import tally
 
 VERSION = "embedded-v1"
 _TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
-_STOP = frozenset(["a", "an", "the", "of", "to", "in", "on", "for", "by", "and", "or", "is", "are", "was", "be", "do", "does", "did", "i", "me", "my", "you", "your", "it", "this", "that", "what", "which", "how", "can", "could", "would", "please", "with", "about", "give", "tell", "show", "whats", "its", "from", "at", "as", "just", "quick", "m", "im", "ask", "question"])
-_SUFFIXES = ("ing", "ed", "es", "s")
+_STOP = frozenset(["a", "an", "the", "of", "to", "in", "on", "for", "by", "and", "or", "is", "are", "was", "be", "do", "does", "did", "i", "me", "my", "you", "your", "it", "this", "that", "what", "which", "how", "can", "could", "would", "please", "with", "about", "give", "tell", "show", "whats", "its", "from", "at", "as", "just", "quick", "m", "im", "ask", "question", "write", "go", "make", "get", "when", "need", "want", "know", "times", "plus", "minus"])
 _NEW_TASK = re.compile(r"^\s*(?:(?:ok(?:ay)?|great|cool|thanks)?[\s,.!]*(?:now|next|and now|then)\b|再写|再来一|写一|给我|もう一つ|"
                        r"another one|one more)", re.IGNORECASE)
 _QUESTION = re.compile(r"[?？¿]\s*$|^\s*(?:what|how|why|when|where|who|which|can|could|would|is|are|do|does|should|tell|"
@@ -59,18 +58,26 @@ def without_injections(text: str) -> str:
 
 
 def _stem(word: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for suffix in _SUFFIXES:
-            if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-                word, changed = word[: -len(suffix)], True
-                break
+    """A light English stemmer: matching/matches/matched -> match, dictionaries -> dictionary."""
+    if len(word) > 5 and word.endswith("ing"):
+        return word[:-3]
+    if len(word) > 4 and word.endswith("ed"):
+        return word[:-2]
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 4 and re.search(r"(?:s|x|z|ch|sh)es$", word):
+        return word[:-2]
+    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        return word[:-1]
     return word
 
 
+_NUMBERS = {w: str(i) for i, w in enumerate(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"])}
+
+
 def _tokens(text: str) -> set[str]:
-    return {_stem(w) for w in (w.lower() for w in _TOKEN.findall(text)) if w not in _STOP}
+    words = (_NUMBERS.get(w, w) for w in (w.lower() for w in _TOKEN.findall(text)))
+    return {_stem(w) for w in words if w not in _STOP}
 
 
 def similarity(a: str, b: str) -> float:
@@ -79,6 +86,22 @@ def similarity(a: str, b: str) -> float:
     if not left or not right:
         return 0.0
     return len(left & right) / len(left | right)
+
+
+def rephrases(request: str, text: str) -> bool:
+    """``text`` asks ``request`` again: it keeps the request's content words, or nearly all of them.
+
+    A question built on the same pattern with another subject ("what noise does a pig make?" after
+    "... a bee ...") swaps a content word and is a new question, not a rephrasing.
+    """
+    asked, said = _tokens(request), _tokens(text)
+    if not asked or not said:
+        return False
+    if not asked - said:  # every content word of the request is asked again
+        return True
+    if not said - asked:  # a shorter form of the request
+        return len(asked & said) / len(asked) >= 2 / 3
+    return similarity(request, text) >= 0.75  # both sides have words of their own: a swap, unless tiny
 
 
 def cue_vote(text: str) -> int | None:
@@ -95,7 +118,7 @@ def cue_vote(text: str) -> int | None:
     return None
 
 
-def move_vote(request: str, text: str, rephrase_at: float = 0.5) -> int | None:
+def move_vote(request: str, text: str) -> int | None:
     """Rephrased request or corrective directive -1; a new question or task +1; else abstain.
 
     Each sentence is looked at on its own, so padding around a message cannot hide it.
@@ -103,7 +126,7 @@ def move_vote(request: str, text: str, rephrase_at: float = 0.5) -> int | None:
     pieces = [p for p in _PIECES.split(text) if p.strip()]
     if not pieces:
         return None
-    if max(similarity(request, p) for p in [text, *pieces]) >= rephrase_at:
+    if any(rephrases(request, p) for p in [text, *pieces]):
         return -1
     found = directives(text)
     if any(d.corrective for d in found):

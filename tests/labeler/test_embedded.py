@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from labeler.directives import directives, hint_from
-from labeler.embedded import EmbeddedJudge, similarity
+from labeler.embedded import EmbeddedJudge, rephrases, similarity
 from labeler.evaluate import CLASSES, DATA, evaluate, format_report, load
 from labeler.tally import select_hint
 
@@ -82,11 +82,22 @@ def test_hint_has_at_most_three_sentences() -> None:
 @pytest.mark.parametrize(("a", "b", "rephrased"), [
     ("What is the capital of Australia?", "What's Australia's capital city?", True),
     ("Give me a regex that matches an email address.", "Regex for matching email addresses?", True),
+    ("Plan a 3-day trip to Rome.", "Plan a three day trip to Rome for me.", True),
+    ("What is 17 times 23?", "what is 17 * 23", True),
+    ("What noise does a bee make?", "Again: What noise does a bee make?", True),
     ("What is the capital of Australia?", "And what is the capital of New Zealand?", False),
     ("Write a haiku about autumn.", "Write one about winter too.", False),
+    ("What noise does a bee make?", "Next question. What noise does a pig make?", False),
+    ("Which word means the opposite of dry?", "Ok. Which word means the opposite of wet?", False),
 ])
-def test_rephrase_similarity(a: str, b: str, rephrased: bool) -> None:
-    assert (similarity(a, b) >= 0.5) is rephrased
+def test_rephrasing(a: str, b: str, rephrased: bool) -> None:
+    assert rephrases(a, b) is rephrased
+
+
+@pytest.mark.parametrize(("a", "b", "value"), [("a b c", "a b c", 1.0), ("red apple", "green pear", 0.0),
+                                               ("", "anything", 0.0), ("big red apple", "red apple", 2 / 3)])
+def test_similarity(a: str, b: str, value: float) -> None:
+    assert similarity(a, b) == pytest.approx(value)
 
 
 ATTACKS = [
