@@ -132,8 +132,9 @@ class Dispatcher:
             enqueue_hard(self.rt, transition.turn_id, "judge_failed")
             log.error("transition_unjudgeable", transition_id=transition_id, reason=reason)
 
-    def run(self, stop: threading.Event, sweep_every_s: float = 30.0) -> None:
+    def run(self, stop: threading.Event) -> None:
         """Dispatch until ``stop`` is set; Redis outages are waited out, never fatal."""
+        sweep_every_s = self.rt.settings.sweep_interval_s
         self.ensure_groups()
         last_sweep = 0.0
         while not stop.is_set():

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 import redis
-from rq import Worker
+from rq import Queue, Worker
+from rq.registry import FailedJobRegistry
 
-from labeler.records import SampleRecord
+from labeler.records import HARD_QUEUE, SampleRecord
 from labeler.samples import SampleStore
 from tests.labeler.scripted_server import ScriptedJudge, cycle
 from tests.labeler.support import put_transition, put_turn
@@ -69,13 +70,16 @@ def samples(client: redis.Redis) -> list[SampleRecord]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("retries", [2, 0])
 def test_work_horse_killed_mid_job_is_retried_and_labels_once(redis_url: str, redis_client: redis.Redis,
-                                                              tmp_path: Path, stop_later: list) -> None:
+                                                              tmp_path: Path, stop_later: list, retries: int) -> None:
+    """With retries left the job runs again and labels once; without, the transition is kept as observation."""
     provider = ScriptedJudge(cycle("The user corrects it. \\boxed{-1}"), delays=[60.0])
     with serve_in_thread(provider.app()) as url:
         env = {"NEXTSTATE_REDIS_URL": redis_url, "NEXTSTATE_JUDGE": "llm", "NEXTSTATE_JUDGE_API_BASE": f"{url}/v1",
                "NEXTSTATE_JUDGE_MODEL": "openai/tiny-chat", "NEXTSTATE_JUDGE_VOTES": "1", "NEXTSTATE_HINT_VOTES": "0",
-               "NEXTSTATE_JOB_RETRIES": "2", "NEXTSTATE_RETRY_INTERVALS_S": "[0]", "NEXTSTATE_HOME": str(tmp_path)}
+               "NEXTSTATE_JOB_RETRIES": str(retries), "NEXTSTATE_RETRY_INTERVALS_S": "[0]",
+               "NEXTSTATE_SWEEP_INTERVAL_S": "0.5", "NEXTSTATE_HOME": str(tmp_path)}
         proc = start_worker(env, tmp_path / "worker.log", "--workers", "1")
         stop_later.append(proc)
         put_turn(redis_client, "t1")
@@ -87,12 +91,20 @@ def test_work_horse_killed_mid_job_is_retried_and_labels_once(redis_url: str, re
         wait_for(lambda: samples(redis_client), what="the sample")
         time.sleep(1.0)  # a second label, if any, would land now
         history = samples(redis_client)
-        assert [(s.turn_id, s.revision, s.cls, s.reward) for s in history] == [("t1", 0, "avoid", -1)]
-        assert len(provider.prompts) == 2  # killed attempt + the retry
+        if retries:
+            assert [(s.turn_id, s.revision, s.cls, s.reward) for s in history] == [("t1", 0, "avoid", -1)]
+            assert len(provider.prompts) == 2  # killed attempt + the retry
+        else:
+            assert [(s.turn_id, s.revision, s.cls, s.hard) for s in history] == [("t1", 0, "observation", True)]
+            assert "Work-horse terminated unexpectedly" in (history[0].reason or "")
+            assert len(provider.prompts) == 1
+            assert FailedJobRegistry("label", connection=redis_client).get_job_ids() == ["label-tr-t1"]
+            assert Queue(HARD_QUEUE, connection=redis_client).get_job_ids() == ["hard-t1"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     log = (tmp_path / "worker.log").read_text()
-    assert "Work-horse terminated unexpectedly" in log and "enqueued for retry" in log
+    assert "Work-horse terminated unexpectedly" in log
+    assert ("enqueued for retry" in log) is bool(retries)
 
 
 @pytest.mark.slow
