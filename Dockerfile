@@ -14,9 +14,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     NEXTSTATE_HOME=/data
+# /data (NEXTSTATE_HOME, adapters) and /hf-cache (HF_HOME) belong to the unprivileged user, so named
+# volumes mounted there start out writable by it
 RUN useradd --create-home --uid 10001 nextstate \
- && mkdir -p /data /data/adapters \
- && chown -R nextstate:nextstate /data
+ && mkdir -p /data/adapters /data/models /data/spool /hf-cache \
+ && chown -R nextstate:nextstate /data /hf-cache
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy

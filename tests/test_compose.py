@@ -165,6 +165,12 @@ def test_start_order_waits_on_health(variant: tuple[str, dict[str, Any]]) -> Non
         assert services[name].get("healthcheck", {}).get("test"), name
 
 
+def test_proxy_spool_survives_the_container() -> None:
+    proxy = compose_config("gpu")["services"]["proxy"]
+    assert proxy["environment"]["NEXTSTATE_HOME"] == "/data"  # the spool lives under <home>/spool
+    assert any(v["type"] == "volume" and v["target"] == "/data/spool" for v in proxy["volumes"])
+
+
 def test_labeler_replicas_are_configurable() -> None:
     assert compose_config("gpu", LABELER_REPLICAS="7")["services"]["labeler"]["deploy"]["replicas"] == 7
 
