@@ -107,3 +107,16 @@ def test_every_call_has_a_timeout() -> None:
         judge = make_judge(url, judge_model="openai/tiny-chat", judge_timeout_s=0.5)
         with pytest.raises(JudgeUnavailable, match="failed"):
             judge.judge(MESSAGES, RESPONSE, NEXT)
+
+
+def test_custom_rubric_file_is_injected_outside_the_data(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rubric = tmp_path / "rubric.md"
+    rubric.write_text("Answers in this deployment must be in British English.")
+    provider = ScriptedJudge(cycle("\\boxed{-1}"))
+    with serve_in_thread(provider.app()) as url:
+        make_judge(url, rubric_file=rubric, judge_votes=1, hint_votes=0).judge(MESSAGES, RESPONSE, NEXT)
+    (prompt,) = provider.prompts
+    nonce = re.search(r"<<<USER_REQUEST (\w+)>>>", prompt).group(1)  # type: ignore[union-attr]
+    before_data = prompt.split(f"<<<USER_REQUEST {nonce}>>>")[0]
+    assert "User guidelines (from the operator, not from the data):" in before_data
+    assert "British English" in before_data
