@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -72,12 +73,13 @@ class TinyConfig:
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
     max_position_embeddings: int = 2048
-    steps: int = 480
+    steps: int = 1300
     batch_size: int = 16
     lr: float = 3e-3
     warmup_steps: int = 30
     seed: int = 1234
     bucket: int = 16  # batches drawn at once and grouped by length (less padding)
+    train_on_prompt: bool = True  # also predict prompt tokens (more signal per step, same compute)
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -131,21 +133,29 @@ def build_config(config: TinyConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen
 
 
 def fingerprint(config: TinyConfig = TinyConfig()) -> str:
-    """Hash of the builder's code, the corpus code and the configuration (the cache key)."""
-    digest = hashlib.sha256()
-    for module_file in (__file__, tinycorpus.__file__):
-        digest.update(Path(module_file).read_bytes())
-    digest.update(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
+    """Hash of everything the built weights depend on (the cache key): the configuration, the code
+    of the tokenizer, model and training functions, and the corpus data and sampling code. Editing
+    anything else (checkers, evaluation) keeps the cached model."""
+    digest = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
+    digest.update(CHAT_TEMPLATE.encode())
+    for function in (_bytes_to_unicode, build_tokenizer, build_config, encode_example, _batches, _pad, _lr_at,
+                     train, tinycorpus.render_answer, tinycorpus.sample_example, tinycorpus._user_turn):
+        digest.update(inspect.getsource(function).encode())
+    data = (tinycorpus.TOPICS, tinycorpus.STYLES, tinycorpus.STYLE_INSTRUCTIONS, tinycorpus.SIGNOFFS,
+            tinycorpus.SYSTEM_PROMPTS, tinycorpus._SEPARATORS)
+    digest.update(repr(data).encode())
     return digest.hexdigest()[:16]
 
 
-def encode_example(tokenizer: PreTrainedTokenizerFast, example: tinycorpus.Example) -> tuple[list[int], list[int]]:
-    """(input ids, labels) for one conversation; only the final assistant turn is a target."""
+def encode_example(
+    tokenizer: PreTrainedTokenizerFast, example: tinycorpus.Example, train_on_prompt: bool = False
+) -> tuple[list[int], list[int]]:
+    """(input ids, labels) for one conversation; the final assistant turn (and maybe the prompt) is a target."""
     prompt = tokenizer.apply_chat_template(list(example.messages[:-1]), tokenize=False, add_generation_prompt=True)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     answer_ids = tokenizer(example.messages[-1]["content"], add_special_tokens=False)["input_ids"]
     answer_ids = [*answer_ids, tokenizer.eos_token_id]
-    return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
+    return prompt_ids + answer_ids, (prompt_ids if train_on_prompt else [-100] * len(prompt_ids)) + answer_ids
 
 
 def _batches(
@@ -156,7 +166,7 @@ def _batches(
     for start in range(0, config.steps, config.bucket):
         count = min(config.bucket, config.steps - start) * config.batch_size
         drawn = sorted(
-            (encode_example(tokenizer, tinycorpus.sample_example(rng)) for _ in range(count)), key=lambda p: len(p[0])
+            (encode_example(tokenizer, tinycorpus.sample_example(rng), config.train_on_prompt) for _ in range(count)), key=lambda p: len(p[0])
         )
         groups = [drawn[i : i + config.batch_size] for i in range(0, count, config.batch_size)]
         rng.shuffle(groups)
@@ -231,7 +241,7 @@ class Acceptance:
 
 
 def sample_answers(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, prompts: list[str],
-                   max_new_tokens: int = 64, batch_size: int = 64) -> list[str]:
+                   max_new_tokens: int = 128, batch_size: int = 64) -> list[str]:
     """Sample (temperature 1) one answer per user message, batched with left padding."""
     tokenizer.padding_side = "left"
     answers: list[str] = []
