@@ -27,6 +27,7 @@ from proxy.settings import ProxySettings
 from proxy.spool import Spool
 from proxy.state import ProxyState
 from proxy.store import Store
+from proxy.tasks import cancelling, stop
 from proxy.upstream import Upstream
 
 log = structlog.get_logger("proxy.app")
@@ -45,7 +46,7 @@ ROUTES = [
 async def sweep_sessions(state: ProxyState) -> None:
     """Close idle sessions every ``sweep_interval_s`` (any replica may; each session closes once)."""
     settings = state.settings
-    while True:
+    while not cancelling():
         await asyncio.sleep(settings.sweep_interval_s)
         try:
             closed = await state.store.sweep_idle(settings.session_idle_timeout_s)
@@ -53,6 +54,8 @@ async def sweep_sessions(state: ProxyState) -> None:
                 state.metrics.sessions_closed.inc(closed)
                 log.info("sessions_closed_idle", count=closed)
         except REDIS_DOWN as exc:
+            if cancelling():
+                raise asyncio.CancelledError from exc
             log.info("sweep_skipped_redis_unavailable", error=repr(exc))
 
 
@@ -99,9 +102,7 @@ def create_app(settings: ProxySettings, *, mounts: list[tuple[str, ASGIApp]] | N
         finally:
             with contextlib.suppress(TimeoutError):
                 await recorder.drain(timeout=5.0)
-            for task in state.tasks:
-                task.cancel()
-            await asyncio.gather(*state.tasks, return_exceptions=True)
+            await stop(state.tasks)
             spool.close()
             await upstream.close()
             await redis_client.aclose()

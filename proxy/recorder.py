@@ -25,6 +25,7 @@ from proxy.routing import Decision
 from proxy.sessions import message_digest, turn_index
 from proxy.spool import Spool
 from proxy.store import Store
+from proxy.tasks import cancelling
 
 log = structlog.get_logger("proxy.recorder")
 
@@ -196,7 +197,7 @@ class Recorder:
     async def run(self) -> None:
         if self.spool.pending():
             self.metrics.spool_pending.set(1)
-        while True:
+        while not cancelling():
             if self.queue.empty():
                 self._idle.set()
             try:
@@ -212,6 +213,8 @@ class Recorder:
             try:
                 await self._handle(item)
             except Exception as exc:  # keep the recorder alive whatever happens; count it
+                if cancelling():
+                    raise asyncio.CancelledError from exc
                 log.error("record_failed", error=repr(exc))
                 self.metrics.records.labels("turn", "failed").inc()
 

@@ -17,6 +17,7 @@ import structlog
 
 from proxy.errors import NotFound
 from proxy.records import ROUTING_KEY, Arm, RoutingTable
+from proxy.tasks import cancelling
 
 log = structlog.get_logger("proxy.routing")
 
@@ -106,9 +107,11 @@ class RoutingRefresher:
         self.table = table
 
     async def run(self) -> None:
-        while True:
+        while not cancelling():
             try:
                 await self.refresh()
             except Exception as exc:  # Redis down or a malformed table: keep serving with the last one
+                if cancelling():
+                    raise asyncio.CancelledError from exc
                 log.warning("routing_refresh_failed", error=repr(exc))
             await asyncio.sleep(self.interval)

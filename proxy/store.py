@@ -55,36 +55,34 @@ class Store:
         self.redis = redis_client
         self.ttl_s = ttl_s
         self.session_ttl_s = session_ttl_s
-        self._write = redis_client.register_script(_WRITE)
+
+    def _queue_write(self, pipe: Any, record_id: str, stream: str, payload: str, copy_key: str | None = None) -> None:
+        """Queue the idempotent append of ``payload`` on a pipeline (or run it on the client)."""
+        keys = [record_seen_key(record_id), stream, *([copy_key] if copy_key else [])]
+        # plain EVAL: Redis caches the compiled script by its hash; EVALSHA would cost a SCRIPT EXISTS per pipeline
+        pipe.eval(_WRITE, len(keys), *keys, payload, self.ttl_s)
 
     async def write(self, record_id: str, stream: str, payload: str, copy_key: str | None = None) -> bool:
         """Append ``payload`` to ``stream`` once per record id; True when it was new."""
-        keys = [record_seen_key(record_id), stream, *([copy_key] if copy_key else [])]
-        return bool(await self._write(keys=keys, args=[payload, self.ttl_s]))
-
-    async def write_turn(self, turn: TurnRecord) -> bool:
-        return await self.write(turn.record_id, TURNS_STREAM, turn.model_dump_json(), turn_key(turn.turn_id))
+        pipe = self.redis.pipeline(transaction=False)
+        self._queue_write(pipe, record_id, stream, payload, copy_key)
+        [written] = await pipe.execute()
+        return bool(written)
 
     async def write_feedback(self, feedback: FeedbackRecord) -> bool:
         return await self.write(feedback.record_id, FEEDBACK_STREAM, feedback.model_dump_json())
 
-    async def close_turn(
-        self,
-        *,
-        turn_id: str,
-        session_id: str,
-        turn_index: int,
-        reason: TransitionReason,
-        next_state: list[dict[str, Any]] | None = None,
-        next_turn_id: str | None = None,
-    ) -> bool:
+    def _queue_close(
+        self, pipe: Any, *, turn_id: str, session_id: str, turn_index: int, reason: TransitionReason,
+        next_state: list[dict[str, Any]] | None = None, next_turn_id: str | None = None,
+    ) -> None:
         record_id = transition_id(turn_id)
         record = TransitionRecord(
             record_id=record_id, transition_id=record_id, turn_id=turn_id, session_id=session_id,
             turn_index=turn_index, next_state=next_state or [], has_next_state=bool(next_state),
             reason=reason, next_turn_id=next_turn_id,
         )
-        return await self.write(record_id, TRANSITIONS_STREAM, record.model_dump_json())
+        self._queue_write(pipe, record_id, TRANSITIONS_STREAM, record.model_dump_json())
 
     async def previous(self, session_id: str) -> tuple[PreviousTurn, int] | None:
         state = await self.redis.hgetall(session_key(session_id))
@@ -100,33 +98,36 @@ class Store:
 
     async def record_turn(self, turn: TurnRecord, digests: list[str], reply_digest: str, *,
                           chained: bool, done: bool) -> Link | None:
-        """Link the session's previous turn to this one, store this turn, move the session on."""
+        """Link the session's previous turn to this one, store this turn, move the session on.
+
+        Two round trips: read the session state, then one pipeline with every write.
+        """
         sid = turn.session_id
         found = await self.previous(sid)
         outcome = None
+        pipe = self.redis.pipeline(transaction=False)
         if found is not None and found[0].turn_id != turn.turn_id:  # equal: a replay of this very turn
             previous, previous_index = found
             outcome = link(previous, turn.request.messages, digests)
-            await self.close_turn(
-                turn_id=previous.turn_id, session_id=sid, turn_index=previous_index, reason="next_request",
+            self._queue_close(
+                pipe, turn_id=previous.turn_id, session_id=sid, turn_index=previous_index, reason="next_request",
                 next_state=outcome.next_state if outcome.linked else [], next_turn_id=turn.turn_id,
             )
-        await self.write_turn(turn)
+        self._queue_write(pipe, turn.record_id, TURNS_STREAM, turn.model_dump_json(), turn_key(turn.turn_id))
         if done:
-            await self.close_turn(turn_id=turn.turn_id, session_id=sid, turn_index=turn.turn_index,
-                                  reason="session_done")
-            await self.redis.delete(session_key(sid))
-            await self.redis.zrem(IDLE_SESSIONS_KEY, sid)
-            return outcome
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(session_key(sid), mapping={
-            "turn_id": turn.turn_id, "turn_index": turn.turn_index, "n_messages": len(turn.request.messages),
-            "prefix_hash": chain_hash(digests), "reply_digest": reply_digest, "updated_at": turn.created_at,
-        })
-        pipe.expire(session_key(sid), self.session_ttl_s)
-        pipe.zadd(IDLE_SESSIONS_KEY, {sid: turn.created_at})
-        if chained:
-            pipe.set(chain_key(chain_hash([*digests, reply_digest])), sid, ex=self.session_ttl_s)
+            self._queue_close(pipe, turn_id=turn.turn_id, session_id=sid, turn_index=turn.turn_index,
+                              reason="session_done")
+            pipe.delete(session_key(sid))
+            pipe.zrem(IDLE_SESSIONS_KEY, sid)
+        else:
+            pipe.hset(session_key(sid), mapping={
+                "turn_id": turn.turn_id, "turn_index": turn.turn_index, "n_messages": len(turn.request.messages),
+                "prefix_hash": chain_hash(digests), "reply_digest": reply_digest, "updated_at": turn.created_at,
+            })
+            pipe.expire(session_key(sid), self.session_ttl_s)
+            pipe.zadd(IDLE_SESSIONS_KEY, {sid: turn.created_at})
+            if chained:
+                pipe.set(chain_key(chain_hash([*digests, reply_digest])), sid, ex=self.session_ttl_s)
         await pipe.execute()
         return outcome
 
@@ -147,8 +148,10 @@ class Store:
             if updated > cutoff:  # the session moved on after it was listed: keep it listed
                 await self.redis.zadd(IDLE_SESSIONS_KEY, {sid: updated})
                 continue
-            await self.close_turn(turn_id=s["turn_id"], session_id=sid, turn_index=int(s.get("turn_index", 0)),
-                                  reason="idle_timeout")
-            await self.redis.delete(session_key(sid))
+            pipe = self.redis.pipeline(transaction=False)
+            self._queue_close(pipe, turn_id=s["turn_id"], session_id=sid, turn_index=int(s.get("turn_index", 0)),
+                              reason="idle_timeout")
+            pipe.delete(session_key(sid))
+            await pipe.execute()
             closed += 1
         return closed

@@ -48,7 +48,7 @@ def start_proxy(tmp_path: Path, redis_url: str, upstream_url: str) -> Iterator[C
     def start(*, mounts: list[Any] | None = None, redis: str | None = None, upstream: str | None = None,
               **overrides: Any) -> str:
         settings = proxy_settings(tmp_path, redis or redis_url, upstream or upstream_url, **overrides)
-        # bounded shutdown: uvloop's wait_closed() can wait on a keep-alive socket a client left open
+        # bounded graceful shutdown, so one lingering connection cannot stall a teardown
         return stack.enter_context(serve_in_thread(create_app(settings, mounts=mounts), timeout_graceful_shutdown=2))
 
     with stack:
