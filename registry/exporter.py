@@ -200,9 +200,16 @@ class StackCollector(Collector):
             for bound, key in (("estimate", "rate"), ("low", "low"), ("high", "high")):
                 if stats[key] is not None:
                     arm_rate.add_metric([arm, bound], stats[key])
+        difference = GaugeMetricFamily(
+            "nextstate_canary_rate_difference", "Reward rate of canary minus stable, and the controller's "
+            "anytime-valid interval bounds.", labels=["bound"])
+        if view["difference"] is not None:
+            difference.add_metric(["estimate"], view["difference"])
+        difference.add_metric(["low"], view["interval"][0])
+        difference.add_metric(["high"], view["interval"][1])
         age = GaugeMetricFamily("nextstate_canary_started_timestamp_seconds", "When the running canary started.")
         age.add_metric([], view["started_at"])
-        yield from (info, arm_samples, arm_rate, age)
+        yield from (info, arm_samples, arm_rate, difference, age)
 
     def _upstream(self) -> Iterator[Metric]:
         outcomes = CounterMetricFamily("nextstate_upstream_outcomes", "Upstream outcomes per served version (from the proxy).",

@@ -16,6 +16,7 @@ from rq import Queue
 
 from labeler.records import HARD_QUEUE, LABEL_QUEUE, SAMPLES_STREAM, SampleRecord
 from proxy.records import FEEDBACK_STREAM, ROUTING_KEY, TRANSITIONS_STREAM, TURNS_STREAM, RoutingTable
+from registry.canary import ArmCounts, CanaryPolicy, difference_interval
 from registry.records import (
     ALIASES_KEY,
     CANARY_KEY,
@@ -175,15 +176,24 @@ def events(client: redis.Redis, count: int = 200) -> list[tuple[str, AuditEvent]
     return [(as_text(entry_id), AuditEvent.model_validate_json(fields[b"event"])) for entry_id, fields in reversed(entries)]
 
 
-def canary_view(client: redis.Redis, samples: Sequence[SampleRecord]) -> dict[str, Any] | None:
-    """The running canary with live statistics of both arms since it started; ``None`` when none runs."""
+def canary_view(client: redis.Redis, samples: Sequence[SampleRecord],
+                policy: CanaryPolicy | None = None) -> dict[str, Any] | None:
+    """The running canary with live statistics of both arms since it started; ``None`` when none runs.
+
+    ``interval`` is the controller's anytime-valid interval of the rate difference (canary - stable)
+    at confidence ``1 - policy.alpha``, the one its promote / roll back rules read.
+    """
     state = canary_state(client)
     if state is None:
         return None
+    policy = policy or CanaryPolicy()
     canary = arm_stats(samples, state.version, since=state.started_at)
     stable = arm_stats(samples, state.stable_at_start, since=state.started_at)
     diff = canary["rate"] - stable["rate"] if canary["rate"] is not None and stable["rate"] is not None else None
-    return {**state.model_dump(), "arms": {"canary": canary, "stable": stable}, "difference": diff}
+    lo, hi = difference_interval(ArmCounts(canary["prefer"], canary["avoid"]), ArmCounts(stable["prefer"], stable["avoid"]),
+                                 policy.alpha, policy.rho)
+    return {**state.model_dump(), "arms": {"canary": canary, "stable": stable}, "difference": diff,
+            "interval": [lo, hi], "confidence": 1 - policy.alpha, "margin": policy.margin}
 
 
 def stream_stats(client: redis.Redis) -> list[dict[str, Any]]:

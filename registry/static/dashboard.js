@@ -117,9 +117,16 @@
       plot.append(svg("circle", { cx: x(arm.rate), cy, r: 5, fill: colorOf(arm.version), class: "arm",
         "data-arm": arm.name, "data-rate": arm.rate, "data-n": arm.n }));
     });
+    const pts = (x) => `${x >= 0 ? "+" : ""}${(100 * x).toFixed(1)}`;
+    const [lo, hi] = canary.interval;
     const facts = el("p", { text:
       `${canary.version} at ${pct(canary.fraction)} of traffic (step ${canary.step}), since ${clock(canary.started_at)}; ` +
-      `difference canary − stable: ${canary.difference === null ? "–" : (100 * canary.difference).toFixed(1) + " pts"}` });
+      `difference canary − stable: ${canary.difference === null ? "–" : pts(canary.difference) + " pts"}, ` +
+      `anytime-valid ${pct(canary.confidence)} interval [${pts(lo)}, ${pts(hi)}] pts ` +
+      `(promote needs > ${pts(-canary.margin)}, roll back < 0)` });
+    facts.id = "canary-facts";
+    facts.dataset.low = lo;
+    facts.dataset.high = hi;
     const grid = el("table", { class: "grid" });
     table(grid, ["arm", "version", "prefer", "avoid", "observation", "rate", "95% interval"], arms.map((a) => [
       a.name, a.version, String(a.prefer), String(a.avoid), String(a.observation), pct(a.rate),

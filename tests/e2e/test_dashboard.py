@@ -176,6 +176,7 @@ def test_dashboard_page_draws_the_stack_in_chromium(stack: dict[str, Any]) -> No
             points: all('#rewards circle.point').map(c => [c.dataset.version, +c.dataset.n, +c.dataset.rate]),
             canary: document.getElementById('canary').dataset.version,
             arms: all('#canary circle.arm').map(c => [c.dataset.arm, +c.dataset.n]),
+            interval: [+document.getElementById('canary-facts').dataset.low, +document.getElementById('canary-facts').dataset.high],
             events: all('#timeline-chart circle.event').map(c => [c.dataset.kind, c.dataset.version]),
             versions: all('#versions tbody tr').map(r => [...r.cells].slice(0, 2).map(c => c.textContent)),
             bars: all('#queues rect.bar').map(b => [b.dataset.queue, b.dataset.kind, +b.dataset.value]),
@@ -196,6 +197,7 @@ def test_dashboard_page_draws_the_stack_in_chromium(stack: dict[str, Any]) -> No
     expected_points = sorted((v, p["n"], p["rate"]) for v, pts in rewards["series"].items() for p in pts)
     assert sorted(tuple(p) for p in drawn["points"]) == expected_points
     assert drawn["canary"] == "v3"
+    assert drawn["interval"] == canary["interval"] and -1 <= canary["interval"][0] < canary["interval"][1] <= 1
     assert sorted(drawn["arms"]) == sorted([["canary", canary["arms"]["canary"]["n"]], ["stable", canary["arms"]["stable"]["n"]]])
     assert [tuple(e) for e in drawn["events"]] == [(e["kind"], e["version"] or "") for e in timeline["events"][-40:]]
     assert drawn["versions"] == [["v1", "promoted"], ["v2", "gated_fail"], ["v3", "canary"]]

@@ -114,6 +114,9 @@ def test_exporter_reports_the_stack(redis_client: redis.Redis, registry: Registr
     assert value(m, "nextstate_canary_samples", arm="canary", label="prefer") == 2
     assert value(m, "nextstate_canary_samples", arm="stable", label="prefer") == 2
     assert value(m, "nextstate_canary_reward_rate", arm="canary", bound="estimate") == pytest.approx(2 / 3)
+    assert value(m, "nextstate_canary_rate_difference", bound="estimate") == pytest.approx(0.0)
+    assert -1 <= value(m, "nextstate_canary_rate_difference", bound="low") < 0 < value(
+        m, "nextstate_canary_rate_difference", bound="high") <= 1
     assert value(m, "nextstate_upstream_outcomes_total", version="v3", outcome="error") == 2
 
     # decisions are counted once each, incrementally, as the log grows
