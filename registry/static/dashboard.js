@@ -101,7 +101,7 @@
     if (!canary) { host.replaceChildren(empty("No canary running.")); return; }
     host.dataset.version = canary.version;
     const arms = ["stable", "canary"].map((name) => ({ name, ...canary.arms[name] }));
-    const W = 640, H = 90, L = 90, R = 16;
+    const W = 640, H = 90, L = 90, R = 24;
     const x = (r) => L + r * (W - L - R);
     const plot = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "canary arms" });
     for (const r of [0, 0.5, 1]) {
