@@ -16,6 +16,7 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ def compose_config(variant: str, **env: str) -> dict[str, Any]:
         [str(compose_binary()), *files, "--env-file", str(ROOT / ".env.example"), "--profile", "*",
          "config", "--format", "json"],
         capture_output=True, text=True, timeout=60, cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT), **env},
+        env={"PATH": "/usr/bin:/bin", "HOME": tempfile.gettempdir(), **env},
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -76,7 +77,7 @@ def test_compose_files_validate_against_the_spec() -> None:
         args = [a for name in files for a in ("-f", str(ROOT / name))]
         result = subprocess.run(
             [str(binary), *args, "--env-file", str(ROOT / ".env.example"), "config", "--quiet"],
-            capture_output=True, text=True, timeout=60, cwd=ROOT, env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT)},
+            capture_output=True, text=True, timeout=60, cwd=ROOT, env={"PATH": "/usr/bin:/bin", "HOME": tempfile.gettempdir()},
         )
         assert result.returncode == 0, result.stderr
 
