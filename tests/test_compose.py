@@ -16,7 +16,9 @@ import json
 import os
 import re
 import subprocess
+import sys
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +202,22 @@ def test_proxy_image_has_no_torch() -> None:
             assert svc["build"]["target"] in stages
     services = compose_config("gpu")["services"]
     assert services["proxy"]["build"]["target"] == "proxy"
+
+
+def test_the_images_package_ships_its_assets(tmp_path: Path) -> None:
+    """The images install the wheel (not the source tree): the dashboard's page, scripts and styles
+    and every package's data files must be inside it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    (wheel,) = tmp_path.glob("nextstate-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"registry/static/index.html", "registry/static/dashboard.js", "registry/static/dashboard.css"} <= names
+    for data in [*ROOT.glob("labeler/prompts/*"), *ROOT.glob("learner/sacred/*")]:
+        assert data.relative_to(ROOT).as_posix() in names
+    assert not [n for n in names if n.startswith("tests/")]
 
 
 # -- every command is a real command -----------------------------------------------------------
