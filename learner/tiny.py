@@ -316,7 +316,9 @@ def ensure_tiny_model(cache_root: Path, config: TinyConfig = TinyConfig(), progr
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache_root))
         try:
             train(staging, config, progress=progress)
-            os.replace(staging, target)
+            if not (target / INFO_FILE).exists():  # a copy may have been placed meanwhile: keep it
+                shutil.rmtree(target, ignore_errors=True)
+                os.replace(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target

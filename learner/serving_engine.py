@@ -1,0 +1,358 @@
+"""The generation engine: one worker thread owns the model, decodes requests token by token, loads adapters.
+
+Requests wait in a bounded queue and up to ``max_num_seqs`` are decoded at once, interleaved one
+token each per round (grouped by adapter, so the active LoRA switches at most once per adapter per
+round), each with its own KV cache. Adapter loads and unloads run on the same thread between two
+tokens, so they never race a forward pass and never interrupt a request in flight; an unloaded
+adapter is only removed once its last request has finished. At most ``max_loras`` adapters are
+materialised at once; an idle one is evicted (and reloaded from disk on demand), as vLLM does.
+
+Logprobs are those of the raw model distribution (before temperature, top-p and penalties), like
+vLLM's default: the policy's own log pi(a_t | s), which is what the learner needs.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import random
+import threading
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+import torch
+from peft import PeftModel
+from peft.tuners.tuners_utils import BaseTunerLayer
+
+log = structlog.get_logger(__name__)
+
+
+class QueueFull(Exception):
+    """The waiting queue is at its limit; the client should retry later."""
+
+
+class AdapterError(Exception):
+    """An adapter could not be loaded (bad files, incompatible shapes)."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 or -1: off
+    seed: int | None = None
+    top_logprobs: int | None = None  # None: no logprobs; 0: the chosen token's only
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    stop_token_ids: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token; ``finish`` is set on the last one ("stop" or "length")."""
+
+    token_id: int
+    logprob: float | None
+    top: list[tuple[int, float]] | None
+    finish: str | None
+
+
+@dataclass(frozen=True)
+class FailureEvent:
+    message: str
+
+
+Sink = Callable[[TokenEvent | FailureEvent], None]
+
+
+@dataclass(eq=False)
+class Sequence:
+    """A request being decoded; ``cancel()`` may be called from any thread."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    adapter: str | None
+    sink: Sink
+    generator: torch.Generator | None = None
+    cache: Any = None
+    generated: list[int] = field(default_factory=list)
+    counts: Counter[int] = field(default_factory=Counter)
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def choose_token(
+    logits_V: torch.Tensor, params: SamplingParams, generator: torch.Generator | None, counts: Counter[int]
+) -> tuple[int, float, list[tuple[int, float]] | None]:
+    """Sample the next token; return it with its raw logprob and the top alternatives if asked."""
+    logits_V = logits_V.float()
+    logprobs_V = torch.log_softmax(logits_V, dim=-1)
+    scores_V = logits_V
+    if counts and (params.presence_penalty or params.frequency_penalty):
+        ids = torch.tensor(list(counts), device=logits_V.device)
+        seen = torch.tensor(list(counts.values()), device=logits_V.device, dtype=logits_V.dtype)
+        scores_V = scores_V.clone()
+        scores_V[ids] -= params.frequency_penalty * seen + params.presence_penalty
+    if params.temperature == 0.0 or params.top_k == 1:
+        token = int(torch.argmax(scores_V))
+    else:
+        scores_V = scores_V / params.temperature
+        if params.top_k > 0:
+            kth = torch.topk(scores_V, min(params.top_k, scores_V.numel())).values[-1]
+            scores_V = scores_V.masked_fill(scores_V < kth, float("-inf"))
+        probs_V = torch.softmax(scores_V, dim=-1)
+        if params.top_p < 1.0:
+            sorted_V, order_V = torch.sort(probs_V, descending=True)
+            drop_V = torch.cumsum(sorted_V, dim=-1) - sorted_V > params.top_p
+            probs_V = probs_V.scatter(0, order_V, sorted_V.masked_fill(drop_V, 0.0))
+        token = int(torch.multinomial(probs_V, 1, generator=generator))
+    top = None
+    if params.top_logprobs is not None:
+        values, indices = torch.topk(logprobs_V, params.top_logprobs) if params.top_logprobs else ([], [])
+        top = [(int(i), float(v)) for v, i in zip(values, indices, strict=True)]
+    return token, float(logprobs_V[token]), top
+
+
+class Engine:
+    """Owns the model on one thread; thread-safe ``submit``, ``load_adapter`` and ``unload_adapter``."""
+
+    def __init__(self, model: Any, *, max_num_seqs: int = 8, max_queue: int = 64, max_loras: int = 4) -> None:
+        self._base = model
+        self._peft: PeftModel | None = None
+        self._lora_layers: list[BaseTunerLayer] = []
+        self._active_lora: str | None = None  # what the LoRA layers currently apply ("" = disabled)
+        self.device = next(model.parameters()).device
+        self.max_num_seqs, self.max_queue, self.max_loras = max_num_seqs, max_queue, max_loras
+        self.registered: dict[str, Path] = {}  # every adapter the API knows (name -> path)
+        self._materialised: OrderedDict[str, None] = OrderedDict()  # LRU of adapters in the model
+        self._draining: set[str] = set()  # unloaded from the API, removed once idle
+        self._waiting: deque[Sequence] = deque()
+        self._active: list[Sequence] = []
+        self._jobs: list[Callable[[], None]] = []
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="nextstate-engine", daemon=True)
+
+    # ---- thread-safe API -------------------------------------------------------------------
+    def start(self) -> Engine:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout=30)
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams, adapter: str | None, sink: Sink) -> Sequence:
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(params.seed if params.seed is not None else random.getrandbits(63))
+        seq = Sequence(prompt_ids, params, adapter, sink, generator)
+        with self._cond:
+            if len(self._waiting) >= self.max_queue and len(self._active) >= self.max_num_seqs:
+                raise QueueFull(f"the request queue is full ({self.max_queue} waiting)")
+            self._waiting.append(seq)
+            self._cond.notify_all()
+        return seq
+
+    def load_adapter(self, name: str, path: Path) -> concurrent.futures.Future[None]:
+        """Register and materialise an adapter on the engine thread; the future fails with AdapterError."""
+        return self._call(lambda: self._load(name, path))
+
+    def unload_adapter(self, name: str) -> concurrent.futures.Future[None]:
+        return self._call(lambda: self._unload(name))
+
+    def stats(self) -> dict[str, Any]:
+        with self._cond:
+            return {
+                "waiting": len(self._waiting),
+                "running": len(self._active),
+                "adapters": sorted(self.registered),
+                "materialised": list(self._materialised),
+                "draining": sorted(self._draining),
+            }
+
+    def _call(self, work: Callable[[], None]) -> concurrent.futures.Future[None]:
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def job() -> None:
+            try:
+                work()
+            except Exception as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(None)
+
+        with self._cond:
+            self._jobs.append(job)
+            self._cond.notify_all()
+        return future
+
+    # ---- engine thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self._cond:
+                while not (self._jobs or self._waiting or self._active or self._stopping):
+                    self._cond.wait()
+                if self._stopping:
+                    break
+                jobs, self._jobs = self._jobs, []
+            for job in jobs:
+                job()
+            self._admit()
+            self._active.sort(key=lambda s: s.adapter or "")
+            for seq in list(self._active):
+                self._step(seq)
+            self._remove_drained()
+        for seq in [*self._active, *self._waiting]:
+            seq.sink(FailureEvent("the server is shutting down"))
+
+    def _admit(self) -> None:
+        with self._cond:
+            candidates = list(self._waiting)
+        for seq in candidates:
+            if len(self._active) >= self.max_num_seqs:
+                break
+            if seq.adapter is not None and not self._ensure_materialised(seq.adapter):
+                continue  # every adapter slot is busy: wait for one to free up
+            with self._cond:
+                self._waiting.remove(seq)
+            self._active.append(seq)
+
+    def _step(self, seq: Sequence) -> None:
+        try:
+            if seq.cancelled:
+                self._active.remove(seq)
+                return
+            model = self._activate(seq.adapter)
+            ids = seq.prompt_ids if seq.cache is None else seq.generated[-1:]
+            out = model(
+                input_ids=torch.tensor([ids], device=self.device),
+                past_key_values=seq.cache, use_cache=True, logits_to_keep=1,
+            )
+            seq.cache = out.past_key_values
+            token, logprob, top = choose_token(out.logits[0, -1], seq.params, seq.generator, seq.counts)
+            seq.generated.append(token)
+            seq.counts[token] += 1
+            finish = None
+            if token in seq.params.stop_token_ids:
+                finish = "stop"
+            elif len(seq.generated) >= seq.params.max_tokens:
+                finish = "length"
+            if finish:
+                self._active.remove(seq)
+                seq.cache = None
+            seq.sink(TokenEvent(token, logprob if seq.params.top_logprobs is not None else None, top, finish))
+        except Exception as exc:
+            log.exception("generation_failed")
+            if seq in self._active:
+                self._active.remove(seq)
+            seq.sink(FailureEvent(f"generation failed: {exc}"))
+
+    def _activate(self, adapter: str | None) -> Any:
+        if self._peft is None:
+            return self._base
+        want = adapter or ""
+        if self._active_lora != want:
+            for layer in self._lora_layers:
+                if want:
+                    layer.enable_adapters(True)
+                    layer.set_adapter(want)
+                else:
+                    layer.enable_adapters(False)
+            self._active_lora = want
+        if adapter is not None:
+            self._materialised.move_to_end(adapter)
+        return self._peft
+
+    def _in_use(self) -> set[str]:
+        return {seq.adapter for seq in self._active if seq.adapter is not None}
+
+    def _ensure_materialised(self, name: str) -> bool:
+        if name in self._materialised:
+            return True
+        if len(self._materialised) >= self.max_loras:
+            idle = [n for n in self._materialised if n not in self._in_use()]
+            if not idle:
+                return False
+            self._dematerialise(idle[0])
+        try:
+            self._materialise(name, self.registered[name])
+        except Exception as exc:
+            log.exception("adapter_reload_failed", adapter=name)
+            for seq in [s for s in self._waiting if s.adapter == name]:
+                with self._cond:
+                    self._waiting.remove(seq)
+                seq.sink(FailureEvent(f"adapter {name!r} could not be loaded: {exc}"))
+            return False
+        return True
+
+    def _materialise(self, name: str, path: Path) -> None:
+        started = time.monotonic()
+        if self._peft is None:
+            self._peft = PeftModel.from_pretrained(self._base, str(path), adapter_name=name, is_trainable=False)
+        else:
+            self._peft.load_adapter(str(path), adapter_name=name, is_trainable=False)
+        self._peft.eval()
+        self._lora_layers = [m for m in self._peft.modules() if isinstance(m, BaseTunerLayer)]
+        self._active_lora = None  # unknown after peft changed it: force a switch on the next step
+        self._materialised[name] = None
+        log.info("adapter_materialised", adapter=name, ms=round(1000 * (time.monotonic() - started), 1))
+
+    def _dematerialise(self, name: str) -> None:
+        assert self._peft is not None
+        if len(self._materialised) == 1:
+            self._base = self._peft.unload()  # the last adapter: give back the plain model
+            self._peft, self._lora_layers = None, []
+        else:
+            self._peft.delete_adapter(name)
+            self._lora_layers = [m for m in self._peft.modules() if isinstance(m, BaseTunerLayer)]
+        self._active_lora = None
+        del self._materialised[name]
+
+    def _load(self, name: str, path: Path) -> None:
+        if len(self._materialised) >= self.max_loras:
+            idle = [n for n in self._materialised if n not in self._in_use()]
+            if idle:
+                self._dematerialise(idle[0])
+        if len(self._materialised) < self.max_loras:  # else every slot is busy: load on first use
+            try:
+                self._materialise(name, path)
+            except Exception as exc:
+                if name in self._materialised:
+                    self._dematerialise(name)
+                raise AdapterError(str(exc)) from exc
+        with self._cond:
+            self.registered[name] = path
+            self._draining.discard(name)
+
+    def _unload(self, name: str) -> None:
+        with self._cond:
+            self.registered.pop(name, None)
+            orphans = [s for s in self._waiting if s.adapter == name]
+            for seq in orphans:
+                self._waiting.remove(seq)
+        for seq in orphans:
+            seq.sink(FailureEvent(f"adapter {name!r} was unloaded"))
+        if name in self._materialised:
+            self._draining.add(name)
+        self._remove_drained()
+
+    def _remove_drained(self) -> None:
+        if not self._draining:
+            return
+        busy = self._in_use()
+        for name in list(self._draining):
+            if name not in busy:
+                self._draining.discard(name)
+                if name in self._materialised and name not in self.registered:
+                    self._dematerialise(name)
+                    log.info("adapter_removed", adapter=name)
