@@ -1,0 +1,197 @@
+"""What the proxy adds: the same fast local upstream hit directly and through the proxy, interleaved.
+
+Starts the fake upstream and the proxy as separate uvicorn processes (uvloop + httptools) and a
+private Redis, then measures from this process (its own loop): added p50/p99 latency at a fixed
+request rate, added streaming time-to-first-token, and peak throughput proxied vs direct.
+Run: ``.venv/bin/python -m bench.proxy_overhead [--rate 200] [--seconds 10]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import aiohttp
+import uvloop
+
+ROOT = Path(__file__).resolve().parent.parent
+BODY = json.dumps({"model": "bench", "messages": [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Say something short about latency budgets."},
+]}).encode()
+STREAM_BODY = json.dumps({**json.loads(BODY), "stream": True}).encode()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_http(url: str, timeout: float = 30.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def start_stack(stack: ExitStack, home: Path, workers: int = 1) -> tuple[str, str]:
+    """(direct base URL, proxied base URL); processes stop when the stack closes."""
+    up_port, proxy_port = _free_port(), _free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "tests.support.fake_upstream:create_app", "--port",
+         str(up_port), "--loop", "uvloop", "--http", "httptools", "--log-level", "warning", "--no-access-log"],
+        cwd=ROOT, env=env,
+    )
+    stack.callback(lambda: (upstream.terminate(), upstream.wait(10)))
+    direct = f"http://127.0.0.1:{up_port}/v1"
+    _wait_http(f"{direct}/models")
+    proxy_env = {**env, "NEXTSTATE_HOME": str(home), "NEXTSTATE_UPSTREAM_URL": direct, "NEXTSTATE_PORT": str(proxy_port),
+                 "NEXTSTATE_LOG_JSON": "true", "NEXTSTATE_WORKERS": str(workers)}
+    proxy_env.pop("NEXTSTATE_REDIS_URL", None)  # a private embedded Redis under the temporary home
+    proxy = subprocess.Popen([sys.executable, "-m", "proxy"], cwd=ROOT, env=proxy_env,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+
+    stack.callback(lambda: (proxy.terminate(), proxy.wait(20)))  # it stops its embedded Redis itself
+    proxied = f"http://127.0.0.1:{proxy_port}/v1"
+    _wait_http(f"{proxied}/models")
+    return direct, proxied
+
+
+async def _one(session: aiohttp.ClientSession, url: str, body: bytes) -> float:
+    start = time.perf_counter()
+    async with session.post(url, data=body, headers={"content-type": "application/json"}) as response:
+        await response.read()
+        assert response.status == 200, response.status
+    return time.perf_counter() - start
+
+
+async def _ttft(session: aiohttp.ClientSession, url: str) -> float:
+    start = time.perf_counter()
+    async with session.post(url, data=STREAM_BODY, headers={"content-type": "application/json"}) as response:
+        first = None
+        async for _ in response.content.iter_any():
+            if first is None:
+                first = time.perf_counter() - start
+        return first or 0.0
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+async def fixed_rate(targets: dict[str, str], rate: float, seconds: float) -> dict[str, list[float]]:
+    """Open loop: each target gets ``rate`` requests/s, requests alternate between targets."""
+    results: dict[str, list[float]] = {name: [] for name in targets}
+    sessions = {name: aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) for name in targets}
+    try:
+        for name, url in targets.items():  # warm up connections
+            await asyncio.gather(*(_one(sessions[name], url, BODY) for _ in range(20)))
+        names = list(targets)
+        interval = 1.0 / (rate * len(names))
+        total = int(rate * seconds) * len(names)
+        tasks = []
+        start = time.perf_counter()
+        for i in range(total):
+            delay = start + i * interval - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            name = names[i % len(names)]
+
+            async def run(name: str = name) -> None:
+                results[name].append(await _one(sessions[name], targets[name], BODY))
+
+            tasks.append(asyncio.ensure_future(run()))
+        await asyncio.gather(*tasks)
+    finally:
+        for session in sessions.values():
+            await session.close()
+    return results
+
+
+async def ttft(targets: dict[str, str], count: int) -> dict[str, list[float]]:
+    results: dict[str, list[float]] = {name: [] for name in targets}
+    async with aiohttp.ClientSession() as session:
+        for _ in range(count):
+            for name, url in targets.items():
+                results[name].append(await _ttft(session, url))
+    return results
+
+
+async def peak(targets: dict[str, str], concurrency: int, window: float, rounds: int) -> dict[str, float]:
+    """Closed loop, alternating windows per target; requests per second per target."""
+    done: dict[str, int] = dict.fromkeys(targets, 0)
+    spent: dict[str, float] = dict.fromkeys(targets, 0.0)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency * 2)) as session:
+        for _ in range(rounds):
+            for name, url in targets.items():
+                stop = time.perf_counter() + window
+
+                async def worker(url: str = url, name: str = name, stop: float = stop) -> None:
+                    while time.perf_counter() < stop:
+                        await _one(session, url, BODY)
+                        done[name] += 1
+
+                start = time.perf_counter()
+                await asyncio.gather(*(worker() for _ in range(concurrency)))
+                spent[name] += time.perf_counter() - start
+    return {name: done[name] / spent[name] for name in targets}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rate", type=float, default=200.0, help="requests/s per target in the fixed-rate phase")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the fixed-rate phase")
+    parser.add_argument("--ttft-requests", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--window", type=float, default=2.0, help="seconds per peak-throughput window")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1, help="proxy worker processes")
+    args = parser.parse_args(argv)
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="nextstate-bench-") as home:
+        direct, proxied = start_stack(stack, Path(home), args.workers)
+        chat = {"direct": f"{direct}/chat/completions", "proxied": f"{proxied}/chat/completions"}
+        latency = uvloop.run(fixed_rate(chat, args.rate, args.seconds))
+        first = uvloop.run(ttft(chat, args.ttft_requests))
+        throughput = uvloop.run(peak(chat, args.concurrency, args.window, args.rounds))
+    d, p = latency["direct"], latency["proxied"]
+    report = {
+        "proxy_workers": args.workers,
+        "rate_per_target": args.rate,
+        "requests_per_target": len(d),
+        "direct_p50_ms": _pct(d, 0.5), "proxied_p50_ms": _pct(p, 0.5),
+        "direct_p99_ms": _pct(d, 0.99), "proxied_p99_ms": _pct(p, 0.99),
+        "added_p50_ms": _pct(p, 0.5) - _pct(d, 0.5), "added_p99_ms": _pct(p, 0.99) - _pct(d, 0.99),
+        "direct_ttft_p50_ms": _pct(first["direct"], 0.5), "proxied_ttft_p50_ms": _pct(first["proxied"], 0.5),
+        "added_ttft_p50_ms": _pct(first["proxied"], 0.5) - _pct(first["direct"], 0.5),
+        "direct_peak_rps": throughput["direct"], "proxied_peak_rps": throughput["proxied"],
+        "peak_ratio": throughput["proxied"] / throughput["direct"],
+        "mean_added_ms": (statistics.fmean(p) - statistics.fmean(d)) * 1000,
+    }
+    width = max(map(len, report))
+    for key, value in report.items():
+        print(f"{key:<{width}}  {value:.3f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
