@@ -87,7 +87,7 @@ def create_app(settings: ProxySettings, *, mounts: list[tuple[str, ASGIApp]] | N
         )
         await upstream.open()
         store = Store(redis_client, ttl_s=settings.turn_ttl_s, session_ttl_s=settings.session_ttl_s)
-        spool = Spool(settings.spool_path())
+        spool = Spool.claim(settings.spool_path())
         recorder = Recorder(store, spool, metrics, replay_interval_s=settings.replay_interval_s)
         refresher = RoutingRefresher(redis_client, settings.routing_refresh_s)
         with contextlib.suppress(Exception):  # first load before serving; the refresher retries

@@ -207,7 +207,7 @@ async def chat_completions(request: Request) -> Response:
         except ProxyError as exc:
             return error_response(exc, out_headers)
         upstream_s = time.perf_counter() - t_up
-        exchange.completion = data
+        exchange.completion, exchange.stream = data, False  # an upstream may answer a stream request whole
         if response.status < 400 and captured and not wants.everything:
             with contextlib.suppress(ValueError):
                 data = json.dumps(strip(json.loads(data), wants), ensure_ascii=False).encode()

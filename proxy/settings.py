@@ -33,6 +33,7 @@ class ProxySettings(CommonSettings):
 
     host: str = Field(default="127.0.0.1", description="Address the proxy listens on.")
     port: int = Field(default=8080, description="Port the proxy listens on.")
+    workers: int = Field(default=1, description="Proxy processes sharing the port (each with its own spool slot).")
     upstream_url: str = Field(default="http://127.0.0.1:8000/v1", description="Base URL of the OpenAI-compatible policy server (…/v1).")
     upstream_api_key: str | None = Field(default=None, description="Key sent upstream; unset = pass the client's Authorization through.")
     upstream_model: str | None = Field(default=None, description="Base model name sent upstream when no routing table applies; unset = the client's model.")

@@ -3,25 +3,50 @@
 One JSON line per entry in ``spool.jsonl``; ``spool.offset`` holds the byte offset up to which
 entries have been replayed. The offset is saved after every replayed entry and entries are written
 idempotently, so a crash mid-replay neither loses nor duplicates anything. Once everything is
-replayed both files are truncated.
+replayed both files are truncated. Several proxy processes sharing one home each claim their own
+slot directory (an exclusive ``flock``), so their spools never interleave; a restarted process
+claims a free slot and replays whatever the previous owner left there.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
+MAX_SLOTS = 256
+
 
 class Spool:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, lock_fd: int | None = None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / "spool.jsonl"
         self.offset_path = directory / "spool.offset"
+        self._lock_fd = lock_fd
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    @classmethod
+    def claim(cls, base: Path) -> Spool:
+        """The first slot under ``base`` that no other live process holds."""
+        base.mkdir(parents=True, exist_ok=True)
+        for slot in range(MAX_SLOTS):
+            directory = base / f"slot-{slot}"
+            directory.mkdir(exist_ok=True)
+            fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            return cls(directory, fd)
+        raise RuntimeError(f"all {MAX_SLOTS} spool slots under {base} are taken")
 
     def close(self) -> None:
         os.close(self._fd)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the slot
+            self._lock_fd = None
 
     def append(self, line: str) -> None:
         data = line.encode() + b"\n"

@@ -1,14 +1,16 @@
 """Redis writes of the proxy: idempotent record appends, session state, transitions, idle sweeping.
 
-Every record goes through one Lua script: ``SET NX`` of the record's seen-key, and only if that
-succeeded ``XADD`` (plus the JSON copy of a turn at ``turn_key``). Replaying a spool or retrying a
-write can therefore never duplicate a record. Per-session state is a hash with a TTL; sessions are
-also listed in a sorted set by last activity so that any replica can close idle ones, and
-``ZREM`` decides which replica does.
+Every record is appended by Lua: ``SET NX`` of the record's seen-key, and only if that succeeded
+``XADD`` (plus the JSON copy of a turn at ``turn_key``). Replaying a spool or retrying a write can
+therefore never duplicate a record. A turn costs two round trips: read the session state, then one
+script that writes the previous turn's transition, the turn, and the new session state. Session
+state is JSON with a TTL; sessions are also listed in a sorted set by last activity so that any
+replica can close idle ones, and ``ZREM`` decides which replica does.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -30,13 +32,37 @@ from proxy.sessions import Link, PreviousTurn, chain_hash, link
 
 IDLE_SESSIONS_KEY = "nextstate:sessions:idle"
 
-_WRITE = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then
-  redis.call('XADD', KEYS[2], '*', 'record', ARGV[1])
-  if #KEYS > 2 then redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2]) end
-  return 1
+_PUT = """
+local function put(seen, stream, payload, ttl, copy)
+  if redis.call('SET', seen, '1', 'NX', 'EX', ttl) then
+    redis.call('XADD', stream, '*', 'record', payload)
+    if copy then redis.call('SET', copy, payload, 'EX', ttl) end
+    return 1
+  end
+  return 0
 end
-return 0
+"""
+
+# KEYS: seen, stream[, copy]   ARGV: payload, ttl
+_WRITE = _PUT + "return put(KEYS[1], KEYS[2], ARGV[1], ARGV[2], KEYS[3])"
+
+# KEYS: 1 turn seen, 2 turns stream, 3 turn copy, 4 previous-transition seen, 5 transitions stream,
+#       6 session state, 7 idle set, 8 chain key, 9 closing-transition seen
+# ARGV: 1 turn json, 2 ttl, 3 previous transition json or '', 4 closing transition json or '',
+#       5 session ttl, 6 session id, 7 last activity, 8 session state json, 9 '1' to write the chain key
+_RECORD_TURN = _PUT + """
+if ARGV[3] ~= '' then put(KEYS[4], KEYS[5], ARGV[3], ARGV[2]) end
+local new = put(KEYS[1], KEYS[2], ARGV[1], ARGV[2], KEYS[3])
+if ARGV[4] ~= '' then
+  put(KEYS[9], KEYS[5], ARGV[4], ARGV[2])
+  redis.call('DEL', KEYS[6])
+  redis.call('ZREM', KEYS[7], ARGV[6])
+else
+  redis.call('SET', KEYS[6], ARGV[8], 'EX', ARGV[5])
+  redis.call('ZADD', KEYS[7], ARGV[7], ARGV[6])
+  if ARGV[9] == '1' then redis.call('SET', KEYS[8], ARGV[6], 'EX', ARGV[5]) end
+end
+return new
 """
 
 
@@ -50,47 +76,39 @@ def transition_id(turn_id: str) -> str:
     return f"tr-{turn_id}"
 
 
+def transition(*, turn_id: str, session_id: str, turn_index: int, reason: TransitionReason,
+               next_state: list[dict[str, Any]] | None = None, next_turn_id: str | None = None) -> TransitionRecord:
+    record_id = transition_id(turn_id)
+    return TransitionRecord(
+        record_id=record_id, transition_id=record_id, turn_id=turn_id, session_id=session_id,
+        turn_index=turn_index, next_state=next_state or [], has_next_state=bool(next_state),
+        reason=reason, next_turn_id=next_turn_id,
+    )
+
+
 class Store:
     def __init__(self, redis_client: aioredis.Redis, *, ttl_s: int, session_ttl_s: int) -> None:
         self.redis = redis_client
         self.ttl_s = ttl_s
         self.session_ttl_s = session_ttl_s
-
-    def _queue_write(self, pipe: Any, record_id: str, stream: str, payload: str, copy_key: str | None = None) -> None:
-        """Queue the idempotent append of ``payload`` on a pipeline (or run it on the client)."""
-        keys = [record_seen_key(record_id), stream, *([copy_key] if copy_key else [])]
-        # plain EVAL: Redis caches the compiled script by its hash; EVALSHA would cost a SCRIPT EXISTS per pipeline
-        pipe.eval(_WRITE, len(keys), *keys, payload, self.ttl_s)
+        # EVALSHA, re-loading the script by itself after a Redis restart
+        self._write = redis_client.register_script(_WRITE)
+        self._record_turn = redis_client.register_script(_RECORD_TURN)
 
     async def write(self, record_id: str, stream: str, payload: str, copy_key: str | None = None) -> bool:
         """Append ``payload`` to ``stream`` once per record id; True when it was new."""
-        pipe = self.redis.pipeline(transaction=False)
-        self._queue_write(pipe, record_id, stream, payload, copy_key)
-        [written] = await pipe.execute()
-        return bool(written)
+        keys = [record_seen_key(record_id), stream, *([copy_key] if copy_key else [])]
+        return bool(await self._write(keys=keys, args=[payload, self.ttl_s]))
 
     async def write_feedback(self, feedback: FeedbackRecord) -> bool:
         return await self.write(feedback.record_id, FEEDBACK_STREAM, feedback.model_dump_json())
 
-    def _queue_close(
-        self, pipe: Any, *, turn_id: str, session_id: str, turn_index: int, reason: TransitionReason,
-        next_state: list[dict[str, Any]] | None = None, next_turn_id: str | None = None,
-    ) -> None:
-        record_id = transition_id(turn_id)
-        record = TransitionRecord(
-            record_id=record_id, transition_id=record_id, turn_id=turn_id, session_id=session_id,
-            turn_index=turn_index, next_state=next_state or [], has_next_state=bool(next_state),
-            reason=reason, next_turn_id=next_turn_id,
-        )
-        self._queue_write(pipe, record_id, TRANSITIONS_STREAM, record.model_dump_json())
-
     async def previous(self, session_id: str) -> tuple[PreviousTurn, int] | None:
-        state = await self.redis.hgetall(session_key(session_id))
-        if not state:
+        raw = await self.redis.get(session_key(session_id))
+        if raw is None:
             return None
-        s = {k.decode(): v.decode() for k, v in state.items()}
-        previous = PreviousTurn(s["turn_id"], int(s["n_messages"]), s["prefix_hash"], s["reply_digest"])
-        return previous, int(s.get("turn_index", 0))
+        s = json.loads(raw)
+        return PreviousTurn(s["turn_id"], s["n_messages"], s["prefix_hash"], s["reply_digest"]), s["turn_index"]
 
     async def find_session(self, digests: list[str]) -> str | None:
         raw = await self.redis.get(chain_key(chain_hash(digests)))
@@ -98,37 +116,35 @@ class Store:
 
     async def record_turn(self, turn: TurnRecord, digests: list[str], reply_digest: str, *,
                           chained: bool, done: bool) -> Link | None:
-        """Link the session's previous turn to this one, store this turn, move the session on.
-
-        Two round trips: read the session state, then one pipeline with every write.
-        """
+        """Link the session's previous turn to this one, store this turn, move the session on."""
         sid = turn.session_id
         found = await self.previous(sid)
         outcome = None
-        pipe = self.redis.pipeline(transaction=False)
+        previous_json = closing_json = ""
+        previous_id = closing_id = turn.turn_id
         if found is not None and found[0].turn_id != turn.turn_id:  # equal: a replay of this very turn
             previous, previous_index = found
             outcome = link(previous, turn.request.messages, digests)
-            self._queue_close(
-                pipe, turn_id=previous.turn_id, session_id=sid, turn_index=previous_index, reason="next_request",
+            previous_id = previous.turn_id
+            previous_json = transition(
+                turn_id=previous.turn_id, session_id=sid, turn_index=previous_index, reason="next_request",
                 next_state=outcome.next_state if outcome.linked else [], next_turn_id=turn.turn_id,
-            )
-        self._queue_write(pipe, turn.record_id, TURNS_STREAM, turn.model_dump_json(), turn_key(turn.turn_id))
+            ).model_dump_json()
         if done:
-            self._queue_close(pipe, turn_id=turn.turn_id, session_id=sid, turn_index=turn.turn_index,
-                              reason="session_done")
-            pipe.delete(session_key(sid))
-            pipe.zrem(IDLE_SESSIONS_KEY, sid)
-        else:
-            pipe.hset(session_key(sid), mapping={
-                "turn_id": turn.turn_id, "turn_index": turn.turn_index, "n_messages": len(turn.request.messages),
-                "prefix_hash": chain_hash(digests), "reply_digest": reply_digest, "updated_at": turn.created_at,
-            })
-            pipe.expire(session_key(sid), self.session_ttl_s)
-            pipe.zadd(IDLE_SESSIONS_KEY, {sid: turn.created_at})
-            if chained:
-                pipe.set(chain_key(chain_hash([*digests, reply_digest])), sid, ex=self.session_ttl_s)
-        await pipe.execute()
+            closing_json = transition(turn_id=turn.turn_id, session_id=sid, turn_index=turn.turn_index,
+                                      reason="session_done").model_dump_json()
+        state = json.dumps({
+            "turn_id": turn.turn_id, "turn_index": turn.turn_index, "n_messages": len(turn.request.messages),
+            "prefix_hash": chain_hash(digests), "reply_digest": reply_digest, "updated_at": turn.created_at,
+        })
+        keys = [
+            record_seen_key(turn.record_id), TURNS_STREAM, turn_key(turn.turn_id),
+            record_seen_key(transition_id(previous_id)), TRANSITIONS_STREAM, session_key(sid), IDLE_SESSIONS_KEY,
+            chain_key(chain_hash([*digests, reply_digest])), record_seen_key(transition_id(closing_id)),
+        ]
+        args = [turn.model_dump_json(), self.ttl_s, previous_json, closing_json, self.session_ttl_s, sid,
+                turn.created_at, state, "1" if chained else ""]
+        await self._record_turn(keys=keys, args=args)
         return outcome
 
     async def sweep_idle(self, idle_timeout_s: float, now: float | None = None, limit: int = 200) -> int:
@@ -140,18 +156,16 @@ class Store:
             if not await self.redis.zrem(IDLE_SESSIONS_KEY, raw):
                 continue  # another replica claimed it
             sid = raw.decode()
-            state = await self.redis.hgetall(session_key(sid))
-            if not state:
+            found = await self.redis.get(session_key(sid))
+            if found is None:
                 continue
-            s = {k.decode(): v.decode() for k, v in state.items()}
-            updated = float(s.get("updated_at", 0))
-            if updated > cutoff:  # the session moved on after it was listed: keep it listed
-                await self.redis.zadd(IDLE_SESSIONS_KEY, {sid: updated})
+            state = json.loads(found)
+            if state["updated_at"] > cutoff:  # the session moved on after it was listed: keep it listed
+                await self.redis.zadd(IDLE_SESSIONS_KEY, {sid: state["updated_at"]})
                 continue
-            pipe = self.redis.pipeline(transaction=False)
-            self._queue_close(pipe, turn_id=s["turn_id"], session_id=sid, turn_index=int(s.get("turn_index", 0)),
-                              reason="idle_timeout")
-            pipe.delete(session_key(sid))
-            await pipe.execute()
+            record = transition(turn_id=state["turn_id"], session_id=sid, turn_index=state["turn_index"],
+                                reason="idle_timeout")
+            await self.write(record.record_id, TRANSITIONS_STREAM, record.model_dump_json())
+            await self.redis.delete(session_key(sid))
             closed += 1
         return closed
