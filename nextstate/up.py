@@ -18,12 +18,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-import httpx
 import redis
 from pydantic import Field
 
@@ -71,10 +71,13 @@ def backoff_delay(quick_crashes: int, base: float, cap: float) -> float:
 
 
 def http_ready(url: str) -> Callable[[], bool]:
+    """Probe: GET ``url`` answers 200 (stdlib client: cheap enough to poll while a model loads)."""
+
     def probe() -> bool:
         try:
-            return httpx.get(url, timeout=2.0).status_code == 200
-        except httpx.HTTPError:
+            with urllib.request.urlopen(url, timeout=2.0) as response:
+                return int(response.status) == 200
+        except (OSError, ValueError):  # URLError, HTTPError, timeouts and resets are all OSErrors
             return False
 
     return probe
@@ -187,7 +190,7 @@ class Supervisor:
                 return
             if time.monotonic() > deadline:
                 raise StartupError(f"{child.spec.name} not ready after {timeout_s:.0f} s; see {child.log_path}")
-            time.sleep(0.2)
+            time.sleep(0.5)
 
     def _watch(self) -> None:
         while not self._stopping.wait(0.2):
@@ -304,8 +307,9 @@ def plan_stack(settings: UpSettings, extras: list[tuple[str, str]] | None = None
         "NEXTSTATE_LOG_JSON": os.environ.get("NEXTSTATE_LOG_JSON", "false"),  # readable prefixed logs
     }
     if "serve" in wanted and not settings.upstream_url:
-        specs.append(ChildSpec("serve", _nextstate("serve", "--host", settings.host, "--port", str(settings.serve_port)),
-                               env, ready=http_ready(f"{serve_url}/healthz"), critical=True))
+        serve_env = {**env, "NEXTSTATE_SERVE_HOST": settings.host, "NEXTSTATE_SERVE_PORT": str(settings.serve_port)}
+        specs.append(ChildSpec("serve", _nextstate("serve"), serve_env, ready=http_ready(f"{serve_url}/healthz"),
+                               critical=True))
     if "proxy" in wanted:
         specs.append(ChildSpec("proxy", _nextstate("proxy", "--host", settings.host, "--port", str(settings.proxy_port)),
                                env, ready=http_ready(f"{base_url}/readyz")))

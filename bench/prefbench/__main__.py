@@ -36,6 +36,7 @@ def config_from_args(argv: list[str]) -> tuple[BenchConfig, Path]:
     parser.add_argument("--silent", type=float, default=0.1, help="share of answers that get no feedback")
     parser.add_argument("--canary-min-samples", type=int, help="labeled canary turns before promotion")
     parser.add_argument("--model-cache", type=Path, help="shared model cache (default: <out>/models)")
+    parser.add_argument("--base-model", help="a local model directory instead of builtin:tiny-chat (served as tiny-chat)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     base = BenchConfig(methods=("none", "combined"), personas=("terse",), seeds=(0,), every=8, eval_prompts=12) \
@@ -45,6 +46,9 @@ def config_from_args(argv: list[str]) -> tuple[BenchConfig, Path]:
     for name in ("methods", "personas", "interactions", "every", "eval_prompts", "canary_min_samples"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
+    if args.base_model:
+        changes["extra_env"] = {"NEXTSTATE_BASE_MODEL": str(Path(args.base_model).resolve()),
+                                "NEXTSTATE_SERVED_MODEL_NAME": "tiny-chat", "NEXTSTATE_SERVED_BASE_MODEL": "tiny-chat"}
     if args.seeds is not None:
         changes["seeds"] = tuple(range(args.seeds))
     unknown = set(changes.get("personas", ())) - set(PERSONAS) | set(changes.get("methods", ())) - set(METHODS)  # type: ignore[arg-type]

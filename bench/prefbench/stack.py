@@ -23,7 +23,7 @@ import redis
 
 from labeler.records import SAMPLES_STREAM
 from proxy.records import TRANSITIONS_STREAM, TURNS_STREAM
-from registry.records import ALIASES_KEY, EVENTS_STREAM, VERSIONS_KEY
+from registry.records import ALIASES_KEY, CANARY_KEY, EVENTS_STREAM, VERSIONS_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -169,10 +169,16 @@ class Pipeline:
             return "labeling"
         for group in self._groups(SAMPLES_STREAM):
             lag = group.get("lag")
-            if (lag is not None and int(lag) > 0) or int(group.get("pending", 0)) >= batch_size:
-                return "training"
-        if any(state in ("candidate", "gated_pass") for state in p.states.values()):
+            if lag is not None and int(lag) > 0:
+                return "training"  # samples not read by the learner yet
+            for consumer in self._consumers(SAMPLES_STREAM, str(group["name"])):
+                # a learner waiting for a full batch polls (idle < its poll time); one training does not
+                if int(consumer.get("pending", 0)) >= batch_size and int(consumer.get("idle", 0)) > 2500:
+                    return "training"
+        if "candidate" in p.states.values():
             return "gating"
+        if "gated_pass" in p.states.values() and not self.redis.exists(CANARY_KEY):
+            return "starting a canary"  # the controller starts one on its next tick
         return None
 
     def _groups(self, stream: str) -> list[dict[str, object]]:
@@ -180,7 +186,15 @@ class Pipeline:
             raw = self.redis.xinfo_groups(stream)
         except redis.ResponseError:  # no such stream yet
             return []
-        return [{(k.decode() if isinstance(k, bytes) else k): v for k, v in g.items()} for g in raw]
+        return [{(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                 for k, v in g.items()} for g in raw]
+
+    def _consumers(self, stream: str, group: str) -> list[dict[str, object]]:
+        try:
+            raw = self.redis.xinfo_consumers(stream, group)
+        except redis.ResponseError:
+            return []
+        return [{(k.decode() if isinstance(k, bytes) else k): v for k, v in c.items()} for c in raw]
 
     def settle(self, batch_size: int, timeout_s: float) -> str | None:
         """Wait until idle; returns what was still busy at the timeout (None = settled)."""

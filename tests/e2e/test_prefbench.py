@@ -102,3 +102,31 @@ def test_table_sparkline_and_plot(tmp_path: Path) -> None:
     assert sparkline([0.0, 0.5, 1.0]) == "▁▅█"
     png = plot(POINTS, tmp_path / "curve.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_quick_prefbench_combined_beats_none_through_the_real_loop(tmp_path: Path) -> None:
+    """CI-sized run: one persona, one seed, none vs combined, every step through the real stack."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEXTSTATE_")}
+    cache = Path(os.environ.get("NEXTSTATE_TEST_MODEL_CACHE", tmp_path / "models"))
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.prefbench", "--quick", "--out", str(tmp_path / "out"), "--model-cache", str(cache)],
+        cwd=root, env=env, capture_output=True, text=True, timeout=1450, check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    final = {p["method"]: p["satisfaction"] for p in results["points"] if p["interactions"] == 24}
+    start = {p["method"]: p["satisfaction"] for p in results["points"] if p["interactions"] == 0}
+    assert start["none"] == start["combined"]  # same base model, same evaluation prompts and seeds
+    assert final["combined"] >= final["none"] + 0.3, results["points"]
+    runs = {r["method"]: r for r in results["runs"]}
+    assert runs["combined"]["progress"]["events"].get("promoted", 0) >= 1  # learned through the canary
+    assert runs["none"]["progress"]["events"].get("candidate_created", 0) == 0
+    assert (tmp_path / "out" / "curve.png").exists() and (tmp_path / "out" / "table.md").exists()
