@@ -12,19 +12,18 @@ import contextlib
 import hashlib
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import structlog
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from proxy.accumulate import SSESplitter, event_data
 from proxy.capture import Wants, client_wants, forward_body, strip
 from proxy.errors import BadRequest, BodyTooLarge, ProxyError, error_body, error_response
+from proxy.ids import new_id
 from proxy.recorder import REDIS_DOWN, Exchange
 from proxy.routing import route
 from proxy.sessions import last_assistant_index, message_digest, opening_fingerprint, session_identity
@@ -89,20 +88,18 @@ def upstream_headers(request: Request, api_key: str | None) -> dict[str, str]:
     return headers
 
 
-async def _find_session(state: ProxyState, messages: list[dict[str, Any]]) -> str:
-    """Session of a request that names none: the session whose last turn this history continues."""
-    index = last_assistant_index(messages)
-    if index is not None:
-        # the previous turn of this conversation may still be on its way to Redis: let it land first
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(state.recorder.barrier(), 0.25)
-        try:
-            found = await state.store.find_session([message_digest(m) for m in messages[: index + 1]])
-            if found:
-                return found
-        except REDIS_DOWN:
-            pass
-    return f"fp-{uuid.uuid4().hex}"
+async def _find_session(state: ProxyState, history: list[dict[str, Any]]) -> str:
+    """Session of a request that names none: the session whose last turn ``history`` continues."""
+    # the previous turn of this conversation may still be on its way to Redis: let it land first
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(state.recorder.barrier(), 0.25)
+    try:
+        found = await state.store.find_session([message_digest(m) for m in history])
+        if found:
+            return found
+    except REDIS_DOWN:
+        pass
+    return f"fp-{new_id()}"
 
 
 def _rewrite_event(event: bytes, wants: Wants) -> bytes:
@@ -156,12 +153,14 @@ async def chat_completions(request: Request) -> Response:
         )
         session_id, routing_key = session_identity(headers.get("x-session-id"), body.get("user"), messages)
         lookup = None
-        if not session_id:
+        fingerprinted = not session_id
+        if fingerprinted:
             routing_key = opening_fingerprint(messages)
-            if record:
-                lookup = asyncio.ensure_future(_find_session(state, messages))
+            index = last_assistant_index(messages)
+            if record and index is not None:  # looked up while the upstream works
+                lookup = asyncio.ensure_future(_find_session(state, messages[: index + 1]))
             else:
-                session_id = f"fp-{uuid.uuid4().hex}"
+                session_id = f"fp-{new_id()}"
         decision = route(
             state.routing.table, pin_header=headers.get("x-nextstate-policy"),
             canary_header=headers.get("x-nextstate-canary"), requested_model=body.get("model"),
@@ -184,7 +183,7 @@ async def chat_completions(request: Request) -> Response:
         fields.update(error=exc.code or exc.type)
         return error_response(exc)
 
-    turn_id = uuid.uuid4().hex
+    turn_id = new_id()
     out_headers = {"x-nextstate-session-id": session_id, "x-nextstate-arm": decision.arm}
     if record:
         out_headers["x-nextstate-turn-id"] = turn_id
@@ -196,7 +195,7 @@ async def chat_completions(request: Request) -> Response:
     content_type = response.headers.get("content-type", "application/json")
     exchange = Exchange(
         turn_id=turn_id, session_id=session_id, body=body, stream=bool(body.get("stream")), decision=decision,
-        upstream_model=model or body.get("model"), started_at=started_at, chained=lookup is not None,
+        upstream_model=model or body.get("model"), started_at=started_at, chained=fingerprinted,
         done=headers.get("x-session-done", "").strip().lower() in _TRUE,
         client_key_hash=key_hash(headers.get("authorization")),
     )
@@ -215,14 +214,14 @@ async def chat_completions(request: Request) -> Response:
         out_headers["x-nextstate-overhead-ms"] = f"{overhead_s * 1000:.3f}"
         state.metrics.overhead.labels("chat").observe(overhead_s)
         fields.update(overhead_ms=round(overhead_s * 1000, 3), upstream_ms=round(upstream_s * 1000, 3))
-        background = None
         if record and response.status < 400:
             exchange.timings.upstream_ms = upstream_s * 1000
             exchange.timings.overhead_ms = overhead_s * 1000
             exchange.timings.total_ms = (time.perf_counter() - t0) * 1000
-            background = BackgroundTask(_submit, state, exchange)
-        return Response(data, status_code=response.status, headers=out_headers, media_type=content_type,
-                        background=background)
+            # only a queue put: the recorder task runs once this handler has written the response, and
+            # queueing now keeps the order with the client's next request
+            state.recorder.submit(exchange)
+        return Response(data, status_code=response.status, headers=out_headers, media_type=content_type)
 
     before_s = (t_up - t0) + (time.perf_counter() - t_headers)
     out_headers["x-nextstate-overhead-ms"] = f"{before_s * 1000:.3f}"
@@ -231,10 +230,6 @@ async def chat_completions(request: Request) -> Response:
         _relay(state, response, exchange, wants, captured, record, t0, t_up, before_s, fields),
         status_code=response.status, headers=out_headers, media_type=content_type,
     )
-
-
-async def _submit(state: ProxyState, exchange: Exchange) -> None:
-    state.recorder.submit(exchange)
 
 
 async def _relay(state: ProxyState, response: aiohttp.ClientResponse, exchange: Exchange, wants: Wants,
