@@ -2,13 +2,14 @@
 
 Handlers only ``submit`` (a non-blocking queue put) after the response has been sent. One task
 builds the records (parsing the response happens here, not on the hot path) and applies them to
-Redis in order. When Redis fails, the entry goes to the spool, and while the spool holds anything
+Redis in order, in batches of whatever has queued up. When Redis fails, the entries go to the spool, and while the spool holds anything
 every new entry goes there too, so order is kept; the same task replays the spool when Redis is back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -131,30 +132,31 @@ class Recorder:
         """True when a turn is still on its way to Redis (queued or spooled)."""
         return turn_id in self.pending_turns or self.spool.pending()
 
-    async def apply(self, entry: Entry) -> bool:
-        if entry.kind == "feedback":
-            assert entry.feedback is not None
-            return await self.store.write_feedback(entry.feedback)
-        assert entry.turn is not None
-        await self.store.record_turn(entry.turn, entry.digests, entry.reply_digest,
-                                     chained=entry.chained, done=entry.done)
-        return True
+    def _count(self, entries: list[Entry], results: list[int], outcome: str | None = None) -> None:
+        for entry, result in zip(entries, results, strict=True):
+            if result >= 10:
+                self.metrics.records.labels(entry.kind, "session_moved").inc()
+            label = outcome or ("written" if result % 10 else "duplicate")
+            self.metrics.records.labels(entry.kind, label).inc()
 
-    def _to_spool(self, entry: Entry) -> None:
-        self.spool.append(entry.model_dump_json())
-        self.metrics.records.labels(entry.kind, "spooled").inc()
+    def _to_spool(self, entries: list[Entry]) -> None:
+        for entry in entries:
+            self.spool.append(entry.model_dump_json())
+            self.metrics.records.labels(entry.kind, "spooled").inc()
         self.metrics.spool_pending.set(1)
 
-    async def replay(self, force: bool = False) -> bool:
-        """Replay the spool in order; True when it is empty afterwards."""
+    async def replay(self, force: bool = False, batch: int = 128) -> bool:
+        """Replay the spool in order, in batches; True when it is empty afterwards."""
         if not force and time.monotonic() < self._next_replay:
             return False
         try:
-            for offset, line in self.spool.entries():
-                entry = Entry.model_validate_json(line)
-                await self.apply(entry)
-                self.spool.commit(offset)
-                self.metrics.records.labels(entry.kind, "replayed").inc()
+            while True:
+                lines = list(itertools.islice(self.spool.entries(), batch))
+                if not lines:
+                    break
+                entries = [Entry.model_validate_json(line) for _, line in lines]
+                self._count(entries, await self.store.apply(entries), "replayed")
+                self.spool.commit(lines[-1][0])
         except REDIS_DOWN as exc:
             self._next_replay = time.monotonic() + self.replay_interval_s
             log.info("spool_replay_paused", error=repr(exc))
@@ -179,22 +181,23 @@ class Recorder:
             self.pending_turns.discard(item.turn_id)
         return entry
 
-    async def _handle(self, item: Exchange | Entry) -> None:
-        entry = self._entry(item)
-        if entry is not None:
+    async def _handle(self, entries: list[Entry]) -> None:
+        try:
             if self.spool.pending() and not await self.replay():
-                self._to_spool(entry)
-            else:
-                try:
-                    written = await self.apply(entry)
-                    self.metrics.records.labels(entry.kind, "written" if written else "duplicate").inc()
-                except REDIS_DOWN as exc:
-                    log.warning("redis_unavailable_spooling", error=repr(exc))
-                    self._to_spool(entry)
-            if entry.turn is not None:
-                self.pending_turns.discard(entry.turn.turn_id)
+                self._to_spool(entries)
+                return
+            try:
+                self._count(entries, await self.store.apply(entries))
+            except REDIS_DOWN as exc:  # whatever part was applied is deduplicated on replay
+                log.warning("redis_unavailable_spooling", error=repr(exc), records=len(entries))
+                self._to_spool(entries)
+        finally:
+            for entry in entries:
+                if entry.turn is not None:
+                    self.pending_turns.discard(entry.turn.turn_id)
 
-    async def run(self) -> None:
+    async def run(self, max_batch: int = 128) -> None:
+        """Handle everything queued, in order, a batch at a time (one batch = two Redis round trips)."""
         if self.spool.pending():
             self.metrics.spool_pending.set(1)
         while not cancelling():
@@ -202,21 +205,26 @@ class Recorder:
                 self._idle.set()
             try:
                 timeout = self.replay_interval_s if self.spool.pending() else None
-                item = await asyncio.wait_for(self.queue.get(), timeout)
+                items = [await asyncio.wait_for(self.queue.get(), timeout)]
             except TimeoutError:
                 await self.replay()
                 continue
-            if isinstance(item, asyncio.Future):
-                if not item.done():
-                    item.set_result(None)
-                continue
+            while len(items) < max_batch and not self.queue.empty():
+                items.append(self.queue.get_nowait())
+            barriers = [item for item in items if isinstance(item, asyncio.Future)]
+            entries = [e for item in items if not isinstance(item, asyncio.Future) and (e := self._entry(item))]
             try:
-                await self._handle(item)
+                if entries:
+                    await self._handle(entries)
             except Exception as exc:  # keep the recorder alive whatever happens; count it
                 if cancelling():
                     raise asyncio.CancelledError from exc
-                log.error("record_failed", error=repr(exc))
-                self.metrics.records.labels("turn", "failed").inc()
+                log.error("record_failed", error=repr(exc), records=len(entries))
+                self.metrics.records.labels("turn", "failed").inc(len(entries))
+            finally:
+                for barrier in barriers:
+                    if not barrier.done():
+                        barrier.set_result(None)
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait until everything submitted so far has been handled (written or spooled)."""

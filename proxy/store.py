@@ -2,8 +2,9 @@
 
 Every record is appended by Lua: ``SET NX`` of the record's seen-key, and only if that succeeded
 ``XADD`` (plus the JSON copy of a turn at ``turn_key``). Replaying a spool or retrying a write can
-therefore never duplicate a record. A turn costs two round trips: read the session state, then one
-script that writes the previous turn's transition, the turn, and the new session state. Session
+therefore never duplicate a record. A batch of turns costs two round trips: read the sessions' states,
+then one pipeline of scripts, each writing a previous turn's transition, the turn and the new session
+state, and only if the session is still where the reader saw it (compare-and-set). Session
 state is JSON with a TTL; sessions are also listed in a sorted set by last activity so that any
 replica can close idle ones, and ``ZREM`` decides which replica does.
 """
@@ -12,9 +13,11 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from proxy.records import (
     FEEDBACK_STREAM,
@@ -28,7 +31,7 @@ from proxy.records import (
     session_key,
     turn_key,
 )
-from proxy.sessions import Link, PreviousTurn, chain_hash, link
+from proxy.sessions import PreviousTurn, chain_hash, link
 
 IDLE_SESSIONS_KEY = "nextstate:sessions:idle"
 
@@ -49,8 +52,19 @@ _WRITE = _PUT + "return put(KEYS[1], KEYS[2], ARGV[1], ARGV[2], KEYS[3])"
 # KEYS: 1 turn seen, 2 turns stream, 3 turn copy, 4 previous-transition seen, 5 transitions stream,
 #       6 session state, 7 idle set, 8 chain key, 9 closing-transition seen
 # ARGV: 1 turn json, 2 ttl, 3 previous transition json or '', 4 closing transition json or '',
-#       5 session ttl, 6 session id, 7 last activity, 8 session state json, 9 '1' to write the chain key
+#       5 session ttl, 6 session id, 7 last activity, 8 session state json, 9 '1' to write the chain key,
+#       10 the session's last turn id the caller linked against ('' for none)
+# Returns 0 when the turn is stored already (a script runs whole, so then everything it writes is
+# there: a replay touches nothing), else 1, plus 10 when the session had moved on since it was read
+# (another replica wrote to it): then only the turn itself is written.
 _RECORD_TURN = _PUT + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local current = redis.call('GET', KEYS[6])
+local current_turn = ''
+if current then current_turn = cjson.decode(current)['turn_id'] end
+if current_turn ~= ARGV[10] then
+  return 10 + put(KEYS[1], KEYS[2], ARGV[1], ARGV[2], KEYS[3])
+end
 if ARGV[3] ~= '' then put(KEYS[4], KEYS[5], ARGV[3], ARGV[2]) end
 local new = put(KEYS[1], KEYS[2], ARGV[1], ARGV[2], KEYS[3])
 if ARGV[4] ~= '' then
@@ -64,6 +78,17 @@ else
 end
 return new
 """
+
+
+class Work(Protocol):
+    """One unit to store: a turn (with what linking needs) or a feedback record."""
+
+    turn: TurnRecord | None
+    digests: list[str]
+    reply_digest: str
+    chained: bool
+    done: bool
+    feedback: FeedbackRecord | None
 
 
 def chain_key(digest: str) -> str:
@@ -103,49 +128,69 @@ class Store:
     async def write_feedback(self, feedback: FeedbackRecord) -> bool:
         return await self.write(feedback.record_id, FEEDBACK_STREAM, feedback.model_dump_json())
 
-    async def previous(self, session_id: str) -> tuple[PreviousTurn, int] | None:
-        raw = await self.redis.get(session_key(session_id))
-        if raw is None:
-            return None
-        s = json.loads(raw)
-        return PreviousTurn(s["turn_id"], s["n_messages"], s["prefix_hash"], s["reply_digest"]), s["turn_index"]
-
     async def find_session(self, digests: list[str]) -> str | None:
         raw = await self.redis.get(chain_key(chain_hash(digests)))
         return raw.decode() if raw else None
 
-    async def record_turn(self, turn: TurnRecord, digests: list[str], reply_digest: str, *,
-                          chained: bool, done: bool) -> Link | None:
-        """Link the session's previous turn to this one, store this turn, move the session on."""
+    async def apply(self, works: Sequence[Work]) -> list[int]:
+        """Store a batch in order, in two round trips: read the sessions' states, then every write.
+
+        Returns per item 1 (new) or 0 (already stored), plus 10 for a turn whose session had moved on.
+        """
+        sids = list({w.turn.session_id for w in works if w.turn is not None})
+        raw_states = await self.redis.mget([session_key(sid) for sid in sids]) if sids else []
+        states: dict[str, dict[str, Any] | None] = {
+            sid: (json.loads(raw) if raw else None) for sid, raw in zip(sids, raw_states, strict=True)
+        }
+        for attempt in range(2):
+            pipe = self.redis.pipeline(transaction=False)
+            overlay = dict(states)  # turns of one session in one batch see each other's state
+            for work in works:
+                if work.turn is not None:
+                    overlay[work.turn.session_id] = self._queue_turn(pipe, work, overlay[work.turn.session_id])
+                elif work.feedback is not None:
+                    keys = [record_seen_key(work.feedback.record_id), FEEDBACK_STREAM]
+                    pipe.evalsha(self._write.sha, len(keys), *keys, work.feedback.model_dump_json(), self.ttl_s)
+            try:
+                return [int(result) for result in await pipe.execute()]
+            except NoScriptError:  # Redis restarted and lost its script cache: load both, once
+                if attempt:
+                    raise
+                await self.redis.script_load(_WRITE)
+                await self.redis.script_load(_RECORD_TURN)
+        raise AssertionError("unreachable")
+
+    def _queue_turn(self, pipe: Any, work: Work, state: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Queue one turn's script; return the session state it leaves behind."""
+        turn = work.turn
+        assert turn is not None
         sid = turn.session_id
-        found = await self.previous(sid)
-        outcome = None
         previous_json = closing_json = ""
-        previous_id = closing_id = turn.turn_id
-        if found is not None and found[0].turn_id != turn.turn_id:  # equal: a replay of this very turn
-            previous, previous_index = found
-            outcome = link(previous, turn.request.messages, digests)
-            previous_id = previous.turn_id
+        expected = state["turn_id"] if state else ""
+        if state is not None and state["turn_id"] != turn.turn_id:  # equal: a replay of this very turn
+            previous = PreviousTurn(state["turn_id"], state["n_messages"], state["prefix_hash"], state["reply_digest"])
+            outcome = link(previous, turn.request.messages, work.digests)
             previous_json = transition(
-                turn_id=previous.turn_id, session_id=sid, turn_index=previous_index, reason="next_request",
+                turn_id=previous.turn_id, session_id=sid, turn_index=state["turn_index"], reason="next_request",
                 next_state=outcome.next_state if outcome.linked else [], next_turn_id=turn.turn_id,
             ).model_dump_json()
-        if done:
+        if work.done:
             closing_json = transition(turn_id=turn.turn_id, session_id=sid, turn_index=turn.turn_index,
                                       reason="session_done").model_dump_json()
-        state = json.dumps({
+        new_state = {
             "turn_id": turn.turn_id, "turn_index": turn.turn_index, "n_messages": len(turn.request.messages),
-            "prefix_hash": chain_hash(digests), "reply_digest": reply_digest, "updated_at": turn.created_at,
-        })
+            "prefix_hash": chain_hash(work.digests), "reply_digest": work.reply_digest, "updated_at": turn.created_at,
+        }
         keys = [
             record_seen_key(turn.record_id), TURNS_STREAM, turn_key(turn.turn_id),
-            record_seen_key(transition_id(previous_id)), TRANSITIONS_STREAM, session_key(sid), IDLE_SESSIONS_KEY,
-            chain_key(chain_hash([*digests, reply_digest])), record_seen_key(transition_id(closing_id)),
+            record_seen_key(transition_id(expected or turn.turn_id)), TRANSITIONS_STREAM, session_key(sid),
+            IDLE_SESSIONS_KEY, chain_key(chain_hash([*work.digests, work.reply_digest])),
+            record_seen_key(transition_id(turn.turn_id)),
         ]
         args = [turn.model_dump_json(), self.ttl_s, previous_json, closing_json, self.session_ttl_s, sid,
-                turn.created_at, state, "1" if chained else ""]
-        await self._record_turn(keys=keys, args=args)
-        return outcome
+                turn.created_at, json.dumps(new_state), "1" if work.chained else "", expected]
+        pipe.evalsha(self._record_turn.sha, len(keys), *keys, *args)
+        return None if work.done else new_state
 
     async def sweep_idle(self, idle_timeout_s: float, now: float | None = None, limit: int = 200) -> int:
         """Close sessions idle for longer than the timeout; each is closed by exactly one caller."""

@@ -96,9 +96,9 @@ def test_spool_left_by_a_stopped_proxy_is_replayed_by_the_next(tmp_path, durable
     ) as sdk:
         ids = [chat(sdk, [{"role": "user", "content": f"q{i}"}], f"s{i}", stream=False)[0] for i in range(3)]
         time.sleep(0.3)
-    assert (settings.spool_path() / "spool.jsonl").stat().st_size > 0
+    assert (settings.spool_path() / "slot-0" / "spool.jsonl").stat().st_size > 0
     durable_redis.start()
     with serve_in_thread(create_app(settings), timeout_graceful_shutdown=2):
         records = wait_records(durable_redis.client(), TURNS_STREAM, 3, timeout=10)
     assert sorted(r["turn_id"] for r in records) == sorted(ids)
-    assert (settings.spool_path() / "spool.jsonl").stat().st_size == 0
+    assert (settings.spool_path() / "slot-0" / "spool.jsonl").stat().st_size == 0
