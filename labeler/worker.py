@@ -72,14 +72,11 @@ class Supervisor:
 
     def run(self) -> int:
         self.children = [self._spawn() for _ in range(self.count)]
-        thread = None
-        if self.dispatch:
-            rt = Runtime(settings=self.settings, redis=redis.Redis.from_url(self.url))
-            dispatcher = Dispatcher(rt)
-            thread = threading.Thread(target=dispatcher.run, args=(self.stop,), name="dispatcher", daemon=True)
-            thread.start()
-            log.info("dispatcher_started", consumer=dispatcher.consumer, group=dispatcher.group)
+        thread = self._start_dispatcher() if self.dispatch else None
         while not self.stop.wait(0.5):  # the wait also paces restarts of a child that keeps crashing
+            if thread is not None and not thread.is_alive() and not self.stop.is_set():
+                log.error("dispatcher_died", restarting=True)
+                thread = self._start_dispatcher()
             for index, child in enumerate(self.children):
                 code = child.poll()
                 if code is not None and not self.stop.is_set():
@@ -87,6 +84,21 @@ class Supervisor:
                     self.children[index] = self._spawn()
                     self.restarts += 1
         return self._shutdown(thread)
+
+    def _start_dispatcher(self) -> threading.Thread:
+        rt = Runtime(settings=self.settings, redis=redis.Redis.from_url(self.url))
+        dispatcher = Dispatcher(rt)
+
+        def run() -> None:
+            try:
+                dispatcher.run(self.stop)
+            except Exception:  # reported here, then the supervisor starts a fresh dispatcher
+                log.exception("dispatcher_failed")
+
+        thread = threading.Thread(target=run, name="dispatcher", daemon=True)
+        thread.start()
+        log.info("dispatcher_started", consumer=dispatcher.consumer, group=dispatcher.group)
+        return thread
 
     def _shutdown(self, thread: threading.Thread | None) -> int:
         for child in self.children:

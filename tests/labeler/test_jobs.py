@@ -149,3 +149,14 @@ def test_missing_turn_is_retried_then_kept_as_observation(redis_url: str, redis_
     (sample,) = samples(redis_client)
     assert sample.cls == "observation" and sample.reason.startswith("judge_failed: LabelInputMissing")  # type: ignore[union-attr]
     assert sample.messages == []
+
+
+def test_inputs_cut_to_budget_are_marked_truncated(redis_url: str, redis_client: redis.Redis) -> None:
+    rt = runtime(redis_url, next_state_budget_chars=200)
+    put_turn(redis_client, "t1")
+    put_transition(redis_client, "t1", "No, that's wrong. " + "blah " * 2000)
+    dispatch(rt)
+    work(rt)
+    (sample,) = samples(redis_client)
+    assert sample.truncated and sample.cls == "avoid"
+    assert len(sample.next_state[0]["content"]) > 10_000  # the stored next state itself is never cut
