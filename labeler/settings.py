@@ -32,7 +32,7 @@ class LabelerSettings(CommonSettings):
     judge_temperature: float = Field(default=0.7, description="Sampling temperature of the judge votes.")
     judge_max_tokens: int = Field(default=512, description="Budget of each judge answer.")
     judge_timeout_s: float = Field(default=30.0, gt=0, description="Timeout of every judge call.")
-    hint_votes: int = Field(default=1, ge=0, le=16, description="Hint-judge votes per negative transition (0 = off).")
+    hint_votes: int = Field(default=1, ge=0, le=16, description="Hint-judge votes per transition, run in parallel with the votes (0 = off).")
     hint_min_chars: int = Field(default=8, ge=1, description="A hint shorter than this is rejected.")
     rubric_file: Path | None = Field(default=None, description="Optional file of user guidelines injected into the judge prompt.")
     prompt_version: str = Field(default="v1", description="Version of the prompt files in labeler/prompts/.")
