@@ -146,6 +146,7 @@ def label_transition(entry_id: str, transition_id: str) -> str:
                 "agreement": result.agreement, "cls": decision.cls, "hard": decision.hard, "reason": decision.reason,
                 "hint": select_hint(verdict.hints, s.hint_min_chars), "model": verdict.model,
                 "prompt_version": verdict.prompt_version, "truncated": verdict.truncated, "errors": verdict.errors,
+                "timings": verdict.timings,
             }
         payload = payload_from_turn(turn)
     except Exception as exc:
@@ -164,7 +165,7 @@ def label_transition(entry_id: str, transition_id: str) -> str:
 def _write_judged(rt: Runtime, store: SampleStore, transition: TransitionRecord, base: dict[str, Any],
                   verdict: dict[str, Any], started: float) -> str:
     verdict = {**verdict, "source_id": transition.transition_id, "at": time.time()}
-    base["timings"] = {"label_ms": (time.perf_counter() - started) * 1000}
+    base["timings"] = {**verdict.get("timings", {}), "label_ms": (time.perf_counter() - started) * 1000}
     hard_reason: list[str] = []
 
     def build(current):  # type: ignore[no-untyped-def]

@@ -38,6 +38,7 @@ def test_each_transition_becomes_one_labeled_sample(redis_url: str, redis_client
         assert sample.messages[0]["content"].startswith("What is") and sample.response["role"] == "assistant"
         assert sample.record_id == f"{sample.turn_id}:r0" and sample.transition_id == f"tr-{sample.turn_id}"
         assert "label_ms" in sample.timings
+        assert sample.cls == "observation" or "judge_ms" in sample.timings
     assert fix.judge_model == "embedded" and fix.prompt_version == "embedded-v1"
     current = SampleRecord.model_validate_json(redis_client.get(sample_key("t-fix")))
     assert current == fix
