@@ -317,6 +317,8 @@ def ensure_tiny_model(cache_root: Path, config: TinyConfig = TinyConfig(), progr
         try:
             train(staging, config, progress=progress)
             if not (target / INFO_FILE).exists():  # a copy may have been placed meanwhile: keep it
+                for path in [staging, *staging.iterdir()]:  # readable by other users (e.g. a service account)
+                    path.chmod(0o755 if path.is_dir() else 0o644)
                 shutil.rmtree(target, ignore_errors=True)
                 os.replace(staging, target)
         finally:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +21,7 @@ import torch
 from learner.modeling import load_model, render_prompt_ids
 from learner.serve import create_app
 from learner.serving_settings import ServeSettings
-from tests.support.servers import serve_in_thread
+from tests.support.servers import free_port, serve_in_thread
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France? Answer in lowercase."}]
 
@@ -261,3 +265,36 @@ def test_full_queue_answers_503_with_retry_after(tiny_model_path: Path, tmp_path
         while http.get(f"{url}/healthz").json()["running"] and time.monotonic() < deadline:
             time.sleep(0.05)
         assert http.post(f"{url}/v1/chat/completions", json={"model": "tiny-chat", "messages": MESSAGES}).status_code == 200
+
+
+@pytest.mark.slow
+def test_serve_command_runs_as_a_process(tiny_model_path: Path, tmp_path: Path) -> None:
+    """``nextstate serve`` (→ ``python -m learner serve``) in its own process, configured by env."""
+    port = free_port()
+    env = {**os.environ, "NEXTSTATE_HOME": str(tmp_path), "NEXTSTATE_BASE_MODEL": str(tiny_model_path),
+           "NEXTSTATE_SERVED_MODEL_NAME": "tiny-chat", "NEXTSTATE_LOG_JSON": "true"}
+    process = subprocess.Popen([sys.executable, "-m", "nextstate", "serve", "--port", str(port)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.2)
+        with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", timeout=60, max_retries=0) as sdk:
+            resp = sdk.chat.completions.create(model="tiny-chat", messages=MESSAGES, max_tokens=20)
+        assert resp.choices[0].message.content
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stderr:
+            process.stderr.close()
