@@ -43,7 +43,9 @@ class BenchConfig:
     """The learner's batch size (also used to tell a waiting learner from a training one)."""
     canary_min_samples: int = 4
     """Labeled canary turns before the controller may promote (shortened, never skipped)."""
-    settle_timeout_s: float = 120.0
+    gate_samples: int = 2
+    """Sampled answers per sacred case and policy in the gate."""
+    settle_timeout_s: float = 240.0
     model: str | None = None
     """Model name clients send; unset = the first model the proxy lists."""
     model_cache: Path | None = None
@@ -57,13 +59,18 @@ def stack_env(config: BenchConfig, method: str, seed: int) -> tuple[dict[str, st
         "NEXTSTATE_ROUTING_REFRESH_S": "0.5", "NEXTSTATE_SESSION_IDLE_TIMEOUT_S": "5", "NEXTSTATE_SWEEP_INTERVAL_S": "1",
         # labeler: one worker process on a 2-core machine
         "NEXTSTATE_WORKERS": "1",
-        # canary: one step at half the traffic, small evidence thresholds, frequent ticks
+        # canary: one step at half the traffic, a short minimum of labeled canary turns, frequent ticks.
+        # A few labeled turns cannot make the anytime-valid interval narrower than the margin, so the
+        # margin is widened: promotion then needs the minimum evidence with no rollback condition
+        # (health breach, or worse than stable with confidence) -- shortened, not skipped.
         "NEXTSTATE_CANARY_STEPS": "[0.5]", "NEXTSTATE_CANARY_STEP_SAMPLES": str(config.canary_min_samples),
-        "NEXTSTATE_CANARY_MIN_SAMPLES": str(config.canary_min_samples), "NEXTSTATE_CONTROLLER_INTERVAL": "1",
-        "NEXTSTATE_DRAIN_SECONDS": "2",
+        "NEXTSTATE_CANARY_MIN_SAMPLES": str(config.canary_min_samples), "NEXTSTATE_CANARY_MARGIN": "1.5",
+        "NEXTSTATE_CONTROLLER_INTERVAL": "1", "NEXTSTATE_DRAIN_SECONDS": "2",
+        # gate: every check runs, with fewer sampled answers per sacred case
+        "NEXTSTATE_GATE_SAMPLES": str(config.gate_samples),
         # learner
         "NEXTSTATE_METHOD": method if method != "none" else "combined", "NEXTSTATE_BATCH_SIZE": str(config.batch_size),
-        "NEXTSTATE_SEED": str(seed),
+        "NEXTSTATE_SEED": str(seed), "NEXTSTATE_LEARNER_METRICS_PORT": "0",
         **config.extra_env,
     }
     components = "redis,serve,proxy,worker" if method == "none" else None

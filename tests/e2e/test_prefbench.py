@@ -106,7 +106,7 @@ def test_table_sparkline_and_plot(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_quick_prefbench_combined_beats_none_through_the_real_loop(tmp_path: Path) -> None:
+def test_quick_prefbench_combined_beats_none_through_the_real_loop(tmp_path: Path, tiny_model_path: Path) -> None:
     """CI-sized run: one persona, one seed, none vs combined, every step through the real stack."""
     import json
     import os
@@ -115,9 +115,9 @@ def test_quick_prefbench_combined_beats_none_through_the_real_loop(tmp_path: Pat
 
     root = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEXTSTATE_")}
-    cache = Path(os.environ.get("NEXTSTATE_TEST_MODEL_CACHE", tmp_path / "models"))
     done = subprocess.run(
-        [sys.executable, "-m", "bench.prefbench", "--quick", "--out", str(tmp_path / "out"), "--model-cache", str(cache)],
+        [sys.executable, "-m", "bench.prefbench", "--quick", "--out", str(tmp_path / "out"),
+         "--base-model", str(tiny_model_path)],
         cwd=root, env=env, capture_output=True, text=True, timeout=1450, check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

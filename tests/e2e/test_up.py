@@ -123,3 +123,57 @@ def _ping(url: str) -> bool:
             return bool(client.ping())
     except (redis.RedisError, OSError):
         return False
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_up_runs_the_real_stack_and_restarts_a_killed_proxy(tmp_path: Path, tiny_model_path: Path) -> None:
+    """Every real child (policy server, proxy, labeler, learner, controller): chat through the proxy
+    with the openai SDK, kill the proxy, chat again after its restart, stop everything with SIGINT."""
+    import openai
+
+    from tests.support.servers import free_port
+
+    home, log = tmp_path / "home", tmp_path / "up.out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEXTSTATE_")}
+    env.update(NEXTSTATE_HOME=str(home), NEXTSTATE_BASE_MODEL=str(tiny_model_path),
+               NEXTSTATE_SERVED_MODEL_NAME="tiny-chat", NEXTSTATE_SERVED_BASE_MODEL="tiny-chat",
+               NEXTSTATE_PROXY_PORT=str(free_port()), NEXTSTATE_SERVE_PORT=str(free_port()),
+               NEXTSTATE_WORKERS="1", NEXTSTATE_LEARNER_METRICS_PORT="0", NEXTSTATE_RESTART_BACKOFF_S="0.2")
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "nextstate", "up"], cwd=ROOT, env=env,
+                                   stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait(lambda: "nextstate is up" in log.read_text() or process.poll() is not None, timeout=400, what="the stack")
+        assert process.poll() is None, log.read_text()[-3000:]
+        state = json.loads((home / "up.json").read_text())
+        assert set(state["pids"]) == {"redis", "serve", "proxy", "worker", "learner", "controller"}
+        client = openai.OpenAI(base_url=state["base_url"], api_key="any", timeout=60, max_retries=0)
+
+        def ask() -> str:
+            reply = client.chat.completions.create(
+                model="tiny-chat", messages=[{"role": "user", "content": "What is the capital of France? Answer in one word."}],
+                max_tokens=16, temperature=0.0,
+            )
+            return reply.choices[0].message.content or ""
+
+        assert ask()
+        os.kill(state["pids"]["proxy"], signal.SIGKILL)
+        _wait(lambda: json.loads((home / "up.json").read_text())["restarts"]["proxy"] == 1, what="proxy restart")
+
+        def answers() -> bool:
+            try:
+                return bool(ask())
+            except openai.APIConnectionError:
+                return False
+
+        _wait(answers, timeout=60, what="the restarted proxy to serve")
+        pids = json.loads((home / "up.json").read_text())["pids"]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+        assert not any(_alive(pid) for pid in pids.values())
+        assert "proxy exited with code -9" in log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
