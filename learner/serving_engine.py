@@ -207,12 +207,20 @@ class Engine:
                 jobs, self._jobs = self._jobs, []
             for job in jobs:
                 job()
-            self._admit()
-            self._active.sort(key=lambda s: s.adapter or "")
-            for seq in list(self._active):
-                self._step(seq)
-            self._remove_drained()
-        for seq in [*self._active, *self._waiting]:
+            try:
+                self._admit()
+                self._active.sort(key=lambda s: s.adapter or "")
+                for seq in list(self._active):
+                    self._step(seq)
+                self._remove_drained()
+            except Exception:  # never let the engine thread die: fail what is running, keep serving
+                log.exception("engine_round_failed")
+                for seq in self._active:
+                    seq.sink(FailureEvent("internal engine error"))
+                self._active.clear()
+        with self._cond:
+            leftovers = [*self._active, *self._waiting]
+        for seq in leftovers:
             seq.sink(FailureEvent("the server is shutting down"))
 
     def _admit(self) -> None:
@@ -221,6 +229,12 @@ class Engine:
         for seq in candidates:
             if len(self._active) >= self.max_num_seqs:
                 break
+            if seq.cancelled or (seq.adapter is not None and seq.adapter not in self.registered):
+                with self._cond:
+                    self._waiting.remove(seq)
+                if not seq.cancelled:
+                    seq.sink(FailureEvent(f"adapter {seq.adapter!r} is not loaded"))
+                continue
             if seq.adapter is not None and not self._ensure_materialised(seq.adapter):
                 continue  # every adapter slot is busy: wait for one to free up
             with self._cond:
@@ -319,6 +333,8 @@ class Engine:
         del self._materialised[name]
 
     def _load(self, name: str, path: Path) -> None:
+        if name in self._materialised:  # an unloaded adapter of that name still finishes its requests
+            raise AdapterError(f"adapter {name!r} is still draining its requests; retry shortly")
         if len(self._materialised) >= self.max_loras:
             idle = [n for n in self._materialised if n not in self._in_use()]
             if idle:

@@ -298,3 +298,27 @@ def test_serve_command_runs_as_a_process(tiny_model_path: Path, tmp_path: Path) 
             process.wait()
         if process.stderr:
             process.stderr.close()
+
+
+def test_unloading_lets_requests_in_flight_finish(server_url: str, adapter_dirs: list[Path]) -> None:
+    httpx.post(f"{server_url}/v1/load_lora_adapter", json={"lora_name": "c", "lora_path": str(adapter_dirs[0])}).raise_for_status()
+    body = {"model": "c", "messages": MESSAGES, "stream": True, "max_tokens": 150, "ignore_eos": True,
+            "return_token_ids": True}
+    ids: list[int] = []
+    finish = None
+    with httpx.Client(timeout=120) as http, http.stream("POST", f"{server_url}/v1/chat/completions", json=body) as stream:
+        lines = stream.iter_lines()
+        next(lines)  # decoding has started
+        unload = http.post(f"{server_url}/v1/unload_lora_adapter", json={"lora_name": "c"})
+        assert unload.status_code == 200
+        assert http.post(f"{server_url}/v1/chat/completions", json={"model": "c", "messages": MESSAGES}).status_code == 404
+        for line in lines:
+            if line.startswith("data: {"):
+                choice = json.loads(line[6:])["choices"][0]
+                ids += choice.get("token_ids", [])
+                finish = choice["finish_reason"] or finish
+    assert finish == "length" and len(ids) == 150
+    deadline = time.monotonic() + 10  # the drained adapter is removed once its last request is done
+    while httpx.get(f"{server_url}/healthz").json()["materialised"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert httpx.get(f"{server_url}/healthz").json()["materialised"] == []
