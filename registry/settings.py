@@ -32,7 +32,7 @@ class RegistrySettings(CommonSettings):
     gate_suite: Path | None = Field(default=None, description="Sacred suite JSONL; unset = the suite shipped for the tiny model.")
     gate_samples: int = Field(default=8, description="Sampled answers per sacred case and policy.")
     gate_temperature: float = Field(default=0.7, description="Sampling temperature of sacred answers.")
-    gate_max_tokens: int = Field(default=48, description="Longest sacred answer.")
+    gate_max_tokens: int = Field(default=96, description="Longest sacred answer.")
     gate_sacred_tolerance: float = Field(default=0.25, description="Allowed drop of a case's pass rate.")
     gate_replay_max: int = Field(default=200, description="Most recent held-out samples replayed.")
     gate_replay_min_samples: int = Field(default=4, description="Held-out samples per class before it is judged.")

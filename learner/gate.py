@@ -1,0 +1,253 @@
+"""The sacred gate: runs a candidate and the stable version side by side before any traffic.
+
+Three measurements — sampled answers on the sacred suite, log-likelihood of held-out labeled samples,
+per-token KL(candidate ‖ stable) on anchor prompts — feed ``registry.verdict.gate_verdict`` (pure),
+and the registry records the verdict (Redis metadata + audit log; the version directory stays
+immutable). ``nextstate gate vN`` runs it by hand; the learner calls ``run_gate_for_version``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+import torch
+from peft import PeftModel
+
+from labeler.records import SAMPLES_STREAM, SampleRecord
+from learner.data import Entry, build_item, lineage_sample_ids
+from learner.logprobs import batch_logprobs
+from learner.modeling import load_model, render_prompt_ids, resolve_model
+from proxy.logs import configure_logging
+from registry.actions import Control
+from registry.records import GateVerdict
+from registry.sacred import SacredCase, load_suite, score
+from registry.settings import RegistrySettings
+from registry.store import Registry
+from registry.verdict import CaseScore, GateThresholds, ReplayStats, gate_verdict
+from registry.wiring import open_control
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_SUITE = Path(__file__).parent / "sacred" / "tiny.jsonl"
+MAX_PROMPT_TOKENS, MAX_RESPONSE_TOKENS = 1024, 512
+
+
+@dataclass(frozen=True)
+class GateRun:
+    samples: int = 8
+    temperature: float = 0.7
+    max_tokens: int = 96
+    replay_max: int = 200
+    seed: int = 0
+    thresholds: GateThresholds = field(default_factory=GateThresholds)
+
+    @classmethod
+    def from_settings(cls, s: RegistrySettings) -> GateRun:
+        return cls(samples=s.gate_samples, temperature=s.gate_temperature, max_tokens=s.gate_max_tokens,
+                   replay_max=s.gate_replay_max, seed=s.gate_seed,
+                   thresholds=GateThresholds(sacred_tolerance=s.gate_sacred_tolerance,
+                                             replay_tolerance=s.gate_replay_tolerance,
+                                             replay_min_samples=s.gate_replay_min_samples, max_kl=s.gate_max_kl))
+
+
+class Policies:
+    """One base model carrying the candidate adapter and (if any) the stable one; ``use`` picks a side."""
+
+    def __init__(self, base: Any, tokenizer: Any, candidate: Path, stable: Path | None) -> None:
+        self.tokenizer = tokenizer
+        self.model = PeftModel.from_pretrained(base, str(candidate), adapter_name="candidate")
+        self.has_stable = stable is not None
+        if stable is not None:
+            self.model.load_adapter(str(stable), adapter_name="stable")
+        self.model.eval()
+
+    @contextlib.contextmanager
+    def use(self, side: str) -> Iterator[Any]:
+        if side == "stable" and not self.has_stable:
+            with self.model.disable_adapter():  # stable is the base model
+                yield self.model
+            return
+        self.model.set_adapter(side)
+        yield self.model
+
+
+def generate(policies: Policies, side: str, conversations: list[list[dict[str, Any]]], n: int, temperature: float,
+             max_tokens: int, seed: int) -> list[list[int]]:
+    """``n`` sampled answers (token ids) per conversation from one policy, in one left-padded batch.
+
+    Seeded, so both sides draw from the same random stream.
+    """
+    tok = policies.tokenizer
+    prompts = [render_prompt_ids(tok, messages) for messages in conversations]
+    width = max(len(p) for p in prompts)
+    pad = int(tok.pad_token_id or 0)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    torch.manual_seed(seed)
+    with policies.use(side) as model, torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature, top_p=1.0,
+                             top_k=0, max_new_tokens=max_tokens, num_return_sequences=n, pad_token_id=pad)
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos = set(configured if isinstance(configured, list) else [configured]) | {tok.eos_token_id, pad}
+    answers = []
+    for row in out[:, width:].tolist():  # keep the end-of-turn token, drop the padding after it
+        answers.append(row[: next((i + 1 for i, t in enumerate(row) if t in eos), len(row))])
+    return answers
+
+
+def sacred_scores(policies: Policies, cases: list[SacredCase], run: GateRun) -> tuple[list[CaseScore], dict[str, Any]]:
+    """Pass rate of each checked case for both policies; cases sharing sampling settings share a batch."""
+    checked = [c for c in cases if not c.anchor]
+    groups: dict[tuple[int, float, int], list[SacredCase]] = {}
+    for case in checked:
+        key = (case.samples or run.samples, case.temperature if case.temperature is not None else run.temperature,
+               case.max_tokens or run.max_tokens)
+        groups.setdefault(key, []).append(case)
+    rates: dict[str, dict[str, float]] = {}
+    examples: dict[str, dict[str, str]] = {}
+    for index, ((n, temperature, max_tokens), group) in enumerate(groups.items()):
+        for side in ("candidate", "stable"):
+            ids = generate(policies, side, [c.messages for c in group], n, temperature, max_tokens, run.seed + index)
+            texts = policies.tokenizer.batch_decode(ids, skip_special_tokens=True)
+            for k, case in enumerate(group):
+                answers = texts[k * n:(k + 1) * n]
+                rates.setdefault(case.id, {})[side] = score(answers, case)
+                examples.setdefault(case.id, {})[side] = answers[0]
+    return [CaseScore(c.id, rates[c.id]["candidate"], rates[c.id]["stable"]) for c in checked], examples
+
+
+def held_out(registry: Registry, version: str, limit: int) -> list[SampleRecord]:
+    """The newest labeled prefer/avoid samples (latest revision per turn) not in the version's lineage."""
+    used = lineage_sample_ids(registry, version)
+    latest: dict[str, SampleRecord] = {}
+    for _, fields in registry.redis.xrevrange(SAMPLES_STREAM, count=limit * 4):
+        sample = SampleRecord.model_validate_json(fields.get(b"record") or fields["record"])
+        if sample.turn_id not in latest:
+            latest[sample.turn_id] = sample
+    fresh = [s for s in latest.values() if s.cls != "observation" and s.sample_id not in used]
+    return fresh[:limit]
+
+
+def mean_logprobs(policies: Policies, side: str, prompts: list[list[int]], responses: list[list[int]],
+                  chunk: int = 16) -> list[float]:
+    """Mean per-token log-likelihood of each response under one policy."""
+    means: list[float] = []
+    pad = int(policies.tokenizer.pad_token_id or 0)
+    for start in range(0, len(prompts), chunk):
+        with policies.use(side) as model, torch.no_grad():
+            out = batch_logprobs(model, prompts[start:start + chunk], responses[start:start + chunk], pad_id=pad)
+        means += (out.logp_B_T.sum(-1) / out.mask_B_T.sum(-1).clamp(min=1)).tolist()
+    return means
+
+
+def replay_stats(policies: Policies, samples: list[SampleRecord]) -> ReplayStats:
+    """Mean over samples of (candidate - stable) mean per-token log-likelihood, per class."""
+    items = [build_item(Entry("", s), policies.tokenizer, method="rl", parent_version=None,
+                        max_prompt_tokens=MAX_PROMPT_TOKENS, max_response_tokens=MAX_RESPONSE_TOKENS) for s in samples]
+    kept = [(s, i) for s, i in zip(samples, items, strict=True) if i.prompt_ids and i.response_ids]
+    prompts, responses = [i.prompt_ids for _, i in kept], [i.response_ids for _, i in kept]
+    candidate = mean_logprobs(policies, "candidate", prompts, responses)
+    stable = mean_logprobs(policies, "stable", prompts, responses)
+    deltas: dict[str, list[float]] = {"prefer": [], "avoid": []}
+    for (sample, _), c, s in zip(kept, candidate, stable, strict=True):
+        deltas[sample.cls].append(c - s)
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values) if values else 0.0
+
+    return ReplayStats(len(deltas["prefer"]), mean(deltas["prefer"]), len(deltas["avoid"]), mean(deltas["avoid"]))
+
+
+def drift_kl(policies: Policies, anchors: list[SacredCase], run: GateRun) -> float | None:
+    """Mean per-token KL(candidate ‖ stable) over the candidate's own answers to the anchor prompts.
+
+    Exact KL over the vocabulary at every position of a sampled answer: a Monte-Carlo estimate of the
+    sequence-level KL divided by its length.
+    """
+    if not anchors:
+        return None
+    prompts = [render_prompt_ids(policies.tokenizer, a.messages) for a in anchors]
+    answers = generate(policies, "candidate", [a.messages for a in anchors], 1, 1.0, run.max_tokens, run.seed + 1000)
+    kept = [(p, r) for p, r in zip(prompts, answers, strict=True) if r]
+    if not kept:
+        return None
+    pad = int(policies.tokenizer.pad_token_id or 0)
+    logp = {}
+    for side in ("candidate", "stable"):
+        with policies.use(side) as model, torch.no_grad():
+            out = batch_logprobs(model, [p for p, _ in kept], [r for _, r in kept], keep_logits=True, pad_id=pad)
+        assert out.logits_B_T_V is not None
+        logp[side] = torch.log_softmax(out.logits_B_T_V, dim=-1)  # (B, T, V)
+        mask_B_T = out.mask_B_T
+    kl_B_T = (logp["candidate"].exp() * (logp["candidate"] - logp["stable"])).sum(-1)
+    return float((kl_B_T * mask_B_T).sum() / mask_B_T.sum())
+
+
+def evaluate(registry: Registry, version: str, base: Any, tokenizer: Any, suite: list[SacredCase],
+             run: GateRun) -> GateVerdict:
+    """Measure the candidate against the current stable version and return the verdict (not recorded)."""
+    stable = registry.alias("stable")
+    stable_path = Path(registry.get(stable).path) if stable else None
+    policies = Policies(base, tokenizer, Path(registry.get(version).path), stable_path)
+    try:
+        cases, examples = sacred_scores(policies, suite, run)
+        replay = replay_stats(policies, held_out(registry, version, run.replay_max))
+        kl = drift_kl(policies, [c for c in suite if c.anchor], run)
+    finally:
+        policies.model.unload()  # take the adapters out again: a lent base model goes back as it came
+    verdict = gate_verdict(cases, replay, kl, run.thresholds, compared_to=stable)
+    verdict.metrics["examples"] = examples
+    return verdict
+
+
+def run_gate_for_version(version: str, settings: RegistrySettings | None = None, registry: Registry | None = None,
+                         control: Control | None = None, base: Any = None, tokenizer: Any = None) -> GateVerdict:
+    """Gate ``version``, record the verdict, and (when it passes, and allowed) start its canary."""
+    settings = settings or RegistrySettings()
+    with ExitStack() as stack:
+        if control is None:
+            control = open_control(settings, stack)
+            if registry is not None:  # the caller's Redis connection and store, named as the proxies know it
+                control.registry = Registry(registry.redis, registry.root, base_model=settings.served_base())
+        registry = control.registry
+        if base is None:
+            model_dir = resolve_model(registry.manifest(version).base_model or settings.base_model, settings.home_dir())
+            base, tokenizer = load_model(model_dir, device="cpu" if not torch.cuda.is_available() else None)
+        suite = load_suite(settings.gate_suite or DEFAULT_SUITE)
+        verdict = evaluate(registry, version, base, tokenizer, suite, GateRun.from_settings(settings))
+        registry.record_gate(version, verdict)
+        log.info("gate_verdict", version=version, passed=verdict.passed, reasons=verdict.reasons)
+        if verdict.passed and settings.gate_auto_canary and registry.canary_state() is None and not registry.frozen():
+            control.start_canary(version, settings.canary_steps[0], "gate", "passed the sacred gate")
+        return verdict
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nextstate gate", description="Run the sacred gate on a candidate version.")
+    parser.add_argument("version")
+    parser.add_argument("--suite", type=Path, default=None, help="sacred suite JSONL (default: settings)")
+    parser.add_argument("--no-canary", action="store_true", help="record the verdict only; start no canary")
+    args = parser.parse_args(argv)
+    settings = RegistrySettings()
+    configure_logging(settings.log_level, settings.log_json)
+    updates: dict[str, Any] = {"gate_auto_canary": settings.gate_auto_canary and not args.no_canary}
+    if args.suite is not None:
+        updates["gate_suite"] = args.suite
+    verdict = run_gate_for_version(args.version, settings.model_copy(update=updates))
+    summary = {k: verdict.metrics.get(k) for k in ("sacred_mean", "replay", "kl", "notes")}
+    print(json.dumps({"version": args.version, "passed": verdict.passed, "reasons": verdict.reasons, **summary},
+                     indent=2, default=str))
+    return 0 if verdict.passed else 5
+
+
+if __name__ == "__main__":
+    sys.exit(main())

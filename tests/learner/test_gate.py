@@ -1,0 +1,142 @@
+"""The sacred gate on the real tiny model with real peft adapters, real Redis, two policy-server replicas."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from learner import tinycorpus
+from learner.gate import DEFAULT_SUITE, GateRun, evaluate, run_gate_for_version
+from learner.modeling import load_model
+from registry.actions import Control
+from registry.canary import CanaryPolicy
+from registry.controller import Controller
+from registry.publisher import Publisher
+from registry.routing import read_table
+from registry.sacred import load_suite
+from registry.settings import RegistrySettings
+from registry.store import Registry
+from registry.verdict import GateThresholds
+from tests.learner.gate_support import add_samples, lowercase_pairs, make_adapter, publish_adapter
+from tests.registry.fake_policy import create_fake_policy
+from tests.support.servers import serve_in_thread
+
+FAST = GateRun(samples=4, max_tokens=64)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """The tiny model is faster on one thread when other processes share the two cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    train = lowercase_pairs(tinycorpus.FACTS[::3])
+    return {
+        "identity": make_adapter(tiny_model_path, root / "identity"),
+        "lowercase": make_adapter(tiny_model_path, root / "lowercase", train, steps=12, lr=3e-3),
+        "scrambled": make_adapter(tiny_model_path, root / "scrambled", scramble=0.5),
+    }
+
+
+@pytest.fixture
+def apps() -> list[Any]:
+    return [create_fake_policy(), create_fake_policy()]
+
+
+@pytest.fixture
+def settings(redis_url: str, tmp_path: Path, tiny_model_path: Path, apps: list[Any]) -> Iterator[RegistrySettings]:
+    with serve_in_thread(apps[0]) as a, serve_in_thread(apps[1]) as b:
+        yield RegistrySettings(redis_url=redis_url, home=tmp_path / "home", adapters_dir=tmp_path / "store",
+                               base_model=str(tiny_model_path), served_base_model="tiny-chat",
+                               policy_urls=[a, b], drain_seconds=0, gate_samples=4, gate_max_tokens=64)
+
+
+@pytest.fixture
+def control(settings: RegistrySettings) -> Iterator[Control]:
+    client = redis.Redis.from_url(str(settings.redis_url))
+    publisher = Publisher(settings.replicas(), drain_seconds=0)
+    yield Control(Registry(client, settings.adapters_path(), base_model="tiny-chat"), publisher)
+    publisher.close()
+    client.close()
+
+
+def fresh_base(tiny_model_path: Path) -> tuple[Any, Any]:
+    return load_model(tiny_model_path, device="cpu")  # peft injects layers in place: one base per gate
+
+
+def test_identity_adapter_passes_and_scrambled_fails(control: Control, adapters: dict[str, Path],
+                                                     tiny_model_path: Path) -> None:
+    suite = load_suite(DEFAULT_SUITE)
+    reg = control.registry
+    good = publish_adapter(reg, adapters["identity"], str(tiny_model_path))
+    verdict = evaluate(reg, good, *fresh_base(tiny_model_path), suite, FAST)
+    assert verdict.passed, verdict.reasons
+    assert verdict.metrics["kl"] == pytest.approx(0.0, abs=1e-4)
+    cases = verdict.metrics["sacred"]
+    assert all(c["candidate"] == c["stable"] for c in cases.values())  # same seeds, same model
+    assert verdict.metrics["sacred_mean"]["stable"] >= 0.4  # the base model passes a good share of the suite
+
+    bad = publish_adapter(reg, adapters["scrambled"], str(tiny_model_path))
+    verdict = evaluate(reg, bad, *fresh_base(tiny_model_path), suite, FAST)
+    assert not verdict.passed
+    assert any(r.startswith("sacred case") for r in verdict.reasons)
+    assert any(r.startswith("drift") for r in verdict.reasons) and verdict.metrics["kl"] > 0.5
+
+
+def test_replay_needs_prefer_up_and_avoid_down(control: Control, adapters: dict[str, Path], tiny_model_path: Path) -> None:
+    reg = control.registry
+    trained_on = add_samples(reg, lowercase_pairs(tinycorpus.FACTS[::3][:4]), "prefer", "trained")
+    held_out = lowercase_pairs(tinycorpus.FACTS[1::3][:6])
+    version = publish_adapter(reg, adapters["lowercase"], str(tiny_model_path), sample_ids=trained_on)
+    run = GateRun(samples=2, max_tokens=24, thresholds=GateThresholds(sacred_tolerance=1.0, max_kl=100.0))
+    add_samples(reg, held_out, "prefer", "held-prefer")
+    verdict = evaluate(reg, version, *fresh_base(tiny_model_path), [], run)
+    replay = verdict.metrics["replay"]
+    assert replay["prefer_n"] == 6 and replay["avoid_n"] == 0  # the 4 trained-on samples are excluded
+    assert replay["prefer_delta"] > 0.02 and verdict.passed, verdict.reasons  # measured: about 0.05 nats/token
+
+    add_samples(reg, held_out, "avoid", "held-prefer")  # relabeled: the same turns are now avoid
+    verdict = evaluate(reg, version, *fresh_base(tiny_model_path), [], run)
+    assert verdict.metrics["replay"]["avoid_n"] == 6 and verdict.metrics["replay"]["prefer_n"] == 0
+    assert not verdict.passed and any("avoid log-likelihood rose" in r for r in verdict.reasons)
+
+
+def test_failed_candidate_never_gets_traffic_passing_one_gets_canary(
+        settings: RegistrySettings, control: Control, adapters: dict[str, Path], tiny_model_path: Path,
+        apps: list[Any]) -> None:
+    reg = control.registry
+    bad = publish_adapter(reg, adapters["scrambled"], str(tiny_model_path))
+    base, tokenizer = fresh_base(tiny_model_path)
+    verdict = run_gate_for_version(bad, settings, control=control, base=base, tokenizer=tokenizer)
+    assert not verdict.passed and reg.get(bad).state == "gated_fail"
+    assert reg.get(bad).gate == verdict
+    Controller(control, CanaryPolicy()).tick()
+    table = read_table(reg.redis)
+    assert table is None or (bad not in table.versions and table.canary is None)
+    assert [app.state.loaded for app in apps] == [{}, {}]
+
+    good = publish_adapter(reg, adapters["identity"], str(tiny_model_path))
+    base, tokenizer = fresh_base(tiny_model_path)
+    verdict = run_gate_for_version(good, settings, control=control, base=base, tokenizer=tokenizer)
+    assert verdict.passed and reg.get(good).state == "canary"
+    table = read_table(reg.redis)
+    assert table is not None and table.canary == good and table.versions[good] == reg.get(good).served_name and table.canary_fraction == 0.05
+    assert bad not in table.versions
+    assert [set(app.state.loaded) for app in apps] == [{reg.get(good).served_name}] * 2
+    kinds = [(e.kind, e.version, e.actor) for e in reg.history()]
+    assert ("gate_verdict", bad, "gate") in kinds and ("gate_verdict", good, "gate") in kinds
+    assert ("canary_started", good, "gate") in kinds
+    gate_event = next(e for e in reg.history() if e.kind == "gate_verdict" and e.version == bad)
+    assert gate_event.evidence["gate"]["metrics"]["kl"] > 0.5
