@@ -155,7 +155,9 @@ async def chat_completions(request: Request) -> Response:
         lookup = None
         fingerprinted = not session_id
         if fingerprinted:
-            routing_key = opening_fingerprint(messages)
+            table = state.routing.table
+            if table is not None and table.canary and table.canary_fraction > 0:  # only the slice needs it
+                routing_key = opening_fingerprint(messages)
             index = last_assistant_index(messages)
             if record and index is not None:  # looked up while the upstream works
                 lookup = asyncio.ensure_future(_find_session(state, messages[: index + 1]))

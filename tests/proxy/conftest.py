@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 import redis
@@ -86,3 +87,10 @@ def turns(client: redis.Redis, count: int, timeout: float = 5.0) -> list[dict[st
 
 def transitions(client: redis.Redis, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
     return wait_records(client, TRANSITIONS_STREAM, count, timeout)
+
+
+@pytest.fixture(scope="session")
+def http() -> Iterator[httpx.Client]:
+    """One plain HTTP client for the whole run (building one per request costs a TLS context each)."""
+    with httpx.Client(timeout=10) as client:
+        yield client

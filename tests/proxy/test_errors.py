@@ -33,55 +33,55 @@ def assert_openai_error(response: httpx.Response, status: int) -> dict:
         (b'{"model": "m", "messages": [{"content": "no role"}]}', "messages.[0]"),
     ],
 )
-def test_bad_requests_are_400(proxy_url, content, param) -> None:
-    response = httpx.post(f"{proxy_url}/v1/chat/completions", content=content,
+def test_bad_requests_are_400(proxy_url, content, param, http) -> None:
+    response = http.post(f"{proxy_url}/v1/chat/completions", content=content,
                           headers={"content-type": "application/json"})
     error = assert_openai_error(response, 400)
     assert (error["type"], error["param"]) == ("invalid_request_error", param)
 
 
-def test_body_over_the_limit_is_413(start_proxy) -> None:
+def test_body_over_the_limit_is_413(start_proxy, http) -> None:
     url = start_proxy(max_body_bytes=1000)
     big = {**CHAT, "messages": [{"role": "user", "content": "x" * 2000}]}
-    assert_openai_error(httpx.post(f"{url}/v1/chat/completions", json=big), 413)
+    assert_openai_error(http.post(f"{url}/v1/chat/completions", json=big), 413)
 
     def chunked():  # no content-length: the limit holds while reading
         yield b'{"model": "m", "messages": [{"role": "user", "content": "'
         yield b"x" * 2000
         yield b'"}]}'
 
-    assert_openai_error(httpx.post(f"{url}/v1/chat/completions", content=chunked()), 413)
+    assert_openai_error(http.post(f"{url}/v1/chat/completions", content=chunked()), 413)
 
 
-def test_unreachable_upstream_is_502(start_proxy) -> None:
+def test_unreachable_upstream_is_502(start_proxy, http) -> None:
     url = start_proxy(upstream=f"http://127.0.0.1:{free_port()}/v1")
-    error = assert_openai_error(httpx.post(f"{url}/v1/chat/completions", json=CHAT), 502)
+    error = assert_openai_error(http.post(f"{url}/v1/chat/completions", json=CHAT), 502)
     assert error["code"] == "upstream_unreachable"
-    assert_openai_error(httpx.get(f"{url}/v1/models"), 502)
+    assert_openai_error(http.get(f"{url}/v1/models"), 502)
 
 
-def test_upstream_timeout_is_504(start_proxy, fake) -> None:
+def test_upstream_timeout_is_504(start_proxy, fake, http) -> None:
     url = start_proxy(read_timeout_s=0.3)
     fake.push(Reply(delay_s=1.0))
-    error = assert_openai_error(httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=5), 504)
+    error = assert_openai_error(http.post(f"{url}/v1/chat/completions", json=CHAT, timeout=5), 504)
     assert error["code"] == "upstream_timeout"
 
 
 @pytest.mark.parametrize("status", [400, 401, 429, 500, 503])
-def test_upstream_errors_are_relayed_with_their_status(proxy_url, fake, redis_client, status) -> None:
+def test_upstream_errors_are_relayed_with_their_status(proxy_url, fake, redis_client, status, http) -> None:
     body = {"error": {"message": f"upstream says {status}", "type": "x", "param": None, "code": "c"}}
     fake.push(Reply(status=status, error=body), Reply(status=status, error=body))  # (a 400 is retried once)
-    response = httpx.post(f"{proxy_url}/v1/chat/completions", json={**CHAT, "stream": True})
+    response = http.post(f"{proxy_url}/v1/chat/completions", json={**CHAT, "stream": True})
     assert response.status_code == status
     assert response.json() == body
     time.sleep(0.2)
     assert read_stream(redis_client, "nextstate:turns") == []
 
 
-def test_unknown_pinned_version_is_404(proxy_url) -> None:
-    response = httpx.post(f"{proxy_url}/v1/chat/completions", json=CHAT, headers={"X-NextState-Policy": "v7"})
+def test_unknown_pinned_version_is_404(proxy_url, http) -> None:
+    response = http.post(f"{proxy_url}/v1/chat/completions", json=CHAT, headers={"X-NextState-Policy": "v7"})
     assert assert_openai_error(response, 404)["code"] == "model_not_found"
-    response = httpx.post(f"{proxy_url}/v1/chat/completions", json={**CHAT, "model": "tiny@v7"})
+    response = http.post(f"{proxy_url}/v1/chat/completions", json={**CHAT, "model": "tiny@v7"})
     assert_openai_error(response, 404)
 
 

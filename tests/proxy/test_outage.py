@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 
@@ -34,7 +33,7 @@ def chat(sdk: openai.OpenAI, history: list[dict], session: str, stream: bool) ->
     return raw.headers["x-nextstate-turn-id"], [*history, reply]
 
 
-def test_outage_spools_then_replays_exactly_once(start_proxy, durable_redis) -> None:
+def test_outage_spools_then_replays_exactly_once(start_proxy, durable_redis, http) -> None:
     url = start_proxy(redis=durable_redis.url)
     check = durable_redis.client()
     histories: dict[str, list[dict]] = {"a": [], "b": []}
@@ -55,7 +54,7 @@ def test_outage_spools_then_replays_exactly_once(start_proxy, durable_redis) -> 
         for step in range(6, 16):  # Redis is down: every request must still succeed
             turn(step)
         rated = sent["a"][-1]
-        response = httpx.post(f"{url}/v1/feedback", json={"turn_id": rated, "rating": -1, "comment": "bad"})
+        response = http.post(f"{url}/v1/feedback", json={"turn_id": rated, "rating": -1, "comment": "bad"})
         assert response.status_code == 200
         feedback_ids.append(response.json()["id"])
         durable_redis.start()
@@ -78,7 +77,7 @@ def test_outage_spools_then_replays_exactly_once(start_proxy, durable_redis) -> 
     assert all(t["has_next_state"] and len(t["next_state"]) == 1 for t in links)
     feedback = wait_records(check, FEEDBACK_STREAM, 1)
     assert [(f["feedback_id"], f["turn_id"], f["rating"]) for f in feedback] == [(feedback_ids[0], rated, -1)]
-    metrics = httpx.get(f"{url}/metrics").text
+    metrics = http.get(f"{url}/metrics").text
     assert 'nextstate_proxy_records_total{kind="turn",outcome="spooled"}' in metrics
     assert 'nextstate_proxy_records_total{kind="turn",outcome="replayed"}' in metrics
     assert "nextstate_proxy_spool_pending 0.0" in metrics

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_cli_serves_and_records(tmp_path, redis_url, redis_client, upstream_url, workers) -> None:
+def test_cli_serves_and_records(tmp_path, redis_url, redis_client, upstream_url, workers, http) -> None:
     port = free_port()
     env = {**os.environ, "NEXTSTATE_HOME": str(tmp_path), "NEXTSTATE_REDIS_URL": redis_url, "NEXTSTATE_LOG_JSON": "true"}
     process = subprocess.Popen(
@@ -31,7 +31,7 @@ def test_cli_serves_and_records(tmp_path, redis_url, redis_client, upstream_url,
         deadline = time.monotonic() + 30
         while True:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                if http.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

@@ -17,20 +17,20 @@ from tests.proxy.conftest import read_stream, turns, wait_records
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
 
 
-def served_turn(proxy_url: str) -> str:
-    response = httpx.post(f"{proxy_url}/v1/chat/completions", json=CHAT)
+def served_turn(proxy_url: str, http: httpx.Client) -> str:
+    response = http.post(f"{proxy_url}/v1/chat/completions", json=CHAT)
     return response.headers["x-nextstate-turn-id"]
 
 
-def test_feedback_is_validated_and_appended_once(proxy_url, redis_client) -> None:
-    turn_id = served_turn(proxy_url)
+def test_feedback_is_validated_and_appended_once(proxy_url, redis_client, http) -> None:
+    turn_id = served_turn(proxy_url, http)
     turns(redis_client, 1)
     body = {"turn_id": turn_id, "rating": 1, "comment": "great"}
-    first = httpx.post(f"{proxy_url}/v1/feedback", json=body)
-    again = httpx.post(f"{proxy_url}/v1/feedback", json=body)  # the same feedback twice: stored once
+    first = http.post(f"{proxy_url}/v1/feedback", json=body)
+    again = http.post(f"{proxy_url}/v1/feedback", json=body)  # the same feedback twice: stored once
     assert first.status_code == again.status_code == 200
     assert first.json()["id"] == again.json()["id"]
-    httpx.post(f"{proxy_url}/v1/feedback", json={"turn_id": turn_id, "rating": -1})
+    http.post(f"{proxy_url}/v1/feedback", json={"turn_id": turn_id, "rating": -1})
     records = wait_records(redis_client, FEEDBACK_STREAM, 2)
     time.sleep(0.2)
     records = read_stream(redis_client, FEEDBACK_STREAM)
@@ -47,13 +47,13 @@ def test_feedback_is_validated_and_appended_once(proxy_url, redis_client) -> Non
         ({"turn_id": "x", "rating": 1, "comment": 5}, 400, "comment"),
     ],
 )
-def test_feedback_errors(proxy_url, body, status, param) -> None:
-    response = httpx.post(f"{proxy_url}/v1/feedback", json=body)
+def test_feedback_errors(proxy_url, body, status, param, http) -> None:
+    response = http.post(f"{proxy_url}/v1/feedback", json=body)
     assert response.status_code == status
     assert response.json()["error"]["param"] == param
 
 
-def test_routing_table_in_redis_routes_and_is_recorded(proxy_url, fake, redis_client) -> None:
+def test_routing_table_in_redis_routes_and_is_recorded(proxy_url, fake, redis_client, http) -> None:
     table = RoutingTable(revision=1, base_model="tiny", stable="v1", canary="v2", canary_fraction=0.5,
                          versions={"v1": "tiny@v1", "v2": "tiny@v2"})
     redis_client.set(ROUTING_KEY, table.model_dump_json())
@@ -68,7 +68,7 @@ def test_routing_table_in_redis_routes_and_is_recorded(proxy_url, fake, redis_cl
         ({}, {**CHAT, "model": "tiny@v2"}, ("v2", "pinned", "tiny@v2")),
     ]
     for headers, body, (version, arm, model) in cases:
-        response = httpx.post(f"{proxy_url}/v1/chat/completions", json=body, headers=headers)
+        response = http.post(f"{proxy_url}/v1/chat/completions", json=body, headers=headers)
         assert (response.headers["x-nextstate-version"], response.headers["x-nextstate-arm"]) == (version, arm)
         assert fake.requests[-1]["body"]["model"] == model
     records = turns(redis_client, len(cases))
@@ -76,14 +76,14 @@ def test_routing_table_in_redis_routes_and_is_recorded(proxy_url, fake, redis_cl
     assert records[0]["serving"]["upstream_model"] == "tiny@v2"
 
 
-def test_upstream_model_setting_names_the_base_model(start_proxy, fake) -> None:
+def test_upstream_model_setting_names_the_base_model(start_proxy, fake, http) -> None:
     url = start_proxy(upstream_model="served-base")
-    httpx.post(f"{url}/v1/chat/completions", json=CHAT)
+    http.post(f"{url}/v1/chat/completions", json=CHAT)
     assert fake.requests[-1]["body"]["model"] == "served-base"
 
 
-def test_without_a_table_the_clients_model_is_forwarded(proxy_url, fake) -> None:
-    httpx.post(f"{proxy_url}/v1/chat/completions", json={**CHAT, "model": "whatever"})
+def test_without_a_table_the_clients_model_is_forwarded(proxy_url, fake, http) -> None:
+    http.post(f"{proxy_url}/v1/chat/completions", json={**CHAT, "model": "whatever"})
     assert fake.requests[-1]["body"]["model"] == "whatever"
 
 
@@ -91,42 +91,42 @@ def _admin_app() -> Starlette:
     return Starlette(routes=[Route("/ping", lambda request: PlainTextResponse("pong"))])
 
 
-def test_admin_mounts_need_the_token(start_proxy) -> None:
+def test_admin_mounts_need_the_token(start_proxy, http) -> None:
     url = start_proxy(mounts=[("/admin", _admin_app())], admin_token="s3cret")
-    assert httpx.get(f"{url}/admin/ping").status_code == 401
-    assert httpx.get(f"{url}/admin/ping", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    ok = httpx.get(f"{url}/admin/ping", headers={"Authorization": "Bearer s3cret"})
+    assert http.get(f"{url}/admin/ping").status_code == 401
+    assert http.get(f"{url}/admin/ping", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    ok = http.get(f"{url}/admin/ping", headers={"Authorization": "Bearer s3cret"})
     assert (ok.status_code, ok.text) == (200, "pong")
 
 
-def test_admin_mounts_are_disabled_without_a_token(start_proxy) -> None:
+def test_admin_mounts_are_disabled_without_a_token(start_proxy, http) -> None:
     url = start_proxy(mounts=[("/admin", _admin_app())])
-    response = httpx.get(f"{url}/admin/ping", headers={"Authorization": "Bearer anything"})
+    response = http.get(f"{url}/admin/ping", headers={"Authorization": "Bearer anything"})
     assert response.status_code == 404
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
 
 
-def test_health_readiness_and_metrics(start_proxy, proxy_url, tmp_path) -> None:
-    assert httpx.get(f"{proxy_url}/healthz").json() == {"status": "ok"}
-    ready = httpx.get(f"{proxy_url}/readyz")
+def test_health_readiness_and_metrics(start_proxy, proxy_url, tmp_path, http) -> None:
+    assert http.get(f"{proxy_url}/healthz").json() == {"status": "ok"}
+    ready = http.get(f"{proxy_url}/readyz")
     assert ready.status_code == 200 and ready.json()["checks"] == {"redis": "ok", "upstream": "ok"}
-    served_turn(proxy_url)
-    metrics = httpx.get(f"{proxy_url}/metrics").text
+    served_turn(proxy_url, http)
+    metrics = http.get(f"{proxy_url}/metrics").text
     assert 'nextstate_proxy_requests_total{route="/v1/chat/completions",status="200"} 1.0' in metrics
     assert "nextstate_proxy_overhead_seconds_bucket" in metrics
     assert "nextstate_proxy_request_seconds_bucket" in metrics
     broken = start_proxy(redis=f"unix://{tmp_path}/no-such.sock", upstream="http://127.0.0.1:9/v1")
-    not_ready = httpx.get(f"{broken}/readyz")
+    not_ready = http.get(f"{broken}/readyz")
     assert not_ready.status_code == 503
     assert set(not_ready.json()["checks"]) == {"redis", "upstream"}
     assert all(v != "ok" for v in not_ready.json()["checks"].values())
 
 
-def test_one_canonical_log_line_per_request(proxy_url) -> None:
+def test_one_canonical_log_line_per_request(proxy_url, http) -> None:
     from structlog.testing import capture_logs
 
     with capture_logs() as logs:
-        response = httpx.post(f"{proxy_url}/v1/chat/completions", json=CHAT, headers={"X-Session-Id": "logged"})
+        response = http.post(f"{proxy_url}/v1/chat/completions", json=CHAT, headers={"X-Session-Id": "logged"})
         time.sleep(0.1)
     lines = [entry for entry in logs if entry["event"] == "request"]
     assert len(lines) == 1
@@ -134,3 +134,24 @@ def test_one_canonical_log_line_per_request(proxy_url) -> None:
     assert (line["path"], line["status"], line["session_id"]) == ("/v1/chat/completions", 200, "logged")
     assert line["turn_id"] == response.headers["x-nextstate-turn-id"]
     assert line["overhead_ms"] >= 0 and line["duration_ms"] >= line["overhead_ms"]
+
+
+def test_a_conversation_without_session_id_never_switches_arm(proxy_url, redis_client) -> None:
+    table = RoutingTable(revision=1, base_model="tiny", stable="v1", canary="v2", canary_fraction=0.5,
+                         versions={"v1": "tiny@v1", "v2": "tiny@v2"})
+    redis_client.set(ROUTING_KEY, table.model_dump_json())
+    time.sleep(0.4)
+    arms = []
+    http = httpx.Client(base_url=proxy_url)
+    for opening in range(8):
+        history = [{"role": "user", "content": f"opening {opening}"}]
+        seen = set()
+        for step in range(3):
+            response = http.post("/v1/chat/completions", json={"model": "tiny", "messages": history})
+            seen.add(response.headers["x-nextstate-arm"])
+            reply = response.json()["choices"][0]["message"]
+            history = [*history, reply, {"role": "user", "content": f"more {step}"}]
+        assert len(seen) == 1
+        arms.append(seen.pop())
+    http.close()
+    assert set(arms) == {"stable", "canary"}  # 8 openings spread over both arms
