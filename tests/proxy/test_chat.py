@@ -111,3 +111,20 @@ def test_completions_and_models_pass_through(client, fake) -> None:
     assert streamed == "echo: abcdef"
     assert [m.id for m in client.models.list()] == ["fake-model"]
     assert fake.requests[0]["body"] == {"model": "m", "prompt": "abc"}
+
+
+def test_client_auth_passes_through_unless_an_upstream_key_is_set(client, fake, start_proxy) -> None:
+    client.chat.completions.create(model="m", messages=USER)
+    assert fake.requests[-1]["headers"]["authorization"] == "Bearer sk-test-key"
+    url = start_proxy(upstream_api_key="sk-upstream")
+    with openai.OpenAI(base_url=f"{url}/v1", api_key="sk-client", max_retries=0) as sdk:
+        sdk.chat.completions.create(model="m", messages=USER)
+    assert fake.requests[-1]["headers"]["authorization"] == "Bearer sk-upstream"
+
+
+def test_reasoning_content_is_recorded(client, fake, redis_client) -> None:
+    fake.push(Reply(content="42", reasoning="think first"), Reply(content="42", reasoning="think first"))
+    client.chat.completions.create(model="m", messages=USER)
+    list(client.chat.completions.create(model="m", messages=USER, stream=True))
+    records = turns(redis_client, 2)
+    assert [r["response"]["message"].get("reasoning_content") for r in records] == ["think first", "think first"]
