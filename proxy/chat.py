@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import redis
 import structlog
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -24,7 +25,7 @@ from proxy.accumulate import SSESplitter, event_data
 from proxy.capture import Wants, client_wants, forward_body, strip
 from proxy.errors import BadRequest, BodyTooLarge, ProxyError, error_body, error_response
 from proxy.ids import new_id
-from proxy.recorder import REDIS_DOWN, Exchange
+from proxy.recorder import Exchange
 from proxy.routing import route
 from proxy.sessions import last_assistant_index, message_digest, opening_fingerprint, session_identity
 from proxy.state import ProxyState
@@ -97,8 +98,8 @@ async def _find_session(state: ProxyState, history: list[dict[str, Any]]) -> str
         found = await state.store.find_session([message_digest(m) for m in history])
         if found:
             return found
-    except REDIS_DOWN:
-        pass
+    except (redis.RedisError, OSError) as exc:  # serving goes on; this turn starts a new session
+        log.info("session_lookup_failed", error=repr(exc))
     return f"fp-{new_id()}"
 
 
@@ -114,9 +115,9 @@ def _rewrite_event(event: bytes, wants: Wants) -> bytes:
 
 
 async def _send_upstream(state: ProxyState, raw: bytes, body: dict[str, Any], model: str | None,
-                         headers: dict[str, str]) -> tuple[aiohttp.ClientResponse, bool]:
+                         headers: dict[str, str], record: bool) -> tuple[aiohttp.ClientResponse, bool]:
     """Forward the request; if the upstream refuses the capture fields, retry once without them."""
-    capture = state.settings.capture_tokens and state.capture_supported is not False
+    capture = record and state.settings.capture_tokens and state.capture_supported is not False
     response = await state.upstream.request(
         "POST", "/chat/completions", body=forward_body(raw, body, model=model, capture=capture), headers=headers,
     )
@@ -172,7 +173,7 @@ async def chat_completions(request: Request) -> Response:
         t_up = time.perf_counter()
         try:
             response, captured = await _send_upstream(
-                state, raw, body, model, upstream_headers(request, state.settings.upstream_api_key),
+                state, raw, body, model, upstream_headers(request, state.settings.upstream_api_key), record,
             )
         except BaseException:
             if lookup is not None:
