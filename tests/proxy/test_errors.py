@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -97,3 +98,16 @@ def test_client_disconnect_mid_stream_closes_the_upstream_request(proxy_url, fak
     assert fake.disconnects == 1
     time.sleep(0.2)
     assert read_stream(redis_client, "nextstate:turns") == []  # an abandoned turn is not recorded
+
+
+def test_upstream_stalling_mid_stream_ends_with_an_error_event(start_proxy, fake, redis_client) -> None:
+    url = start_proxy(read_timeout_s=0.3)
+    fake.push(Reply(content="abcdef", chunk_chars=2, chunk_delay_s=1.0))
+    with httpx.Client(timeout=10) as http:
+        response = http.post(f"{url}/v1/chat/completions", json={**CHAT, "stream": True})
+    assert response.status_code == 200
+    events = [line for line in response.text.split("\n\n") if line.strip()]
+    assert json.loads(events[0][6:])["choices"][0]["delta"]["role"] == "assistant"
+    assert json.loads(events[-1][6:])["error"]["code"] == "upstream_stream_broken"
+    time.sleep(0.2)
+    assert read_stream(redis_client, "nextstate:turns") == []
