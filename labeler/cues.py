@@ -43,7 +43,8 @@ NEGATIVE = [
         r"no(?=[,.!]|\s+(?:no|that|it|this|i|you|wait|not))", r"nope", r"wrong", r"incorrect(?:ly)?", r"not (?:correct|right|true|quite|helpful)",
         r"(?:that|this|it)(?:'s| is|s) not (?:it|what|right|correct|a|the)", r"(?:isn'?t|is not|wasn'?t) what", r"not what i",
         r"i (?:meant|said|asked(?: for)?|told you|am asking|'m asking)", r"(?:^|(?<=[.!?,]\s))i wanted", r"you (?:forgot|missed|left out|skipped|omitted|dropped|didn'?t|did not|ignored|used the wrong|misread|misunderstood)",
-        r"(?:doesn'?t|does not|didn'?t|did not|won'?t|can'?t) (?:work|run|compile|count|help|make sense|match|load|build|start|open|handle|cover|include|answer|fit|parse)", r"not working",
+        r"(?:doesn'?t|does not|didn'?t|did not|won'?t|can'?t) (?:work|run|compile|count|help|make sense|match|load|build|start|open|handle|cover|include|answer|fit|parse|exist)",
+        r"(?:returns|does|shows|prints|outputs|gives me) nothing", r"[a-z]+error", r"exception", r"traceback", r"not working",
         r"still (?:wrong|broken|not|failing|doesn'?t)", r"try again", r"once more", r"redo", r"retry", r"start over",
         r"useless", r"unhelpful", r"not helpful", r"makes no sense", r"confusing", r"too (?:long|short|wordy|verbose|much|many|complicated|technical)",
         r"way too", r"\w+,\s+not\s+\w+", r"trop", r"zu (?:lang|kurz|viel)", r"demasiado", r"troppo", r"muito (?:longo|curto)", r"(?:syntax )?error", r"key ?error", r"crash(?:ed|es)?", r"fails?", r"failed", r"broken", r"gone",
@@ -57,7 +58,7 @@ NEGATIVE = [
         r"eso no es", r"no es lo que", r"está mal", r"incorrecto", r"no funciona", r"otra vez", r"de nuevo", r"sbagliato",
         r"non funziona", r"di nuovo", r"errado", r"não funciona", r"erro", r"werkt niet", r"fout", r"yanlış", r"hayır",
         r"tekrar", r"çalışmıyor", r"нет", r"неправильно", r"неверно", r"не то", r"не работает", r"ошибка", r"слишком",
-        r"ещё раз", r"опять", r"गलत", r"nicht richtig", r"stimmt (?:\w+ )?nicht", r"das ist (?:so )?nicht", r"ce n'est pas", r"c'est pas", r"non è",
+        r"ещё раз", r"опять", r"не так", r"गलत", r"nicht richtig", r"stimmt (?:\w+ )?nicht", r"das ist (?:so )?nicht", r"ce n'est pas", r"c'est pas", r"non è",
     ),
     _phrases(r"不对", r"错了", r"错误", r"不是", r"重新", r"没用", r"太长", r"太短", r"違い", r"間違", r"ちがう",
              r"そうじゃない", r"動かない", r"もう一度", r"やり直", r"아니", r"틀렸", r"잘못", r"다시", r"خطأ", r"غير صحيح",
@@ -68,7 +69,7 @@ NEGATIVE = [
 SARCASM = [
     _words(r"thanks for nothing", r"yeah,? right", r"sure,? because", r"captain obvious", r"genius", r"thanks i guess",
            r"(?:great|perfect|wonderful|fantastic|amazing|brilliant|lovely|cool),? (?:another|now|a (?:plan|solution|query)|it|five|zero)",
-           r"oh (?:great|perfect|wonderful|fantastic|nice|sure)", r"just wow", r"totally (?:wanted|needed|asked for)", r"said no one", r"i'?ll be sure to", r"(?<=[.!] )not[.!]*$", r"wow,? so helpful", r"real(?:ly)? helpful", r"nice try",
+           r"oh (?:great|perfect|wonderful|fantastic|nice|sure)", r"just wow", r"totally (?:wanted|needed|asked for)", r"said no one", r"i'?ll be sure to", r"(?<=[.!]\s)not[.!]+(?=\s|$)", r"sure,? i'?ll just", r"wow,? so helpful", r"real(?:ly)? helpful", r"nice try",
            r"perfect if i wanted", r"cool cool cool", r"if i wanted to sound like", r"like i can"),
     _phrases(r"🙄", r"/s\b", r"😒", r"🤦"),
 ]

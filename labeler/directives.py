@@ -28,6 +28,7 @@ _QUANTITY = re.compile(r"\b(?:one|two|three|four|five|single|\d+)[ -](?:word|sen
 _FOREIGN = re.compile(
     r"bitte|por favor|s'il (?:te|vous) pla[iî]t|per favore|пожалуйста|請|请|ください|주세요|lütfen|proszę|réponds|"
     r"responde|antworte|rispondi|responda|\b(?:kürzer|más corto|plus court|più breve)\b", re.IGNORECASE)
+_POLITE = re.compile(r"\b(?:please|pls|plz)\b", re.IGNORECASE)
 _TRAILING_POLITE = re.compile(r"[\s,]*(?:please|pls|plz|thanks|thank you)\s*[.!?]*$", re.IGNORECASE)
 _SENTENCES = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])|\n+|;\s+|\s+[—–]\s+")
 _CLAUSES = re.compile(r",?\s+but\s+|,\s+|[，、]", re.IGNORECASE)
@@ -112,6 +113,8 @@ def _imperative(clause: str) -> tuple[str, bool] | None:
         # an edit presupposes the answer it edits; "just X" / "only X" restricts it
         return _finish(body), first in _EDITS or first in {"just", "only"}
     if _QUANTITY.search(body) or (_SHOULD.search(body) and _ABOUT_ANSWER.search(body)):
+        return _finish(body), True
+    if _POLITE.search(clause) and _ABOUT_ANSWER.search(body) and len(words) <= 6:  # "all lowercase, please"
         return _finish(body), True
     return None
 
