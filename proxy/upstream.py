@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
+from yarl import URL
 
 from proxy.errors import UpstreamTimeout, UpstreamUnreachable
 
@@ -20,6 +21,7 @@ class Upstream:
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s)
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, URL] = {}
 
     async def open(self) -> None:
         connector = aiohttp.TCPConnector(limit=self._connections, ttl_dns_cache=300, keepalive_timeout=30)
@@ -38,7 +40,9 @@ class Upstream:
     ) -> aiohttp.ClientResponse:
         """Send a request; the caller reads (or streams) the body and must release the response."""
         assert self._session is not None, "Upstream.open() was not called"
-        url = self.base_url + path
+        url = self._urls.get(path)
+        if url is None:  # parsed once per path, not per request
+            url = self._urls[path] = URL(self.base_url + path)
         try:
             return await self._session.request(method, url, data=body, headers=headers, timeout=timeout or self._timeout)
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
