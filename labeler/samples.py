@@ -112,6 +112,9 @@ def apply_verdict(previous: SampleRecord | None, base: dict[str, Any], source: L
         hard=bool(chosen.get("hard", False)) if hard is None else hard,
         hint=chosen.get("hint") or next((v["hint"] for v in verdicts.values() if v.get("hint")), None),
     )
+    if chosen.get("reason") == "turn_missing" and fields.get("messages") and chosen["reward"]:
+        # explicit feedback stored before its turn arrived: now that the turn is here, it can train
+        fields.update(cls="prefer" if chosen["reward"] > 0 else "avoid", reason=None)
     revision = previous.revision + 1 if previous is not None else 0
     prior = None
     if previous is not None:

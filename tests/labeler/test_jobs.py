@@ -161,3 +161,20 @@ def test_inputs_cut_to_budget_are_marked_truncated(redis_url: str, redis_client:
     (sample,) = samples(redis_client)
     assert sample.truncated and sample.cls == "avoid"
     assert len(sample.next_state[0]["content"]) > 10_000  # the stored next state itself is never cut
+
+
+def test_feedback_for_a_turn_not_stored_yet_trains_once_the_turn_arrives(redis_url: str,
+                                                                         redis_client: redis.Redis) -> None:
+    rt = runtime(redis_url, job_retries=0)
+    put_feedback(redis_client, "late", -1, "Answer in French.")
+    dispatch(rt)
+    work(rt)
+    (first,) = samples(redis_client)
+    assert (first.cls, first.reason, first.messages) == ("observation", "turn_missing", [])
+    put_turn(redis_client, "late")
+    put_transition(redis_client, "late", "Thanks!")
+    dispatch(rt)
+    work(rt)
+    latest = samples(redis_client)[-1]
+    assert (latest.revision, latest.source, latest.cls, latest.reason) == (1, "feedback", "avoid", None)
+    assert latest.messages and latest.hint == "Answer in French." and latest.hard  # judge +1 vs feedback -1
