@@ -28,9 +28,11 @@ from learner.logprobs import batch_logprobs
 from learner.modeling import load_model, render_prompt_ids, resolve_model
 from proxy.logs import configure_logging
 from registry.actions import Control
+from registry.errors import RegistryError
 from registry.records import GateVerdict
 from registry.sacred import SacredCase, load_suite, score
 from registry.settings import RegistrySettings
+from registry.states import check_transition
 from registry.store import Registry
 from registry.verdict import CaseScore, GateThresholds, ReplayStats, gate_verdict
 from registry.wiring import open_control
@@ -219,6 +221,7 @@ def run_gate_for_version(version: str, settings: RegistrySettings | None = None,
             if registry is not None:  # the caller's Redis connection and store, named as the proxies know it
                 control.registry = Registry(registry.redis, registry.root, base_model=settings.served_base())
         registry = control.registry
+        check_transition(version, registry.get(version).state, "gated_pass")  # refuse early: gate a candidate once
         if base is None:
             model_dir = resolve_model(registry.manifest(version).base_model or settings.base_model, settings.home_dir())
             base, tokenizer = load_model(model_dir, device="cpu" if not torch.cuda.is_available() else None)
@@ -242,7 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     updates: dict[str, Any] = {"gate_auto_canary": settings.gate_auto_canary and not args.no_canary}
     if args.suite is not None:
         updates["gate_suite"] = args.suite
-    verdict = run_gate_for_version(args.version, settings.model_copy(update=updates))
+    try:
+        verdict = run_gate_for_version(args.version, settings.model_copy(update=updates))
+    except RegistryError as exc:
+        print(f"nextstate gate: {exc}", file=sys.stderr)
+        return 1
     summary = {k: verdict.metrics.get(k) for k in ("sacred_mean", "replay", "kl", "notes")}
     print(json.dumps({"version": args.version, "passed": verdict.passed, "reasons": verdict.reasons, **summary},
                      indent=2, default=str))
