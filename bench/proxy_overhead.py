@@ -28,7 +28,14 @@ BODY = json.dumps({"model": "bench", "messages": [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "Say something short about latency budgets."},
 ]}).encode()
-STREAM_BODY = json.dumps({**json.loads(BODY), "stream": True}).encode()
+# Direct requests ask the upstream for what the proxy asks it for (token ids and logprobs), so both
+# paths cost the upstream the same and the difference is the proxy's alone.
+CAPTURE = {"logprobs": True, "return_token_ids": True}
+BODIES = {
+    "direct": json.dumps({**json.loads(BODY), **CAPTURE}).encode(),
+    "proxied": BODY,
+}
+STREAM_BODIES = {name: json.dumps({**json.loads(body), "stream": True}).encode() for name, body in BODIES.items()}
 
 
 def _free_port() -> int:
@@ -84,9 +91,9 @@ async def _one(session: aiohttp.ClientSession, url: str, body: bytes) -> float:
     return time.perf_counter() - start
 
 
-async def _ttft(session: aiohttp.ClientSession, url: str) -> float:
+async def _ttft(session: aiohttp.ClientSession, url: str, body: bytes) -> float:
     start = time.perf_counter()
-    async with session.post(url, data=STREAM_BODY, headers={"content-type": "application/json"}) as response:
+    async with session.post(url, data=body, headers={"content-type": "application/json"}) as response:
         first = None
         async for _ in response.content.iter_any():
             if first is None:
@@ -105,7 +112,7 @@ async def fixed_rate(targets: dict[str, str], rate: float, seconds: float) -> di
     sessions = {name: aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) for name in targets}
     try:
         for name, url in targets.items():  # warm up connections
-            await asyncio.gather(*(_one(sessions[name], url, BODY) for _ in range(20)))
+            await asyncio.gather(*(_one(sessions[name], url, BODIES[name]) for _ in range(20)))
         names = list(targets)
         interval = 1.0 / (rate * len(names))
         total = int(rate * seconds) * len(names)
@@ -118,7 +125,7 @@ async def fixed_rate(targets: dict[str, str], rate: float, seconds: float) -> di
             name = names[i % len(names)]
 
             async def run(name: str = name) -> None:
-                results[name].append(await _one(sessions[name], targets[name], BODY))
+                results[name].append(await _one(sessions[name], targets[name], BODIES[name]))
 
             tasks.append(asyncio.ensure_future(run()))
         await asyncio.gather(*tasks)
@@ -133,7 +140,7 @@ async def ttft(targets: dict[str, str], count: int) -> dict[str, list[float]]:
     async with aiohttp.ClientSession() as session:
         for _ in range(count):
             for name, url in targets.items():
-                results[name].append(await _ttft(session, url))
+                results[name].append(await _ttft(session, url, STREAM_BODIES[name]))
     return results
 
 
@@ -148,7 +155,7 @@ async def peak(targets: dict[str, str], concurrency: int, window: float, rounds:
 
                 async def worker(url: str = url, name: str = name, stop: float = stop) -> None:
                     while time.perf_counter() < stop:
-                        await _one(session, url, BODY)
+                        await _one(session, url, BODIES[name])
                         done[name] += 1
 
                 start = time.perf_counter()
