@@ -20,11 +20,12 @@ from rq import Queue, Retry, get_current_job
 from rq.exceptions import DuplicateJobError
 from rq.serializers import JSONSerializer
 
+from labeler.directives import hint_from
 from labeler.judges import Judge, build_judge
-from labeler.records import HARD_QUEUE, LABEL_QUEUE
+from labeler.records import HARD_QUEUE, LABEL_QUEUE, SampleRecord
 from labeler.samples import SampleStore, apply_verdict, job_safe, load_turn, payload_from_turn
 from labeler.settings import LabelerSettings
-from labeler.tally import classify, disagrees, select_hint
+from labeler.tally import accept_hint, classify, disagrees, select_hint
 from proxy.records import FEEDBACK_STREAM, TRANSITIONS_STREAM, FeedbackRecord, TransitionRecord
 
 log = structlog.get_logger("labeler.jobs")
@@ -168,7 +169,7 @@ def _write_judged(rt: Runtime, store: SampleStore, transition: TransitionRecord,
     base["timings"] = {**verdict.get("timings", {}), "label_ms": (time.perf_counter() - started) * 1000}
     hard_reason: list[str] = []
 
-    def build(current):  # type: ignore[no-untyped-def]
+    def build(current: SampleRecord | None) -> SampleRecord:
         hard_reason.clear()
         feedback = (current.verdicts.get("feedback") if current is not None else None) or None
         hard = bool(verdict.get("hard"))
@@ -197,9 +198,6 @@ def apply_feedback(entry_id: str, feedback_id: str) -> str:
     turn = load_turn(rt.redis, feedback.turn_id)
     if turn is None and not _final_attempt():
         raise LabelInputMissing(f"turn {feedback.turn_id} is not stored (yet)")
-    from labeler.directives import hint_from
-    from labeler.tally import accept_hint
-
     comment = (feedback.comment or "").strip()
     candidates = [hint_from(comment)] if comment else []
     if comment and feedback.rating < 0 and accept_hint(comment, rt.settings.hint_min_chars):
@@ -215,7 +213,7 @@ def apply_feedback(entry_id: str, feedback_id: str) -> str:
             **payload_from_turn(turn)}
     hard_reason: list[str] = []
 
-    def build(current):  # type: ignore[no-untyped-def]
+    def build(current: SampleRecord | None) -> SampleRecord:
         hard_reason.clear()
         judged = current.verdicts.get("judge") if current is not None else None
         if judged is not None and disagrees(judged["reward"], feedback.rating):
