@@ -8,7 +8,6 @@ import random
 import subprocess
 import sys
 import threading
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from registry.records import UPSTREAM_OUTCOMES_KEY
 from registry.routing import read_table
 from registry.store import Registry
 from tests.registry.conftest import PublishFn
+from tests.registry.simulate import add_samples
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = CanaryPolicy(steps=(0.05, 0.25, 0.5), step_samples=20, min_samples=60, margin=0.25, alpha=0.05,
@@ -37,18 +37,6 @@ class Clock:
         import time
 
         return time.time() + self.now
-
-
-def add_samples(control: Control, version: str | None, n: int, prefer_rate: float, rng: random.Random) -> None:
-    pipe = control.registry.redis.pipeline()
-    for _ in range(n):
-        turn = uuid.uuid4().hex
-        cls = "prefer" if rng.random() < prefer_rate else "avoid"
-        sample = SampleRecord(record_id=f"{turn}:r0", sample_id=turn, turn_id=turn, session_id="s", cls=cls,
-                              reward=1 if cls == "prefer" else -1, serving_version=version,
-                              messages=[{"role": "user", "content": "hi"}], response={"role": "assistant", "content": "x"})
-        pipe.xadd(SAMPLES_STREAM, {"record": sample.model_dump_json()})
-    pipe.execute()
 
 
 def run_until_done(controller: Controller, control: Control, canary: str, stable: str | None,
