@@ -14,11 +14,14 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 import structlog
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
 from proxy import chat, routes
 from proxy.embedded_redis import resolve_redis_url
+from proxy.errors import MethodNotAllowed, NotFound, error_response
 from proxy.metrics import Metrics
 from proxy.middleware import AdminGuard, CanonicalLog
 from proxy.recorder import REDIS_DOWN, Recorder
@@ -70,6 +73,15 @@ def _watch(state: ProxyState, name: str, task: asyncio.Task[None]) -> None:
     state.tasks.append(task)
 
 
+async def _not_found(request: Request, exc: Exception) -> Response:
+    # e.g. vLLM's runtime LoRA endpoints: never reachable through the public port
+    return error_response(NotFound(f"no route {request.url.path}"))
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    return error_response(MethodNotAllowed(f"method {request.method} not allowed on {request.url.path}"))
+
+
 def create_app(settings: ProxySettings, *, mounts: list[tuple[str, ASGIApp]] | None = None) -> ASGIApp:
     """Build the proxy app; ``mounts`` (e.g. ``("/admin", app)``) are served behind the admin token."""
     metrics = Metrics()
@@ -114,6 +126,8 @@ def create_app(settings: ProxySettings, *, mounts: list[tuple[str, ASGIApp]] | N
     for prefix, mounted in mounts or []:
         app_routes.append(Mount(prefix, app=AdminGuard(mounted, settings.admin_token)))
         prefixes.append(prefix)
-    app = Starlette(routes=app_routes, lifespan=lifespan)
+    app = Starlette(routes=app_routes, lifespan=lifespan, exception_handlers={
+        404: _not_found, 405: _method_not_allowed,
+    })
     paths = {route.path for route in ROUTES}
     return CanonicalLog(app, metrics, paths, tuple(prefixes))

@@ -5,7 +5,8 @@ Exceptions::
     ProxyError (carries status, type, code, param; rendered by ``error_response``)
     ├── BadRequest            400 invalid_request_error (not retryable)
     ├── Unauthorized          401 (not retryable)
-    ├── NotFound              404 (unknown version, unknown turn; not retryable)
+    ├── NotFound              404 (unknown route, version or turn; not retryable)
+    ├── MethodNotAllowed      405 (not retryable)
     ├── BodyTooLarge          413 (not retryable)
     └── UpstreamError         (retryable: the upstream may come back)
         ├── UpstreamUnreachable   502
@@ -48,6 +49,12 @@ class NotFound(ProxyError):
     status = 404
     type = "invalid_request_error"
     code = "not_found"
+
+
+class MethodNotAllowed(ProxyError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
 
 
 class BodyTooLarge(ProxyError):

@@ -111,3 +111,8 @@ def test_upstream_stalling_mid_stream_ends_with_an_error_event(start_proxy, fake
     assert json.loads(events[-1][6:])["error"]["code"] == "upstream_stream_broken"
     time.sleep(0.2)
     assert read_stream(redis_client, "nextstate:turns") == []
+
+
+def test_unknown_routes_and_methods_are_openai_shaped(proxy_url, http) -> None:
+    assert_openai_error(http.post(f"{proxy_url}/v1/load_lora_adapter", json={"lora_name": "x"}), 404)
+    assert_openai_error(http.get(f"{proxy_url}/v1/chat/completions"), 405)
