@@ -13,12 +13,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
+
 from proxy.records import RoutingTable
+from registry.errors import PolicyServerError
 from registry.publisher import Publisher
 from registry.records import AuditEvent, CanaryState
 from registry.routing import sync_routing
 from registry.states import check_transition
 from registry.store import Registry, RegistryError
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -27,9 +32,16 @@ class Control:
     publisher: Publisher
 
     def sync(self) -> RoutingTable:
-        """Rewrite the routing table if needed and reconcile the policy servers with it."""
+        """Rewrite the routing table if needed and reconcile the policy servers with it.
+
+        What the table names was loaded before any alias named it, so a failing replica here can only
+        delay an unload (or a load on a replica that came back); the next sync retries.
+        """
         table = sync_routing(self.registry)
-        self.publisher.reconcile(self.registry)
+        try:
+            self.publisher.reconcile(self.registry)
+        except PolicyServerError as exc:
+            log.warning("policy_server_reconcile_failed", error=str(exc))
         return table
 
     def _load(self, version: str) -> None:

@@ -44,28 +44,28 @@ class Controller:
         self.policy = policy
         self.clock = clock
         self._canary: str | None = None
-        self._sample_cursor = "0-0"
-        self._turn_cursor = "0-0"
+        self._sample_cursor = self._turn_cursor = "-"  # "(<id>" after the first read: exclusive
         self._labels: dict[str, tuple[int, str | None, str]] = {}  # turn_id -> (revision, version, cls)
         self._latencies: list[float] = []
 
     # -- evidence -------------------------------------------------------------------------------
     def _reset(self, state: CanaryState) -> None:
         self._canary = state.version
-        start = f"{int(state.started_at * 1000)}-0"
+        start = f"{int(state.started_at * 1000)}-0"  # inclusive: entries from the canary's start on
         self._sample_cursor = self._turn_cursor = start
         self._labels.clear()
         self._latencies.clear()
 
     def _read(self, stream: str, cursor: str) -> tuple[list[bytes], str]:
+        """Records after ``cursor`` (a range bound for XRANGE) and the bound to continue from."""
         records: list[bytes] = []
         while True:
-            entries = self.registry.redis.xrange(stream, min=f"({cursor}" if cursor != "0-0" else "-", count=1000)
+            entries = self.registry.redis.xrange(stream, min=cursor, count=1000)
             if not entries:
                 return records, cursor
             for entry_id, fields in entries:
                 records.append(fields.get(b"record") or fields["record"])
-                cursor = _text(entry_id)
+                cursor = f"({_text(entry_id)}"
 
     def _collect(self, state: CanaryState) -> tuple[ArmCounts, ArmCounts, Health]:
         if self._canary != state.version:
