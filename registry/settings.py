@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
 
 from proxy.settings import CommonSettings
 
@@ -13,12 +16,12 @@ class RegistrySettings(CommonSettings):
     adapters_dir: Path | None = Field(default=None, description="Version store; unset = <home>/adapters.")
     base_model: str = Field(default="builtin:tiny-chat", description="Base model id (names versions <base>@vN).")
     served_base_model: str | None = Field(default=None, description="Name the policy server serves the base under; unset = derived from base_model.")
-    policy_urls: list[str] = Field(default_factory=list, description="Policy-server replicas to publish adapters to (JSON list).")
+    policy_urls: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Policy-server replicas to publish adapters to (comma-separated or a JSON list).")
     upstream_url: str | None = Field(default=None, description="Used as the only replica when policy_urls is empty.")
     publish_timeout: float = Field(default=120.0, description="Seconds allowed for one load/unload call.")
     drain_seconds: float = Field(default=30.0, description="Delay before an unreferenced adapter is unloaded.")
     # canary controller
-    canary_steps: list[float] = Field(default_factory=lambda: [0.05, 0.25, 0.5], description="Traffic fraction schedule.")
+    canary_steps: Annotated[list[float], NoDecode] = Field(default_factory=lambda: [0.05, 0.25, 0.5], description="Traffic fraction schedule.")
     canary_step_samples: int = Field(default=30, description="Labeled canary turns required at a step before the next.")
     canary_step_seconds: float = Field(default=0.0, description="Minimum time at each step before the next.")
     canary_min_samples: int = Field(default=50, description="Labeled canary turns before promotion is considered.")
@@ -41,6 +44,14 @@ class RegistrySettings(CommonSettings):
     gate_seed: int = Field(default=0, description="Seed of the gate's sampling.")
     gate_auto_canary: bool = Field(default=True, description="Start a canary right after a passing verdict.")
     controller_interval: float = Field(default=10.0, description="Seconds between controller ticks.")
+
+    @field_validator("policy_urls", "canary_steps", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()
+            return json.loads(value) if value.startswith("[") else [v.strip() for v in value.split(",") if v.strip()]
+        return value
 
     def adapters_path(self) -> Path:
         return (self.adapters_dir or self.home_dir() / "adapters").expanduser()
