@@ -303,6 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in {"base_model": args.model, "serve_host": args.host, "serve_port": args.port}.items() if v}
     settings = ServeSettings(**overrides)
     configure_logging(settings.log_level, settings.log_json)
+    threads = settings.torch_threads or (1 if settings.base_model == BUILTIN_TINY else None)
+    if threads:  # process-wide, so only here in the entry point, never in the app factory
+        import torch
+
+        torch.set_num_threads(threads)
     started = time.monotonic()
     uvicorn.run(create_app(settings), host=settings.serve_host, port=settings.serve_port, log_level="warning")
     log.info("policy_server_stopped", seconds=round(time.monotonic() - started, 1))

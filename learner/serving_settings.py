@@ -20,4 +20,5 @@ class ServeSettings(CommonSettings):
     max_num_seqs: int = Field(default=8, ge=1, description="Requests decoded concurrently (interleaved token by token).")
     max_queue: int = Field(default=64, ge=0, description="Requests waiting beyond max_num_seqs; more get 503 with Retry-After.")
     max_model_len: int | None = Field(default=None, description="Context length; unset = the model's max_position_embeddings.")
+    torch_threads: int | None = Field(default=None, ge=1, description="CPU threads for torch in `serve`; unset = 1 for builtin:tiny-chat (its matrices are too small to split), else torch's default.")
     default_max_tokens: int = Field(default=256, ge=1, description="max_tokens when a request sets none (capped by the context).")

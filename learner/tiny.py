@@ -243,7 +243,7 @@ class Acceptance:
 def sample_answers(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, prompts: list[str],
                    max_new_tokens: int = 128, batch_size: int = 64) -> list[str]:
     """Sample (temperature 1) one answer per user message, batched with left padding."""
-    tokenizer.padding_side = "left"
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
     answers: list[str] = []
     for start in range(0, len(prompts), batch_size):
         texts = [
@@ -256,6 +256,7 @@ def sample_answers(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, p
                                  max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
         width = batch["input_ids"].shape[1]
         answers += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    tokenizer.padding_side = side
     return answers
 
 

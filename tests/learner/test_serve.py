@@ -322,3 +322,21 @@ def test_unloading_lets_requests_in_flight_finish(server_url: str, adapter_dirs:
     while httpx.get(f"{server_url}/healthz").json()["materialised"] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert httpx.get(f"{server_url}/healthz").json()["materialised"] == []
+
+
+def test_more_adapters_than_slots_are_evicted_and_reloaded(server_url: str, adapter_dirs: list[Path]) -> None:
+    """The fixture allows 2 materialised adapters; a third registered one evicts the idle LRU one."""
+    names = ["e0", "e1", "e2"]
+    for name, path in zip(names, [adapter_dirs[0], adapter_dirs[1], adapter_dirs[0]], strict=True):
+        httpx.post(f"{server_url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)}).raise_for_status()
+    try:
+        assert len(httpx.get(f"{server_url}/healthz").json()["materialised"]) == 2
+        first = [_chat(server_url, name) for name in names]
+        again = [_chat(server_url, name) for name in reversed(names)][::-1]
+        assert all(r["status"] == 200 for r in first + again)
+        assert [r["choices"] for r in first] == [r["choices"] for r in again]  # reloading gives the same policy
+        assert first[0]["choices"] == first[2]["choices"]  # same files under two names, same answers
+        assert first[0]["choices"] != first[1]["choices"]
+    finally:
+        for name in names:
+            httpx.post(f"{server_url}/v1/unload_lora_adapter", json={"lora_name": name})
