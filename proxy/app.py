@@ -100,7 +100,8 @@ def create_app(settings: ProxySettings, *, mounts: list[tuple[str, ASGIApp]] | N
         await upstream.open()
         store = Store(redis_client, ttl_s=settings.turn_ttl_s, session_ttl_s=settings.session_ttl_s)
         spool = Spool.claim(settings.spool_path())
-        recorder = Recorder(store, spool, metrics, replay_interval_s=settings.replay_interval_s)
+        orphans = Spool.orphans(settings.spool_path())
+        recorder = Recorder(store, spool, metrics, replay_interval_s=settings.replay_interval_s, orphans=orphans)
         refresher = RoutingRefresher(redis_client, settings.routing_refresh_s)
         with contextlib.suppress(Exception):  # first load before serving; the refresher retries
             await refresher.refresh()
@@ -116,6 +117,8 @@ def create_app(settings: ProxySettings, *, mounts: list[tuple[str, ASGIApp]] | N
                 await recorder.drain(timeout=5.0)
             await stop(state.tasks)
             spool.close()
+            for orphan in recorder.orphans:
+                orphan.close()
             await upstream.close()
             await redis_client.aclose()
             if embedded is not None:

@@ -104,9 +104,12 @@ def build_entry(exchange: Exchange) -> Entry | None:
 
 
 class Recorder:
-    def __init__(self, store: Store, spool: Spool, metrics: Metrics, *, replay_interval_s: float = 1.0) -> None:
+    def __init__(self, store: Store, spool: Spool, metrics: Metrics, *, replay_interval_s: float = 1.0,
+                 orphans: list[Spool] | None = None) -> None:
         self.store = store
         self.spool = spool
+        self.orphans = list(orphans or [])
+        """Spools left by processes that are gone; replayed before this process's own."""
         self.metrics = metrics
         self.replay_interval_s = replay_interval_s
         self.queue: asyncio.Queue[Exchange | Entry | asyncio.Future[None]] = asyncio.Queue()
@@ -130,7 +133,11 @@ class Recorder:
 
     def knows_turn(self, turn_id: str) -> bool:
         """True when a turn is still on its way to Redis (queued or spooled)."""
-        return turn_id in self.pending_turns or self.spool.pending()
+        return turn_id in self.pending_turns or self.pending()
+
+    def pending(self) -> bool:
+        """Anything spooled, here or in an adopted spool, not yet replayed."""
+        return self.spool.pending() or bool(self.orphans)
 
     def _count(self, entries: list[Entry], results: list[int], outcome: str | None = None) -> None:
         for entry, result in zip(entries, results, strict=True):
@@ -150,23 +157,27 @@ class Recorder:
         if not force and time.monotonic() < self._next_replay:
             return False
         try:
-            while True:
-                lines = list(itertools.islice(self.spool.entries(), batch))
-                if not lines:
-                    break
-                entries = [Entry.model_validate_json(line) for _, line in lines]
-                self._count(entries, await self.store.apply(entries), "replayed")
-                self.spool.commit(lines[-1][0])
+            for spool in [*self.orphans, self.spool]:  # the orphans hold the older records
+                await self._replay_one(spool, batch)
+                spool.reset_if_drained()
+                if spool is not self.spool:
+                    self.orphans.remove(spool)
+                    spool.close()  # releases the slot
         except REDIS_DOWN as exc:
             self._next_replay = time.monotonic() + self.replay_interval_s
             log.info("spool_replay_paused", error=repr(exc))
             return False
-        self.spool.reset_if_drained()
-        drained = not self.spool.pending()
+        drained = not self.pending()
         self.metrics.spool_pending.set(0 if drained else 1)
         if drained:
             log.info("spool_replayed")
         return drained
+
+    async def _replay_one(self, spool: Spool, batch: int) -> None:
+        while lines := list(itertools.islice(spool.entries(), batch)):
+            entries = [Entry.model_validate_json(line) for _, line in lines]
+            self._count(entries, await self.store.apply(entries), "replayed")
+            spool.commit(lines[-1][0])
 
     def _entry(self, item: Exchange | Entry) -> Entry | None:
         if isinstance(item, Entry):
@@ -183,7 +194,7 @@ class Recorder:
 
     async def _handle(self, entries: list[Entry]) -> None:
         try:
-            if self.spool.pending() and not await self.replay():
+            if self.pending() and not await self.replay():
                 self._to_spool(entries)
                 return
             try:
@@ -198,13 +209,13 @@ class Recorder:
 
     async def run(self, max_batch: int = 128) -> None:
         """Handle everything queued, in order, a batch at a time (one batch = two Redis round trips)."""
-        if self.spool.pending():
+        if self.pending():
             self.metrics.spool_pending.set(1)
         while not cancelling():
             if self.queue.empty():
                 self._idle.set()
             try:
-                timeout = self.replay_interval_s if self.spool.pending() else None
+                timeout = self.replay_interval_s if self.pending() else None
                 items = [await asyncio.wait_for(self.queue.get(), timeout)]
             except TimeoutError:
                 await self.replay()

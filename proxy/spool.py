@@ -26,6 +26,16 @@ class Spool:
         self._lock_fd = lock_fd
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
+    @staticmethod
+    def _lock(directory: Path) -> int | None:
+        fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
     @classmethod
     def claim(cls, base: Path) -> Spool:
         """The first slot under ``base`` that no other live process holds."""
@@ -33,14 +43,25 @@ class Spool:
         for slot in range(MAX_SLOTS):
             directory = base / f"slot-{slot}"
             directory.mkdir(exist_ok=True)
-            fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            return cls(directory, fd)
+            fd = cls._lock(directory)
+            if fd is not None:
+                return cls(directory, fd)
         raise RuntimeError(f"all {MAX_SLOTS} spool slots under {base} are taken")
+
+    @classmethod
+    def orphans(cls, base: Path) -> list[Spool]:
+        """Other slots no live process holds that still have records (left by fewer processes now)."""
+        found = []
+        for directory in sorted(base.glob("slot-*")):
+            fd = cls._lock(directory)
+            if fd is None:
+                continue  # held: its own process replays it (or it is ours)
+            spool = cls(directory, fd)
+            if spool.pending():
+                found.append(spool)
+            else:
+                spool.close()
+        return found
 
     def close(self) -> None:
         os.close(self._fd)

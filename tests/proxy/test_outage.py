@@ -8,9 +8,13 @@ from pathlib import Path
 import openai
 import pytest
 
-from proxy.records import FEEDBACK_STREAM, TRANSITIONS_STREAM, TURNS_STREAM
-from tests.proxy.conftest import read_stream, wait_records
+from proxy.app import create_app
+from proxy.recorder import Entry
+from proxy.records import FEEDBACK_STREAM, TRANSITIONS_STREAM, TURNS_STREAM, FeedbackRecord
+from proxy.spool import Spool
+from tests.proxy.conftest import proxy_settings, read_stream, wait_records
 from tests.support.redis_server import RedisServer
+from tests.support.servers import serve_in_thread
 
 
 @pytest.fixture
@@ -84,9 +88,6 @@ def test_outage_spools_then_replays_exactly_once(start_proxy, durable_redis, htt
 
 
 def test_spool_left_by_a_stopped_proxy_is_replayed_by_the_next(tmp_path, durable_redis, fake, upstream_url) -> None:
-    from proxy.app import create_app
-    from tests.proxy.conftest import proxy_settings
-    from tests.support.servers import serve_in_thread
 
     settings = proxy_settings(tmp_path, durable_redis.url, upstream_url)
     durable_redis.stop()
@@ -101,3 +102,18 @@ def test_spool_left_by_a_stopped_proxy_is_replayed_by_the_next(tmp_path, durable
         records = wait_records(durable_redis.client(), TURNS_STREAM, 3, timeout=10)
     assert sorted(r["turn_id"] for r in records) == sorted(ids)
     assert (settings.spool_path() / "slot-0" / "spool.jsonl").stat().st_size == 0
+
+
+def test_spools_of_processes_gone_for_good_are_adopted(tmp_path, redis_url, redis_client, upstream_url) -> None:
+    """Four workers spooled, one came back: it replays every slot, not only its own."""
+
+    settings = proxy_settings(tmp_path, redis_url, upstream_url)
+    slots = [Spool.claim(settings.spool_path()) for _ in range(4)]
+    for index, spool in enumerate(slots):
+        record = FeedbackRecord(record_id=f"fb-{index}", feedback_id=str(index), turn_id="t", rating=1)
+        spool.append(Entry(kind="feedback", feedback=record).model_dump_json())
+        spool.close()
+    with serve_in_thread(create_app(settings), timeout_graceful_shutdown=2):
+        records = wait_records(redis_client, FEEDBACK_STREAM, 4, timeout=10)
+    assert sorted(r["feedback_id"] for r in records) == ["0", "1", "2", "3"]
+    assert all((settings.spool_path() / f"slot-{i}" / "spool.jsonl").stat().st_size == 0 for i in range(4))
