@@ -24,7 +24,7 @@ from peft import PeftModel
 
 from labeler.records import SAMPLES_STREAM, SampleRecord
 from learner.data import Entry, build_item, lineage_sample_ids
-from learner.logprobs import batch_logprobs
+from learner.logprobs import batch_logprobs, model_device
 from learner.modeling import load_model, render_prompt_ids, resolve_model
 from proxy.logs import configure_logging
 from registry.actions import Control
@@ -92,8 +92,9 @@ def generate(policies: Policies, side: str, conversations: list[list[dict[str, A
     prompts = [render_prompt_ids(tok, messages) for messages in conversations]
     width = max(len(p) for p in prompts)
     pad = int(tok.pad_token_id or 0)
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    device = model_device(policies.model)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     torch.manual_seed(seed)
     with policies.use(side) as model, torch.inference_mode():
         out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature, top_p=1.0,
@@ -230,7 +231,10 @@ def run_gate_for_version(version: str, settings: RegistrySettings | None = None,
         registry.record_gate(version, verdict)
         log.info("gate_verdict", version=version, passed=verdict.passed, reasons=verdict.reasons)
         if verdict.passed and settings.gate_auto_canary and registry.canary_state() is None and not registry.frozen():
-            control.start_canary(version, settings.canary_steps[0], "gate", "passed the sacred gate")
+            try:
+                control.start_canary(version, settings.canary_steps[0], "gate", "passed the sacred gate")
+            except RegistryError as exc:  # e.g. a replica is down: the controller starts it on a later tick
+                log.warning("canary_not_started", version=version, error=str(exc))
         return verdict
 
 
