@@ -31,8 +31,9 @@ from proxy.tasks import cancelling
 log = structlog.get_logger("proxy.recorder")
 
 _NOT_PARAMS = frozenset({"messages", "tools", "model"})
-# what makes Redis count as down: connection problems and timeouts (not a bug in our own code)
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
+# what makes a write wait in the spool: any Redis error (down, loading, read-only, out of memory), or
+# the socket failing; such records are retried, never dropped
+REDIS_DOWN = (redis.RedisError, OSError)
 
 
 @dataclass
@@ -175,8 +176,15 @@ class Recorder:
 
     async def _replay_one(self, spool: Spool, batch: int) -> None:
         while lines := list(itertools.islice(spool.entries(), batch)):
-            entries = [Entry.model_validate_json(line) for _, line in lines]
-            self._count(entries, await self.store.apply(entries), "replayed")
+            entries = []
+            for _, line in lines:
+                try:
+                    entries.append(Entry.model_validate_json(line))
+                except ValueError as exc:  # a damaged line cannot block the ones after it
+                    log.error("spool_line_unreadable", spool=str(spool.path), error=repr(exc))
+                    self.metrics.records.labels("unknown", "failed").inc()
+            if entries:
+                self._count(entries, await self.store.apply(entries), "replayed")
             spool.commit(lines[-1][0])
 
     def _entry(self, item: Exchange | Entry) -> Entry | None:

@@ -105,10 +105,11 @@ def test_spool_left_by_a_stopped_proxy_is_replayed_by_the_next(tmp_path, durable
 
 
 def test_spools_of_processes_gone_for_good_are_adopted(tmp_path, redis_url, redis_client, upstream_url) -> None:
-    """Four workers spooled, one came back: it replays every slot, not only its own."""
+    """Four workers spooled, one came back: it replays every slot, not only its own, damaged lines aside."""
 
     settings = proxy_settings(tmp_path, redis_url, upstream_url)
     slots = [Spool.claim(settings.spool_path()) for _ in range(4)]
+    slots[2].append('{"kind": "turn", "turn": {"damaged')  # a damaged line must not block the rest
     for index, spool in enumerate(slots):
         record = FeedbackRecord(record_id=f"fb-{index}", feedback_id=str(index), turn_id="t", rating=1)
         spool.append(Entry(kind="feedback", feedback=record).model_dump_json())
