@@ -130,3 +130,12 @@ def test_unreferenced_versions_unload_only_after_the_drain_delay(registry: Regis
     assert publisher.reconcile(registry, now=now + 31)["unloaded"] == ["tiny-chat@v2"]
     assert loaded(replicas) == [{"tiny-chat@v1"}] * 2
     publisher.close()
+
+
+def test_a_restarted_replica_gets_its_adapters_back(control: Control, publish: PublishFn, replicas: list[Any]) -> None:
+    v1, v2 = publish(gate=True), publish(gate=True)
+    control.promote(v1, "operator")
+    control.start_canary(v2, 0.05, "controller")
+    replicas[1][0].state.loaded.clear()  # the replica restarted with nothing loaded
+    control.sync()
+    assert loaded(replicas) == [{"tiny-chat@v1", "tiny-chat@v2"}] * 2
