@@ -34,7 +34,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--persona", default="terse", choices=sorted(PERSONAS), help="the simulated user")
     parser.add_argument("--method", default="combined", choices=("none", "rl", "opd", "combined"))
     parser.add_argument("--interactions", type=int, default=24)
-    parser.add_argument("--every", type=int, default=4, help="evaluate every k interactions")
+    parser.add_argument("--every", type=int, default=8, help="evaluate every k interactions")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 

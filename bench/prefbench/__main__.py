@@ -35,6 +35,9 @@ def config_from_args(argv: list[str]) -> tuple[BenchConfig, Path]:
     parser.add_argument("--noise", type=float, default=0.0, help="share of misleading reactions")
     parser.add_argument("--silent", type=float, default=0.1, help="share of answers that get no feedback")
     parser.add_argument("--canary-min-samples", type=int, help="labeled canary turns before promotion")
+    parser.add_argument("--lr", type=float, help="learner learning rate")
+    parser.add_argument("--steps-per-batch", type=int, help="learner optimiser steps per batch")
+    parser.add_argument("--batch-size", type=int, help="learner batch size")
     parser.add_argument("--model-cache", type=Path, help="shared model cache (default: <out>/models)")
     parser.add_argument("--base-model", help="a local model directory instead of builtin:tiny-chat (served as tiny-chat)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -43,7 +46,8 @@ def config_from_args(argv: list[str]) -> tuple[BenchConfig, Path]:
         if args.quick else BenchConfig()
     changes: dict[str, object] = {"mix": FeedbackMix(silent_p=args.silent, noise_p=args.noise),
                                   "model_cache": args.model_cache or args.out / "models"}
-    for name in ("methods", "personas", "interactions", "every", "eval_prompts", "canary_min_samples"):
+    for name in ("methods", "personas", "interactions", "every", "eval_prompts", "canary_min_samples", "lr",
+                 "steps_per_batch", "batch_size"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.base_model:

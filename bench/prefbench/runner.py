@@ -41,9 +41,12 @@ class BenchConfig:
     mix: FeedbackMix = field(default_factory=FeedbackMix)
     batch_size: int = 4
     """The learner's batch size (also used to tell a waiting learner from a training one)."""
+    lr: float = 5e-3
+    """Learner learning rate (DESIGN.md decision 8: 5e-3 x 4 steps personalises within one batch)."""
+    steps_per_batch: int = 4
     canary_min_samples: int = 4
     """Labeled canary turns before the controller may promote (shortened, never skipped)."""
-    gate_samples: int = 2
+    gate_samples: int = 4
     """Sampled answers per sacred case and policy in the gate."""
     settle_timeout_s: float = 240.0
     model: str | None = None
@@ -55,8 +58,9 @@ class BenchConfig:
 def stack_env(config: BenchConfig, method: str, seed: int) -> tuple[dict[str, str], str | None]:
     """Environment and components of the stack for one run (``none`` runs without a learner)."""
     env = {
-        # proxy: refresh routing quickly, close idle sessions quickly
-        "NEXTSTATE_ROUTING_REFRESH_S": "0.5", "NEXTSTATE_SESSION_IDLE_TIMEOUT_S": "5", "NEXTSTATE_SWEEP_INTERVAL_S": "1",
+        # proxy: refresh routing quickly; sessions are closed explicitly (X-Session-Done), never while a slow
+        # evaluation or training pause keeps the simulated user waiting
+        "NEXTSTATE_ROUTING_REFRESH_S": "0.5", "NEXTSTATE_SESSION_IDLE_TIMEOUT_S": "600",
         # labeler: one worker process on a 2-core machine
         "NEXTSTATE_WORKERS": "1",
         # canary: one step at half the traffic, a short minimum of labeled canary turns, frequent ticks.
@@ -70,6 +74,7 @@ def stack_env(config: BenchConfig, method: str, seed: int) -> tuple[dict[str, st
         "NEXTSTATE_GATE_SAMPLES": str(config.gate_samples),
         # learner
         "NEXTSTATE_METHOD": method if method != "none" else "combined", "NEXTSTATE_BATCH_SIZE": str(config.batch_size),
+        "NEXTSTATE_LR": str(config.lr), "NEXTSTATE_STEPS_PER_BATCH": str(config.steps_per_batch),
         "NEXTSTATE_SEED": str(seed), "NEXTSTATE_LEARNER_METRICS_PORT": "0",
         **config.extra_env,
     }
