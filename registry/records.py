@@ -1,7 +1,9 @@
 """Records of the control plane: version manifests, states, gate verdicts and audit events.
 
 Stdlib + pydantic imports only. The manifest is written as ``manifest.json`` next to the PEFT files
-of each immutable version directory; audit events go to an append-only Redis stream.
+of each immutable version directory; audit events go to an append-only Redis stream. The gate runs
+after the directory is sealed, so its verdict is kept in the version's Redis metadata
+(``VersionInfo.gate``) and the audit log, and ``Registry.manifest()`` returns it in ``Manifest.gate``.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class Manifest(BaseModel):
     sample_ids: list[str] = Field(default_factory=list)
     stream_offsets: dict[str, str] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
-    gate: GateVerdict | None = None
+    gate: GateVerdict | None = None  # None in the file; filled from VersionInfo.gate when read through the registry
     created_at: float = Field(default_factory=time.time)
 
 
