@@ -19,6 +19,7 @@ from typing import Any
 
 import redis
 import structlog
+from pydantic import ValidationError
 
 from labeler.records import SAMPLES_STREAM, SampleRecord
 from proxy.logs import configure_logging
@@ -72,13 +73,20 @@ class Controller:
             self._reset(state)
         raw, self._sample_cursor = self._read(SAMPLES_STREAM, self._sample_cursor)
         for item in raw:
-            sample = SampleRecord.model_validate_json(item)
+            try:
+                sample = SampleRecord.model_validate_json(item)
+            except ValidationError:
+                log.warning("unreadable_sample_skipped")
+                continue
             known = self._labels.get(sample.turn_id)
             if known is None or sample.revision >= known[0]:
                 self._labels[sample.turn_id] = (sample.revision, sample.serving_version, sample.cls)
         raw, self._turn_cursor = self._read(TURNS_STREAM, self._turn_cursor)
         for item in raw:
-            turn = TurnRecord.model_validate_json(item)
+            try:
+                turn = TurnRecord.model_validate_json(item)
+            except ValidationError:
+                continue
             if turn.serving.version == state.version:
                 self._latencies.append(turn.timings.total_ms)
         counts: dict[str | None, list[int]] = {state.version: [0, 0], state.stable_at_start: [0, 0]}

@@ -133,6 +133,8 @@ def test_relabels_replace_labels_and_opt_in_turns_count(control: Control, publis
     relabel = sample.model_copy(update={"record_id": "t:r1", "revision": 1, "cls": "prefer", "reward": 1})
     for record in (sample, relabel):
         control.registry.redis.xadd(SAMPLES_STREAM, {"record": record.model_dump_json()})
+    control.registry.redis.xadd(SAMPLES_STREAM, {"record": b"{not json"})  # skipped, never fatal
+    control.registry.redis.xadd(TURNS_STREAM, {"record": b"{}"})
     decision = controller.tick()
     assert decision is not None and decision.evidence["canary"] == {"prefer": 1, "avoid": 0, "rate": 1.0}
 
