@@ -51,6 +51,16 @@ def forward_body(raw: bytes, body: dict[str, Any], *, model: str | None, capture
     return end[:-1] + splice + b"}"
 
 
+def strip_copy(obj: Any, wants: Wants) -> Any:
+    """``strip`` on a copy, leaving ``obj`` whole (only the top level and the choices are copied)."""
+    if not isinstance(obj, dict):
+        return obj
+    copy = dict(obj)
+    if isinstance(copy.get("choices"), list):
+        copy["choices"] = [dict(choice) if isinstance(choice, dict) else choice for choice in copy["choices"]]
+    return strip(copy, wants)
+
+
 def strip(obj: Any, wants: Wants) -> Any:
     """Remove from a completion (or stream chunk) the capture fields the client did not ask for."""
     if not isinstance(obj, dict):

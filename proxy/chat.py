@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from proxy.accumulate import SSESplitter, event_data
-from proxy.capture import Wants, client_wants, forward_body, strip
+from proxy.capture import Wants, client_wants, forward_body, strip, strip_copy
 from proxy.errors import BadRequest, BodyTooLarge, ProxyError, error_body, error_response
 from proxy.ids import new_id
 from proxy.recorder import Exchange
@@ -212,7 +212,8 @@ async def chat_completions(request: Request) -> Response:
         exchange.completion, exchange.stream = data, False  # an upstream may answer a stream request whole
         if response.status < 400 and captured and not wants.everything:
             with contextlib.suppress(ValueError):
-                data = json.dumps(strip(json.loads(data), wants), ensure_ascii=False).encode()
+                exchange.parsed = json.loads(data)  # parsed once: the recorder reuses it
+                data = json.dumps(strip_copy(exchange.parsed, wants), ensure_ascii=False).encode()
         overhead_s = time.perf_counter() - t0 - upstream_s
         out_headers["x-nextstate-overhead-ms"] = f"{overhead_s * 1000:.3f}"
         state.metrics.overhead.labels("chat").observe(overhead_s)

@@ -51,6 +51,8 @@ class Exchange:
     done: bool = False
     client_key_hash: str | None = None
     completion: bytes = b""
+    parsed: Any = None
+    """``completion`` already parsed on the request path, when it had to be."""
     chunks: list[bytes] = field(default_factory=list)
     timings: Timings = field(default_factory=Timings)
 
@@ -73,7 +75,8 @@ def build_entry(exchange: Exchange) -> Entry | None:
     if exchange.stream:
         accumulator.feed_sse(b"".join(exchange.chunks))
     else:
-        accumulator.feed_completion(json.loads(exchange.completion))
+        parsed = exchange.parsed if exchange.parsed is not None else json.loads(exchange.completion)
+        accumulator.feed_completion(parsed)
     if not accumulator.saw_choice:
         return None
     body = exchange.body

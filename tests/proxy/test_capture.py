@@ -102,3 +102,12 @@ def test_accumulator_without_token_ids_records_method_none() -> None:
                                               "finish_reason": "stop"}]})
     assert accumulator.tokens().method == "none"
     assert accumulator.message() == {"role": "assistant", "content": "x"}
+
+
+def test_strip_copy_leaves_the_original_whole() -> None:
+    from proxy.capture import strip_copy
+
+    completion = {"prompt_token_ids": [1], "choices": [{"index": 0, "token_ids": [2], "logprobs": {"content": []}}]}
+    original = json.loads(json.dumps(completion))
+    assert strip_copy(completion, Wants(False, False)) == {"choices": [{"index": 0, "logprobs": None}]}
+    assert completion == original
