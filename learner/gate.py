@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 import torch
 from peft import PeftModel
+from pydantic import ValidationError
 
 from labeler.records import SAMPLES_STREAM, SampleRecord
 from learner.data import Entry, build_item, lineage_sample_ids
@@ -133,7 +134,10 @@ def held_out(registry: Registry, version: str, limit: int) -> list[SampleRecord]
     used = lineage_sample_ids(registry, version)
     latest: dict[str, SampleRecord] = {}
     for _, fields in registry.redis.xrevrange(SAMPLES_STREAM, count=limit * 4):
-        sample = SampleRecord.model_validate_json(fields.get(b"record") or fields["record"])
+        try:
+            sample = SampleRecord.model_validate_json(fields.get(b"record") or fields["record"])
+        except ValidationError:
+            continue
         if sample.turn_id not in latest:
             latest[sample.turn_id] = sample
     fresh = [s for s in latest.values() if s.cls != "observation" and s.sample_id not in used]
