@@ -126,15 +126,17 @@ def directives(text: str) -> list[Directive]:
     for sentence in _SENTENCES.split(text or ""):
         if not sentence or not sentence.strip():
             continue
+        pieces: list[tuple[str, tuple[str, bool] | None]]
         if _FOREIGN.search(sentence):  # kept whole, in the user's language
             pieces = [(sentence, (_finish(_FILLER.sub("", sentence.strip())), True))]
         else:
             pieces = [(clause, _imperative(clause)) for clause in _clauses(sentence)]
-        kept = [(clause, hint) for clause, hint in pieces if hint is not None and hint[0] and hint[0].lower() not in seen]
+        kept = [(clause, hint) for clause, hint in pieces
+                if hint is not None and hint[0] and hint[0].lower() not in seen]
         # one corrective clause makes the whole sentence a correction ("don't use X, use Y")
         corrective = not _MOVE_ON.search(sentence) and any(
-            by_form or _ABOUT_ANSWER.search(clause) for clause, (_, by_form) in kept)  # type: ignore[misc]
-        for _, (hint, _) in kept:  # type: ignore[misc]
+            by_form or _ABOUT_ANSWER.search(clause) for clause, (_, by_form) in kept)
+        for _, (hint, _) in kept:
             seen.add(hint.lower())
             found.append(Directive(hint=hint, corrective=corrective))
     return found

@@ -19,6 +19,7 @@ import os
 import socket
 import threading
 import time
+from typing import Any
 
 import redis
 import structlog
@@ -61,12 +62,12 @@ class Dispatcher:
         """Re-claim stale pending entries, read new ones, enqueue and ack them; returns entries handled."""
         handled = 0
         for stream in self.streams:
-            _, claimed, *_ = self.redis.xautoclaim(stream, self.group, self.consumer,
+            reply: Any = self.redis.xautoclaim(stream, self.group, self.consumer,
                                                    min_idle_time=self.rt.settings.claim_idle_ms, start_id="0-0",
                                                    count=self.rt.settings.dispatch_batch)
-            handled += self._handle(stream, claimed)
+            handled += self._handle(stream, reply[1])  # [next cursor, claimed entries, deleted ids]
         block = self.rt.settings.dispatch_block_ms if block_ms is None else block_ms
-        read = self.redis.xreadgroup(self.group, self.consumer, {s: ">" for s in self.streams},
+        read: Any = self.redis.xreadgroup(self.group, self.consumer, {s: ">" for s in self.streams},
                                      count=self.rt.settings.dispatch_batch, block=block or None)
         for stream, entries in read or []:
             handled += self._handle(stream.decode() if isinstance(stream, bytes) else stream, entries)
@@ -108,14 +109,15 @@ class Dispatcher:
                 self.redis.sadd(SWEPT_KEY, job_id)
                 continue
             if job.func_name == "labeler.jobs.label_transition":
-                self._give_up(*job.args, reason=(job.latest_result().exc_string if job.latest_result() else "")
-                              or "job failed")  # type: ignore[union-attr]
+                entry_id, transition_id = (str(arg) for arg in job.args)
+                result = job.latest_result()
+                self._give_up(entry_id, transition_id, (result.exc_string if result else None) or "job failed")
                 swept += 1
             self.redis.sadd(SWEPT_KEY, job_id)
         return swept
 
     def _give_up(self, entry_id: str, transition_id: str, reason: str) -> None:
-        found = self.redis.xrange(TRANSITIONS_STREAM, min=entry_id, max=entry_id)
+        found: Any = self.redis.xrange(TRANSITIONS_STREAM, min=entry_id, max=entry_id)
         if not found:
             return
         transition = TransitionRecord.model_validate_json(found[0][1][b"record"])

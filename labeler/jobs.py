@@ -75,7 +75,7 @@ def _final_attempt() -> bool:
 
 
 def _entry(client: redis.Redis, stream: str, entry_id: str) -> dict[bytes, bytes]:
-    found = client.xrange(stream, min=entry_id, max=entry_id)
+    found: Any = client.xrange(stream, min=entry_id, max=entry_id)
     if not found:
         raise LabelInputMissing(f"{stream} has no entry {entry_id}")
     return found[0][1]

@@ -156,5 +156,6 @@ class SampleStore:
 
     def history(self, turn_id: str | None = None) -> list[SampleRecord]:
         """Every revision in the samples stream (optionally of one turn), oldest first."""
-        samples = [SampleRecord.model_validate_json(fields[b"record"]) for _, fields in self.redis.xrange(SAMPLES_STREAM)]
+        entries: Any = self.redis.xrange(SAMPLES_STREAM)
+        samples = [SampleRecord.model_validate_json(fields[b"record"]) for _, fields in entries]
         return [s for s in samples if turn_id is None or s.turn_id == turn_id]
