@@ -22,6 +22,16 @@ def served_turn(proxy_url: str, http: httpx.Client) -> str:
     return response.headers["x-nextstate-turn-id"]
 
 
+def wait_for_table(http: httpx.Client, proxy_url: str, timeout: float = 10.0) -> None:
+    """Wait until the proxy routes by the table just written (it reloads every 0.1 s in tests)."""
+    deadline = time.monotonic() + timeout
+    while "x-nextstate-version" not in http.post(
+        f"{proxy_url}/v1/chat/completions", json=CHAT, headers={"X-NextState-Record": "off"}
+    ).headers:
+        assert time.monotonic() < deadline, "the routing table was not picked up"
+        time.sleep(0.05)
+
+
 def test_feedback_is_validated_and_appended_once(proxy_url, redis_client, http) -> None:
     turn_id = served_turn(proxy_url, http)
     turns(redis_client, 1)
@@ -57,7 +67,7 @@ def test_routing_table_in_redis_routes_and_is_recorded(proxy_url, fake, redis_cl
     table = RoutingTable(revision=1, base_model="tiny", stable="v1", canary="v2", canary_fraction=0.5,
                          versions={"v1": "tiny@v1", "v2": "tiny@v2"})
     redis_client.set(ROUTING_KEY, table.model_dump_json())
-    time.sleep(0.4)  # the refresher reloads every 0.1 s in tests
+    wait_for_table(http, proxy_url)
     canary_session = next(f"s{i}" for i in range(100) if slice_position(f"s{i}") < 0.5)
     stable_session = next(f"s{i}" for i in range(100) if slice_position(f"s{i}") >= 0.5)
     cases = [
@@ -140,9 +150,9 @@ def test_a_conversation_without_session_id_never_switches_arm(proxy_url, redis_c
     table = RoutingTable(revision=1, base_model="tiny", stable="v1", canary="v2", canary_fraction=0.5,
                          versions={"v1": "tiny@v1", "v2": "tiny@v2"})
     redis_client.set(ROUTING_KEY, table.model_dump_json())
-    time.sleep(0.4)
     arms = []
     http = httpx.Client(base_url=proxy_url)
+    wait_for_table(http, proxy_url)
     for opening in range(8):
         history = [{"role": "user", "content": f"opening {opening}"}]
         seen = set()
