@@ -1,8 +1,8 @@
 """The generation engine: one worker thread owns the model, decodes requests token by token, loads adapters.
 
-Requests wait in a bounded queue and up to ``max_num_seqs`` are decoded at once, interleaved one
-token each per round (grouped by adapter, so the active LoRA switches at most once per adapter per
-round), each with its own KV cache. Adapter loads and unloads run on the same thread between two
+Requests wait in a bounded queue and up to ``max_num_seqs`` are decoded at once, one token each per
+round: sequences of the same adapter share one batched forward (their own KV caches left-padded and
+masked), so the active LoRA switches at most once per adapter per round; prompts prefill alone. Adapter loads and unloads run on the same thread between two
 tokens, so they never race a forward pass and never interrupt a request in flight; an unloaded
 adapter is only removed once its last request has finished. At most ``max_loras`` adapters are
 materialised at once; an idle one is evicted (and reloaded from disk on demand), as vLLM does.
@@ -25,8 +25,10 @@ from typing import Any
 
 import structlog
 import torch
+import torch.nn.functional as F
 from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
+from transformers import DynamicCache
 
 log = structlog.get_logger(__name__)
 
@@ -138,6 +140,8 @@ class Engine:
         self._jobs: list[Callable[[], None]] = []
         self._cond = threading.Condition()
         self._stopping = False
+        self._batching = True  # decode same-adapter sequences in one forward (off after a failure)
+        self.batched_steps = 0  # forwards that decoded more than one sequence
         self._thread = threading.Thread(target=self._run, name="nextstate-engine", daemon=True)
 
     # ---- thread-safe API -------------------------------------------------------------------
@@ -177,6 +181,7 @@ class Engine:
                 "adapters": sorted(self.registered),
                 "materialised": list(self._materialised),
                 "draining": sorted(self._draining),
+                "batched_steps": self.batched_steps,
             }
 
     def _call(self, work: Callable[[], None]) -> concurrent.futures.Future[None]:
@@ -209,9 +214,11 @@ class Engine:
                 job()
             try:
                 self._admit()
-                self._active.sort(key=lambda s: s.adapter or "")
+                groups: dict[str | None, list[Sequence]] = {}
                 for seq in list(self._active):
-                    self._step(seq)
+                    groups.setdefault(seq.adapter, []).append(seq)
+                for adapter, seqs in groups.items():
+                    self._step_group(adapter, seqs)
                 self._remove_drained()
             except Exception:  # never let the engine thread die: fail what is running, keep serving
                 log.exception("engine_round_failed")
@@ -241,35 +248,88 @@ class Engine:
                 self._waiting.remove(seq)
             self._active.append(seq)
 
+    def _step_group(self, adapter: str | None, seqs: list[Sequence]) -> None:
+        """One token for every sequence of one adapter: prefills alone, decodes batched."""
+        for seq in [s for s in seqs if s.cancelled]:
+            self._active.remove(seq)
+        warm = [s for s in seqs if not s.cancelled and s.cache is not None]
+        for seq in [s for s in seqs if not s.cancelled and s.cache is None]:
+            self._step(seq)
+        if len(warm) > 1 and self._batching:
+            try:
+                self._batched_step(adapter, warm)
+                return
+            except Exception:  # an unusual cache layout: decode one by one from now on
+                log.exception("batched_decoding_disabled")
+                self._batching = False
+        for seq in warm:
+            self._step(seq)
+
     def _step(self, seq: Sequence) -> None:
         try:
-            if seq.cancelled:
-                self._active.remove(seq)
-                return
             model = self._activate(seq.adapter)
             ids = seq.prompt_ids if seq.cache is None else seq.generated[-1:]
             out = model(
                 input_ids=torch.tensor([ids], device=self.device),
                 past_key_values=seq.cache, use_cache=True, logits_to_keep=1,
             )
-            seq.cache = out.past_key_values
-            token, logprob, top = choose_token(out.logits[0, -1], seq.params, seq.generator, seq.counts)
-            seq.generated.append(token)
-            seq.counts[token] += 1
-            finish = None
-            if token in seq.params.stop_token_ids:
-                finish = "stop"
-            elif len(seq.generated) >= seq.params.max_tokens:
-                finish = "length"
-            if finish:
-                self._active.remove(seq)
-                seq.cache = None
-            seq.sink(TokenEvent(token, logprob if seq.params.top_logprobs is not None else None, top, finish))
+            self._advance(seq, out.logits[0, -1], out.past_key_values)
         except Exception as exc:
-            log.exception("generation_failed")
-            if seq in self._active:
-                self._active.remove(seq)
-            seq.sink(FailureEvent(f"generation failed: {exc}"))
+            self._fail(seq, exc)
+
+    def _batched_step(self, adapter: str | None, seqs: list[Sequence]) -> None:
+        """Decode one token for several sequences in one forward: caches left-padded and masked.
+
+        Positions stay each sequence's own, so the result equals single-sequence decoding up to
+        float rounding; the padded batch cache is split back into per-sequence caches afterwards.
+        """
+        model = self._activate(adapter)
+        lengths = [seq.cache.get_seq_length() for seq in seqs]
+        width = max(lengths)
+        batch_cache = DynamicCache()
+        for layer in range(len(seqs[0].cache.layers)):
+            keys = [F.pad(seq.cache.layers[layer].keys, (0, 0, width - n, 0)) for seq, n in zip(seqs, lengths, strict=True)]
+            values = [F.pad(seq.cache.layers[layer].values, (0, 0, width - n, 0)) for seq, n in zip(seqs, lengths, strict=True)]
+            batch_cache.update(torch.cat(keys), torch.cat(values), layer)
+        mask_B_T = torch.zeros(len(seqs), width + 1, dtype=torch.long, device=self.device)
+        for row, n in enumerate(lengths):
+            mask_B_T[row, width - n :] = 1
+        out = model(
+            input_ids=torch.tensor([seq.generated[-1:] for seq in seqs], device=self.device),
+            attention_mask=mask_B_T,
+            position_ids=torch.tensor([[n] for n in lengths], device=self.device),
+            past_key_values=batch_cache, use_cache=True, logits_to_keep=1,
+        )
+        self.batched_steps += 1
+        for row, (seq, n) in enumerate(zip(seqs, lengths, strict=True)):
+            own = DynamicCache()
+            for layer, cached in enumerate(out.past_key_values.layers):
+                own.update(cached.keys[row : row + 1, :, width - n :], cached.values[row : row + 1, :, width - n :], layer)
+            try:
+                self._advance(seq, out.logits[row, -1], own)
+            except Exception as exc:
+                self._fail(seq, exc)
+
+    def _advance(self, seq: Sequence, logits_V: torch.Tensor, cache: Any) -> None:
+        seq.cache = cache
+        token, logprob, top = choose_token(logits_V, seq.params, seq.generator, seq.counts)
+        seq.generated.append(token)
+        seq.counts[token] += 1
+        finish = None
+        if token in seq.params.stop_token_ids:
+            finish = "stop"
+        elif len(seq.generated) >= seq.params.max_tokens:
+            finish = "length"
+        if finish:
+            self._active.remove(seq)
+            seq.cache = None
+        seq.sink(TokenEvent(token, logprob if seq.params.top_logprobs is not None else None, top, finish))
+
+    def _fail(self, seq: Sequence, exc: Exception) -> None:
+        log.exception("generation_failed", error=repr(exc))
+        if seq in self._active:
+            self._active.remove(seq)
+        seq.sink(FailureEvent(f"generation failed: {exc}"))
 
     def _activate(self, adapter: str | None) -> Any:
         if self._peft is None:

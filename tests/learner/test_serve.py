@@ -340,3 +340,27 @@ def test_more_adapters_than_slots_are_evicted_and_reloaded(server_url: str, adap
     finally:
         for name in names:
             httpx.post(f"{server_url}/v1/unload_lora_adapter", json={"lora_name": name})
+
+
+def test_batched_decoding_matches_single_decoding(server_url: str, reference: tuple[Any, Any]) -> None:
+    """Concurrent requests share batched forwards; tokens and logprobs are those of lone decoding."""
+    model, _ = reference
+    questions = ["What color is snow?", "What is the capital of Japan? Use bullet points.",
+                 "How many legs on a spider are there? The user prefers answers that end with a sign-off.",
+                 "What is the opposite of hot?"]
+
+    def ask(question: str) -> dict[str, Any]:
+        body = {"model": "tiny-chat", "messages": [{"role": "user", "content": question}], "temperature": 0,
+                "logprobs": True, "return_token_ids": True, "max_tokens": 60}
+        return httpx.post(f"{server_url}/v1/chat/completions", json=body, timeout=120).json()
+
+    alone = [ask(q) for q in questions]
+    before = httpx.get(f"{server_url}/healthz").json()["batched_steps"]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(ask, questions))
+    assert httpx.get(f"{server_url}/healthz").json()["batched_steps"] > before
+    for single, batched in zip(alone, together, strict=True):
+        assert batched["choices"][0]["token_ids"] == single["choices"][0]["token_ids"]
+        logprobs = [e["logprob"] for e in batched["choices"][0]["logprobs"]["content"]]
+        expected = _teacher_forced_logprobs(model, batched["prompt_token_ids"], batched["choices"][0]["token_ids"])
+        assert logprobs == pytest.approx(expected, abs=1e-3)
