@@ -2,13 +2,10 @@
 
 Requests wait in a bounded queue and up to ``max_num_seqs`` are decoded at once, one token each per
 round: sequences of the same adapter share one batched forward (their own KV caches left-padded and
-masked), so the active LoRA switches at most once per adapter per round; prompts prefill alone. Adapter loads and unloads run on the same thread between two
-tokens, so they never race a forward pass and never interrupt a request in flight; an unloaded
-adapter is only removed once its last request has finished. At most ``max_loras`` adapters are
+masked), so the active LoRA switches at most once per adapter per round; prompts prefill alone.
+Adapter loads and unloads run on the same thread between two tokens, so they never race a forward
+pass and never interrupt a request in flight; an unloaded adapter is only removed once its last request has finished. At most ``max_loras`` adapters are
 materialised at once; an idle one is evicted (and reloaded from disk on demand), as vLLM does.
-
-Logprobs are those of the raw model distribution (before temperature, top-p and penalties), like
-vLLM's default: the policy's own log pi(a_t | s), which is what the learner needs.
 """
 
 from __future__ import annotations
@@ -30,6 +27,8 @@ from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import DynamicCache
 
+from learner.serving_sampling import SamplingParams, choose_token
+
 log = structlog.get_logger(__name__)
 
 
@@ -39,19 +38,6 @@ class QueueFull(Exception):
 
 class AdapterError(Exception):
     """An adapter could not be loaded (bad files, incompatible shapes)."""
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  # 0 or -1: off
-    seed: int | None = None
-    top_logprobs: int | None = None  # None: no logprobs; 0: the chosen token's only
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    stop_token_ids: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -88,38 +74,6 @@ class Sequence:
 
     def cancel(self) -> None:
         self.cancelled = True
-
-
-def choose_token(
-    logits_V: torch.Tensor, params: SamplingParams, generator: torch.Generator | None, counts: Counter[int]
-) -> tuple[int, float, list[tuple[int, float]] | None]:
-    """Sample the next token; return it with its raw logprob and the top alternatives if asked."""
-    logits_V = logits_V.float()
-    logprobs_V = torch.log_softmax(logits_V, dim=-1)
-    scores_V = logits_V
-    if counts and (params.presence_penalty or params.frequency_penalty):
-        ids = torch.tensor(list(counts), device=logits_V.device)
-        seen = torch.tensor(list(counts.values()), device=logits_V.device, dtype=logits_V.dtype)
-        scores_V = scores_V.clone()
-        scores_V[ids] -= params.frequency_penalty * seen + params.presence_penalty
-    if params.temperature == 0.0 or params.top_k == 1:
-        token = int(torch.argmax(scores_V))
-    else:
-        scores_V = scores_V / params.temperature
-        if params.top_k > 0:
-            kth = torch.topk(scores_V, min(params.top_k, scores_V.numel())).values[-1]
-            scores_V = scores_V.masked_fill(scores_V < kth, float("-inf"))
-        probs_V = torch.softmax(scores_V, dim=-1)
-        if params.top_p < 1.0:
-            sorted_V, order_V = torch.sort(probs_V, descending=True)
-            drop_V = torch.cumsum(sorted_V, dim=-1) - sorted_V > params.top_p
-            probs_V = probs_V.scatter(0, order_V, sorted_V.masked_fill(drop_V, 0.0))
-        token = int(torch.multinomial(probs_V, 1, generator=generator))
-    top = None
-    if params.top_logprobs is not None:
-        values, indices = torch.topk(logprobs_V, params.top_logprobs) if params.top_logprobs else ([], [])
-        top = [(int(i), float(v)) for v, i in zip(values, indices, strict=True)]
-    return token, float(logprobs_V[token]), top
 
 
 class Engine:

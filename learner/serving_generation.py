@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from learner.serving_engine import Engine, FailureEvent, SamplingParams, Sequence, TokenEvent
+from learner.serving_engine import Engine, FailureEvent, Sequence, TokenEvent
 from learner.serving_protocol import NotFound, ServingError, chat_logprob_entry, safe_logprob
+from learner.serving_sampling import SamplingParams
 from learner.serving_text import IncrementalText
 
 # (token id, its logprob, the top alternatives as (id, logprob))

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 import torch
 
-from learner.serving_engine import SamplingParams, choose_token
+from learner.serving_sampling import SamplingParams, choose_token
 from learner.serving_text import IncrementalText, find_stop, stop_prefix_len
 
 

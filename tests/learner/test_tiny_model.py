@@ -97,3 +97,9 @@ def test_acceptance_figures(tiny_model_path: Path) -> None:
     assert all(rate >= 0.75 for rate in figures.per_style_rate.values())
     assert max(share for style, share in figures.uninstructed_shares.items() if style != "None") <= 0.50
     assert figures.fact_rate >= 0.80
+
+
+def test_build_model_command_reports_the_cached_model(tiny_model_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert tiny.main(["--out", str(tiny_model_path.parent)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["path"] == str(tiny_model_path) and report["parameters"] > 500_000
