@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
+from packaging.version import Version
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 BUILTIN_TINY = "builtin:tiny-chat"
@@ -64,7 +66,9 @@ def load_model(
     """Load a causal LM and its tokenizer from a local directory, in eval mode on ``device``."""
     target = pick_device(device)
     tokenizer = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=pick_dtype(target, dtype))
+    # ``dtype`` replaced ``torch_dtype`` in transformers 4.56
+    key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+    model = AutoModelForCausalLM.from_pretrained(str(path), **{key: pick_dtype(target, dtype)})
     model.to(target)
     model.eval()
     return model, tokenizer
