@@ -12,7 +12,7 @@ import sys
 
 # subcommand -> (module, argv prefix passed to its main, one-line help)
 COMMANDS: dict[str, tuple[str, list[str], str]] = {
-    "proxy": ("proxy.__main__", [], "run the recording proxy"),
+    "proxy": ("nextstate.proxy", [], "run the recording proxy (with /admin and /dashboard)"),
     "serve": ("learner.__main__", ["serve"], "run the embedded CPU/GPU policy server"),
     "build-model": ("learner.__main__", ["build-model"], "build and cache the built-in tiny model"),
     "worker": ("labeler.__main__", ["worker"], "run labeler RQ workers"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
@@ -25,6 +26,7 @@ from proxy.errors import MethodNotAllowed, NotFound, error_response
 from proxy.metrics import Metrics
 from proxy.middleware import AdminGuard, CanonicalLog
 from proxy.recorder import REDIS_DOWN, Recorder
+from proxy.records import UPSTREAM_OUTCOMES_KEY
 from proxy.routing import RoutingRefresher
 from proxy.settings import ProxySettings
 from proxy.spool import Spool
@@ -60,6 +62,24 @@ async def sweep_sessions(state: ProxyState) -> None:
             if cancelling():
                 raise asyncio.CancelledError from exc
             log.info("sweep_skipped_redis_unavailable", error=repr(exc))
+
+
+async def flush_outcomes(state: ProxyState, interval_s: float = 1.0) -> None:
+    """Add the per-version upstream outcome counts to Redis every second (the canary's error rate)."""
+    while not cancelling():
+        await asyncio.sleep(interval_s)
+        pending, state.outcomes = state.outcomes, Counter()
+        if not pending:
+            continue
+        try:
+            async with state.redis.pipeline(transaction=False) as pipe:
+                for name, count in pending.items():
+                    pipe.hincrby(UPSTREAM_OUTCOMES_KEY, name, count)
+                await pipe.execute()
+        except REDIS_DOWN as exc:
+            state.outcomes.update(pending)  # keep them for the next try
+            if cancelling():
+                raise asyncio.CancelledError from exc
 
 
 def _watch(state: ProxyState, name: str, task: asyncio.Task[None]) -> None:
@@ -109,6 +129,7 @@ def create_app(settings: ProxySettings, *, mounts: list[tuple[str, ASGIApp]] | N
         _watch(state, "recorder", asyncio.create_task(recorder.run()))
         _watch(state, "routing", asyncio.create_task(refresher.run()))
         _watch(state, "sweeper", asyncio.create_task(sweep_sessions(state)))
+        _watch(state, "outcomes", asyncio.create_task(flush_outcomes(state)))
         log.info("proxy_started", upstream=settings.upstream_url, redis=redis_url, spool=str(spool.path))
         try:
             yield {"proxy": state}

@@ -175,10 +175,14 @@ async def chat_completions(request: Request) -> Response:
             response, captured = await _send_upstream(
                 state, raw, body, model, upstream_headers(request, state.settings.upstream_api_key), record,
             )
-        except BaseException:
+        except BaseException as exc:
             if lookup is not None:
                 lookup.cancel()
+            if decision.version and isinstance(exc, ProxyError):
+                state.outcomes[f"{decision.version}:error"] += 1
             raise
+        if decision.version:
+            state.outcomes[f"{decision.version}:{'error' if response.status >= 500 else 'ok'}"] += 1
         t_headers = time.perf_counter()
         if lookup is not None:
             session_id = await lookup

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import time
 from typing import Any
@@ -64,11 +66,26 @@ class CanonicalLog:
 
 
 class AdminGuard:
-    """Mounted admin apps: 404 when no admin token is configured, 401 without the right bearer token."""
+    """Mounted admin apps: 404 when no admin token is configured, 401 without the right token.
+
+    The token is accepted as ``Authorization: Bearer <token>`` (API clients) or as the password of
+    HTTP Basic auth with any user name, so a browser can open the dashboard through its own prompt.
+    """
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
+        self.token = token.encode() if token else None
         self.expected = f"Bearer {token}".encode() if token else None
+
+    def _allowed(self, given: bytes) -> bool:
+        assert self.expected is not None and self.token is not None
+        if given[:6].lower() == b"basic ":
+            try:
+                _, _, password = base64.b64decode(given[6:].strip(), validate=True).partition(b":")
+            except (ValueError, binascii.Error):
+                return False
+            return hmac.compare_digest(password, self.token)
+        return hmac.compare_digest(given, self.expected)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -78,9 +95,9 @@ class AdminGuard:
             await error_response(NotFound("not found (admin routes are disabled)"))(scope, receive, send)
             return
         given = dict(scope["headers"]).get(b"authorization", b"")
-        if not hmac.compare_digest(given, self.expected):
+        if not self._allowed(given):
             response = error_response(Unauthorized("missing or wrong admin token"),
-                                      headers={"www-authenticate": "Bearer"})
+                                      headers={"www-authenticate": 'Basic realm="nextstate admin"'})
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)

@@ -21,6 +21,8 @@ TURNS_STREAM = "nextstate:turns"
 TRANSITIONS_STREAM = "nextstate:transitions"
 FEEDBACK_STREAM = "nextstate:feedback"
 ROUTING_KEY = "nextstate:routing"
+# hash "<version>:ok" / "<version>:error" -> count of upstream calls per served version (canary health)
+UPSTREAM_OUTCOMES_KEY = "nextstate:upstream:outcomes"
 
 
 def turn_key(turn_id: str) -> str:

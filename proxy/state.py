@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -28,3 +29,5 @@ class ProxyState:
     """None until the upstream has answered a capture request; False once it refused one."""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     failed_tasks: list[str] = field(default_factory=list)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    """Upstream outcomes per served version (``"v3:ok"``, ``"v3:error"``) not yet added to Redis."""

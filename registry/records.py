@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from proxy.records import UPSTREAM_OUTCOMES_KEY as UPSTREAM_OUTCOMES_KEY  # written by the proxy
+
 SCHEMA_VERSION = 1
 
 EVENTS_STREAM = "nextstate:registry:events"
@@ -26,7 +28,6 @@ RETIRED_KEY = "nextstate:registry:retired"  # hash: served name -> time it stopp
 LOCK_KEY = "nextstate:registry:lock"  # one registry action at a time, across processes
 # Upstream outcome counters per served version, maintained by the proxy: hash fields
 # "<version>:ok" / "<version>:error" (HINCRBY). The controller reads them for the error-rate bound.
-UPSTREAM_OUTCOMES_KEY = "nextstate:upstream:outcomes"
 
 VersionState = Literal[
     "candidate", "gated_pass", "gated_fail", "canary", "promoted", "rolled_back", "rejected"

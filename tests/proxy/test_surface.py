@@ -10,9 +10,10 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from proxy.records import FEEDBACK_STREAM, ROUTING_KEY, RoutingTable
+from proxy.records import FEEDBACK_STREAM, ROUTING_KEY, UPSTREAM_OUTCOMES_KEY, RoutingTable
 from proxy.routing import slice_position
 from tests.proxy.conftest import read_stream, turns, wait_records
+from tests.support.fake_upstream import Reply
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -22,12 +23,15 @@ def served_turn(proxy_url: str, http: httpx.Client) -> str:
     return response.headers["x-nextstate-turn-id"]
 
 
-def wait_for_table(http: httpx.Client, proxy_url: str, timeout: float = 10.0) -> None:
-    """Wait until the proxy routes by the table just written (it reloads every 0.1 s in tests)."""
+def wait_for_table(http: httpx.Client, proxy_url: str, timeout: float = 10.0) -> str:
+    """Wait until the proxy routes by the table just written (it reloads every 0.1 s in tests);
+    return the version that served the first request routed by it."""
     deadline = time.monotonic() + timeout
-    while "x-nextstate-version" not in http.post(
-        f"{proxy_url}/v1/chat/completions", json=CHAT, headers={"X-NextState-Record": "off"}
-    ).headers:
+    while True:
+        headers = http.post(f"{proxy_url}/v1/chat/completions", json=CHAT,
+                            headers={"X-NextState-Record": "off"}).headers
+        if "x-nextstate-version" in headers:
+            return headers["x-nextstate-version"]
         assert time.monotonic() < deadline, "the routing table was not picked up"
         time.sleep(0.05)
 
@@ -67,7 +71,7 @@ def test_routing_table_in_redis_routes_and_is_recorded(proxy_url, fake, redis_cl
     table = RoutingTable(revision=1, base_model="tiny", stable="v1", canary="v2", canary_fraction=0.5,
                          versions={"v1": "tiny@v1", "v2": "tiny@v2"})
     redis_client.set(ROUTING_KEY, table.model_dump_json())
-    wait_for_table(http, proxy_url)
+    probe_version = wait_for_table(http, proxy_url)
     canary_session = next(f"s{i}" for i in range(100) if slice_position(f"s{i}") < 0.5)
     stable_session = next(f"s{i}" for i in range(100) if slice_position(f"s{i}") >= 0.5)
     cases = [
@@ -84,6 +88,17 @@ def test_routing_table_in_redis_routes_and_is_recorded(proxy_url, fake, redis_cl
     records = turns(redis_client, len(cases))
     assert [r["serving"]["arm"] for r in records] == ["canary", "stable", "canary", "pinned", "pinned"]
     assert records[0]["serving"]["upstream_model"] == "tiny@v2"
+
+    # the canary's health: upstream outcomes per served version, counted off the request path
+    fake.push(Reply(status=500))
+    http.post(f"{proxy_url}/v1/chat/completions", json=CHAT, headers={"X-NextState-Policy": "v1"})
+    ok = {"v1": 2, "v2": 3}
+    ok[probe_version] += 1
+    expected = {b"v1:ok": str(ok["v1"]).encode(), b"v2:ok": str(ok["v2"]).encode(), b"v1:error": b"1"}
+    deadline = time.monotonic() + 5
+    while redis_client.hgetall(UPSTREAM_OUTCOMES_KEY) != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert redis_client.hgetall(UPSTREAM_OUTCOMES_KEY) == expected
 
 
 def test_upstream_model_setting_names_the_base_model(start_proxy, fake, http) -> None:
@@ -106,6 +121,17 @@ def test_admin_mounts_need_the_token(start_proxy, http) -> None:
     assert http.get(f"{url}/admin/ping").status_code == 401
     assert http.get(f"{url}/admin/ping", headers={"Authorization": "Bearer wrong"}).status_code == 401
     ok = http.get(f"{url}/admin/ping", headers={"Authorization": "Bearer s3cret"})
+    assert (ok.status_code, ok.text) == (200, "pong")
+
+
+def test_a_browser_opens_admin_mounts_with_basic_auth(start_proxy, http) -> None:
+    url = start_proxy(mounts=[("/admin", _admin_app())], admin_token="s3cret")
+    challenge = http.get(f"{url}/admin/ping")
+    assert challenge.status_code == 401
+    assert challenge.headers["www-authenticate"].lower().startswith("basic")  # the browser prompts
+    assert http.get(f"{url}/admin/ping", auth=("admin", "wrong")).status_code == 401
+    assert http.get(f"{url}/admin/ping", headers={"Authorization": "Basic !!notbase64"}).status_code == 401
+    ok = http.get(f"{url}/admin/ping", auth=("anyone", "s3cret"))
     assert (ok.status_code, ok.text) == (200, "pong")
 
 
