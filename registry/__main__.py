@@ -10,6 +10,7 @@ from proxy.dispatch import dispatch
 COMMANDS = {
     "registry": "registry.cli",  # ls | show | promote | rollback | reject | pin | history | export | import
     "controller": "registry.controller",  # the canary controller loop
+    "exporter": "registry.exporter",  # Prometheus metrics read from Redis (streams, queues, canary)
 }
 
 
