@@ -51,6 +51,7 @@ class LabelerSettings(CommonSettings):
     dispatch_block_ms: int = Field(default=1000, ge=1, description="XREADGROUP block time of the dispatcher.")
     dispatch_batch: int = Field(default=100, ge=1, description="Stream entries read per dispatcher round.")
     claim_idle_ms: int = Field(default=60_000, ge=1, description="Pending entries idle this long are re-claimed.")
+    maintenance_interval_s: int = Field(default=60, ge=1, description="How often RQ workers clean their registries.")
     sweep_interval_s: float = Field(default=30.0, gt=0, description="How often failed jobs are turned into observation samples.")
     consumer_group: str = Field(default="labeler", description="Consumer group of the dispatchers.")
 

@@ -16,6 +16,7 @@ runs workers only; ``python -m labeler worker --child`` is one bare worker proce
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -46,10 +47,17 @@ def run_child(settings: LabelerSettings, url: str, burst: bool = False) -> int:
         rt.judge  # noqa: B018 -- build it before forking work horses, so each job starts ready
     except JudgeError as exc:  # the judge may come up later; jobs retry until it does
         log.warning("judge_not_ready", error=str(exc)[:300])
+    # maintenance also re-queues a job stranded by a worker that died while taking it (after ~1 min)
     worker = Worker([rt.queue(LABEL_QUEUE)], connection=client, serializer=rt.queue().serializer,
-                    name=f"labeler-{socket.gethostname()}-{os.getpid()}")
+                    name=f"labeler-{socket.gethostname()}-{os.getpid()}",
+                    maintenance_interval=settings.maintenance_interval_s)
     worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level.upper())
     return 0
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 class Supervisor:
@@ -66,7 +74,10 @@ class Supervisor:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         env = {**os.environ, "NEXTSTATE_REDIS_URL": self.url}
-        child = subprocess.Popen([sys.executable, "-m", "labeler", "worker", "--child"], env=env)
+        # its own process group: when a worker dies, its scheduler process (which shares the worker's
+        # Redis socket and would keep a dead BLMOVE alive, swallowing the next job) dies with it
+        child = subprocess.Popen([sys.executable, "-m", "labeler", "worker", "--child"], env=env,
+                                 start_new_session=True)
         log.info("worker_started", pid=child.pid)
         return child
 
@@ -81,6 +92,7 @@ class Supervisor:
                 code = child.poll()
                 if code is not None and not self.stop.is_set():
                     log.error("worker_exited", pid=child.pid, code=code, restarting=True)
+                    _kill_group(child.pid)
                     self.children[index] = self._spawn()
                     self.restarts += 1
         return self._shutdown(thread)
@@ -111,6 +123,7 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+            _kill_group(child.pid)  # anything the worker left behind
         if thread is not None:
             thread.join(timeout=10)
         log.info("labeler_stopped")

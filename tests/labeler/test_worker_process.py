@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -24,14 +25,14 @@ from tests.support.servers import serve_in_thread
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 90.0, what: str = "condition") -> object:
+def wait_for(condition: Callable[[], object], timeout: float = 90.0, what: str | Callable[[], str] = "condition") -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
 
 
 def children_of(pid: int, own_group: bool = False) -> list[int]:
@@ -60,9 +61,9 @@ def stop_later() -> Iterator[list[subprocess.Popen[bytes]]]:
     procs: list[subprocess.Popen[bytes]] = []
     yield procs
     for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # also what an exited supervisor may have left behind
+        proc.wait()
 
 
 def samples(client: redis.Redis) -> list[SampleRecord]:
@@ -124,7 +125,8 @@ def test_worker_processes_are_restarted_and_stop_cleanly(redis_url: str, redis_c
     wait_for(lambda: (tmp_path / "worker.log").read_text().count("worker_started") == 3, what="a restart")
     put_turn(redis_client, "t9")
     put_transition(redis_client, "t9", "Great, that works.")
-    wait_for(lambda: len(samples(redis_client)) == 4, what="the fourth sample")
+    wait_for(lambda: len(samples(redis_client)) == 4,
+             what=lambda: f"the fourth sample; log:\n{(tmp_path / 'worker.log').read_text()[-6000:]}")
     assert {s.turn_id: s.cls for s in samples(redis_client)} == {"t0": "prefer", "t1": "avoid", "t2": "avoid",
                                                                   "t9": "prefer"}
     proc.send_signal(signal.SIGTERM)
