@@ -53,6 +53,7 @@ def attach_adapter(base: Any, config: TrainConfig, parent_dir: Path | None) -> A
         base.config.use_cache = False
     if parent_dir is not None:
         return PeftModel.from_pretrained(base, str(parent_dir), is_trainable=True)
+    torch.manual_seed(config.seed)  # LoRA A is randomly initialised: make a run reproducible
     lora = LoraConfig(
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         target_modules=list(config.target_modules), task_type="CAUSAL_LM",

@@ -187,8 +187,8 @@ def test_topk_variant_trains(tokenizer) -> None:  # type: ignore[no-untyped-def]
         ({"loss": float("nan"), "entropy": 1.0}, "loss is not finite"),
         ({"loss": 0.1, "entropy": float("inf")}, "entropy is not finite"),
         ({"loss": 0.1, "entropy": 0.01}, "entropy 0.0100 below the bound 0.02"),
-        ({"loss": 0.1, "entropy": 1.0, "kl_base": 2.5}, "KL to base 2.5000 above the bound 2.0"),
-        ({"loss": 0.1, "entropy": 1.0, "kl_base": 1.5, "kl_parent": 1.2}, "KL to parent 1.2000 above the bound 1.0"),
+        ({"loss": 0.1, "entropy": 1.0, "kl_base": 12.5}, "KL to base 12.5000 above the bound 12.0"),
+        ({"loss": 0.1, "entropy": 1.0, "kl_base": 1.5, "kl_parent": 6.2}, "KL to parent 6.2000 above the bound 6.0"),
     ],
 )
 def test_collapse_guard(metrics: dict[str, float], reason: str | None) -> None:

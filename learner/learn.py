@@ -1,0 +1,341 @@
+"""``nextstate learn``: train candidate adapters from labeled samples and publish them to the registry.
+
+``--once`` consumes every sample available now, trains one candidate, hands it to the gate, prints a
+one-screen summary and exits with a status (0 published, 3 nothing to train, 4 refused by the
+collapse guard, 5 rejected by the gate, 1 error). Without it the learner runs continuously: it trains
+whenever ``batch_size`` trainable samples are waiting and exports Prometheus metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from pydantic import Field
+from tqdm import tqdm
+
+from labeler.records import SAMPLES_STREAM
+from learner.config import METHODS, TrainConfig
+from learner.data import Entry, SampleReader, Selection, build_item, lineage_sample_ids, select
+from learner.modeling import load_model, pick_device, resolve_model
+from learner.train import TrainResult, attach_adapter, train
+from proxy.embedded_redis import resolve_redis_url
+from proxy.logs import configure_logging
+from registry.records import AuditEvent, Manifest
+from registry.settings import RegistrySettings
+from registry.store import Registry
+
+
+def log() -> Any:
+    """A fresh logger each time: ``main`` may reconfigure logging (tests run it many times in one process)."""
+    return structlog.get_logger("learner.learn")
+
+
+EXIT_PUBLISHED, EXIT_ERROR, EXIT_NOTHING, EXIT_REFUSED, EXIT_GATE_FAILED = 0, 1, 3, 4, 5
+CONFIG_FIELDS = ("method", "w_rl", "w_opd", "lr", "batch_size", "steps_per_batch", "kl_coef", "topk", "seed")
+
+
+class LearnerSettings(RegistrySettings):
+    """The learner process's settings; unset training fields keep the preset's value."""
+
+    preset: str = Field(default="auto", description="Train config preset: tiny | gpu | auto (gpu on CUDA).")
+    device: str | None = Field(default=None, description="torch device; unset = CUDA when available, else CPU.")
+    method: str | None = Field(default=None, description="rl | opd | combined (default combined).")
+    w_rl: float | None = None
+    w_opd: float | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    steps_per_batch: int | None = None
+    kl_coef: float | None = None
+    topk: int | None = None
+    seed: int | None = None
+    learner_group: str = Field(default="learner", description="Consumer group on the samples stream.")
+    learner_consumer: str = Field(default="learner-1", description="Consumer name (a restart resumes its backlog).")
+    learner_claim_idle_ms: int = Field(default=600_000, description="Take over another consumer's entries idle this long.")
+    learner_max_samples: int = Field(default=100_000, description="Most stream entries one --once run reads.")
+    learner_poll_ms: int = Field(default=1000, description="Continuous mode: blocking read timeout.")
+    learner_metrics_port: int = Field(default=9465, description="Continuous mode: Prometheus port (0 = none).")
+    learner_gate: bool = Field(default=True, description="Hand every published candidate to the gate.")
+
+
+@dataclass
+class RoundOutcome:
+    """What one training round did (also the source of the summary and the exit status)."""
+
+    status: str  # published | nothing | refused | gate_failed
+    selection: Selection
+    parent: str | None
+    version: str | None = None
+    result: TrainResult | None = None
+    gate: dict[str, Any] | None = None
+    wall_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return {"published": EXIT_PUBLISHED, "nothing": EXIT_NOTHING, "refused": EXIT_REFUSED,
+                "gate_failed": EXIT_GATE_FAILED}[self.status]
+
+
+def build_config(settings: LearnerSettings, device: str) -> TrainConfig:
+    overrides = {name: getattr(settings, name) for name in CONFIG_FIELDS if getattr(settings, name) is not None}
+    preset = settings.preset if settings.preset != "auto" else ("gpu" if device.startswith("cuda") else "tiny")
+    return TrainConfig.gpu(**overrides) if preset == "gpu" else TrainConfig.tiny(**overrides)
+
+
+def base_revision(model_dir: Path) -> str:
+    """The base model's revision: the built-in model's fingerprint, a hub snapshot id, or a config hash."""
+    info = model_dir / "nextstate_tiny.json"
+    if info.is_file():
+        return f"tiny:{json.loads(info.read_text()).get('fingerprint')}"
+    if model_dir.parent.name == "snapshots":
+        return model_dir.name
+    config = model_dir / "config.json"
+    return "config:" + hashlib.sha256(config.read_bytes()).hexdigest()[:16] if config.is_file() else "unknown"
+
+
+def hand_to_gate(
+    settings: LearnerSettings, registry: Registry, version: str, base: Any = None, tokenizer: Any = None
+) -> dict[str, Any] | None:
+    """The one place a new candidate meets the sacred gate (``learner.gate.run_gate_for_version``).
+
+    The learner's base model is lent to the gate (no second copy in memory). Returns the verdict as a
+    dict (``passed``, ``reasons``, ...) or None when no gate is available.
+    """
+    try:
+        from learner import gate
+    except ImportError:
+        return None
+    run = getattr(gate, "run_gate_for_version", None)
+    if run is None:
+        return None
+    try:
+        verdict = run(version, settings=settings, registry=registry, base=base, tokenizer=tokenizer)
+    except Exception as exc:  # the candidate stays published and ungated; the operator sees why
+        log().exception("gate_failed_to_run", version=version)
+        return {"passed": False, "reasons": [f"gate error: {type(exc).__name__}: {exc}"]}
+    if verdict is None:
+        return None
+    return verdict.model_dump(mode="json") if hasattr(verdict, "model_dump") else dict(verdict)
+
+
+class Learner:
+    """Owns the base model, the reader and the registry; ``round`` trains and publishes one candidate."""
+
+    def __init__(self, settings: LearnerSettings, client: redis.Redis, config: TrainConfig | None = None) -> None:
+        self.settings = settings
+        self.device = str(pick_device(settings.device))
+        self.config = config or build_config(settings, self.device)
+        self.registry = Registry(client, settings.adapters_path(), base_model=settings.base_model)
+        self.reader = SampleReader(client, group=settings.learner_group, consumer=settings.learner_consumer,
+                                   claim_idle_ms=settings.learner_claim_idle_ms)
+        self.model_dir = resolve_model(settings.base_model, settings.home_dir())
+        self.base, self.tokenizer = load_model(self.model_dir, self.device, self.config.dtype)
+        self.pad_id = int(self.tokenizer.pad_token_id or 0)
+        self.held: list[Entry] = []  # continuous mode: trainable entries read but not trained yet
+
+    def classify(self, entries: list[Entry]) -> tuple[str | None, Selection]:
+        parent = self.registry.alias("stable")
+        selection = select(
+            entries, method=self.config.method, lineage_ids=lineage_sample_ids(self.registry, parent),
+            stored_revisions=self.reader.stored_revisions(e.sample.turn_id for e in entries if e.sample),
+        )
+        return parent, selection
+
+    def round(self, entries: list[Entry], progress: bool = False) -> RoundOutcome:
+        """Train on the trainable entries, publish a candidate, acknowledge, gate. Skipped entries are acked at once."""
+        started = time.perf_counter()
+        parent, selection = self.classify(entries)
+        skipped = [i for ids in selection.skipped.values() for i in ids]
+        self.reader.ack(skipped)  # they will never take a batch slot
+        if not selection.train:
+            return RoundOutcome("nothing", selection, parent, wall_seconds=time.perf_counter() - started)
+        items = [build_item(e, self.tokenizer, method=self.config.method, parent_version=parent,
+                            max_prompt_tokens=self.config.max_prompt_tokens,
+                            max_response_tokens=self.config.max_response_tokens) for e in selection.train]
+        parent_dir = Path(self.registry.get(parent).path) if parent else None
+        model = attach_adapter(self.base, self.config, parent_dir)
+        log().info("training", parent=parent, samples=len(items), method=self.config.method, device=self.device)
+        steps = -(-len(items) // self.config.batch_size) * self.config.steps_per_batch
+        with tqdm(total=steps, desc="training", unit="step", disable=not progress, file=sys.stderr) as bar:
+            def on_step(n: int, m: dict[str, float]) -> None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{m['loss']:.3f}", clip=f"{m['clip_fraction']:.2f}")
+                log().debug("train_step", step=n, loss=m["loss"], entropy=m["entropy"])
+
+            result = train(model, items, self.config, pad_id=self.pad_id, progress=on_step)
+        try:
+            outcome = self._finish(model, selection, parent, result)
+        finally:
+            self.base = model.unload().eval()  # the bare base model again, for the gate and the next round
+        if outcome.version is not None and self.settings.learner_gate:
+            outcome.gate = hand_to_gate(self.settings, self.registry, outcome.version, self.base, self.tokenizer)
+            if outcome.gate is not None and not outcome.gate.get("passed", False):
+                outcome.status = "gate_failed"
+        outcome.wall_seconds = time.perf_counter() - started
+        return outcome
+
+    def _finish(self, model: Any, selection: Selection, parent: str | None, result: TrainResult) -> RoundOutcome:
+        sample_ids = [e.sample.sample_id for e in selection.train if e.sample]
+        evidence = {"metrics": result.metrics, "parent": parent, "samples": len(sample_ids)}
+        if result.refused is not None:
+            self.registry.log(AuditEvent(kind="candidate_refused", actor="learner", reason=result.refused, evidence=evidence))
+            log().warning("candidate_refused", reason=result.refused)
+            return RoundOutcome("refused", selection, parent, result=result)
+        entry_ids = sorted((e.entry_id for e in selection.train), key=lambda i: tuple(map(int, i.split("-"))))
+        manifest_metrics = {**result.metrics, "pi_old": result.pi_old_sources, "token_methods": result.token_methods}
+        version = self.registry.allocate_version()
+        staging = self.registry.staging_dir(version)
+        try:
+            model.save_pretrained(str(staging))
+            manifest = Manifest(
+                version=version, parent=parent, base_model=self.settings.base_model,
+                base_revision=base_revision(self.model_dir), method=self.config.method,
+                config=self.config.to_dict(), sample_ids=sample_ids, metrics=manifest_metrics,
+                stream_offsets={SAMPLES_STREAM: entry_ids[-1], f"{SAMPLES_STREAM}:first": entry_ids[0]},
+                entry_ids=entry_ids, device=self.device,
+            )
+            self.registry.publish(staging, manifest)
+        except BaseException:
+            self.registry.discard_staging(staging)
+            raise
+        self.reader.ack(entry_ids)
+        log().info("candidate_published", version=version, parent=parent, samples=len(sample_ids))
+        return RoundOutcome("published", selection, parent, version=version, result=result)
+
+
+def summary(outcome: RoundOutcome, config: TrainConfig) -> str:
+    """The one-screen report of a ``--once`` run."""
+    counts = outcome.selection.counts()
+    skipped = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "train") or "none"
+    lines = ["nextstate learn --once", f"  samples     {sum(counts.values())} read, {counts['train']} trained (skipped: {skipped})",
+             f"  parent      {outcome.parent or 'base model'}"]
+    r = outcome.result
+    if r is not None:
+        m = r.metrics
+        lines += [
+            f"  method      {config.method} (w_rl {config.w_rl}, w_opd {config.w_opd}): {m['rl_samples']:.0f} rewarded, {m['opd_samples']:.0f} hinted",
+            f"  tokens      {m['response_tokens']:.0f} response tokens, {m['tokens']:.0f} processed, {m['tokens_per_s']:.0f} tokens/s",
+            f"  loss        {m['loss']:+.4f} (final {m['final_loss']:+.4f}), reward mean {m['reward_mean']:+.3f}",
+            f"  KL          to base {m['kl_base']:.4f}, to parent {m['kl_parent']:.4f} nats/token; entropy {m['entropy']:.3f}; clip {m['clip_fraction']:.3f}",
+            f"  likelihood  prefer {m.get('logp_delta_prefer', 0.0):+.4f}, avoid {m.get('logp_delta_avoid', 0.0):+.4f} nats/token",
+            f"  pi_old      {r.pi_old_sources}; token ids {r.token_methods}",
+        ]
+    if outcome.version:
+        lines.append(f"  candidate   {outcome.version}")
+    if outcome.gate is not None:
+        verdict = "passed" if outcome.gate.get("passed") else "failed: " + "; ".join(outcome.gate.get("reasons", []))
+        lines.append(f"  gate        {verdict}")
+    reason = f" ({r.refused})" if r is not None and r.refused else ""
+    lines += [f"  wall time   {outcome.wall_seconds:.1f} s", f"  result      {outcome.status}{reason} -> exit {outcome.exit_code}"]
+    return "\n".join(lines)
+
+
+class Metrics:
+    """Prometheus metrics of the continuous learner (own registry, so tests can run several)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.rounds = Counter("nextstate_learner_rounds", "Training rounds by outcome", ["status"], registry=self.registry)
+        self.samples = Counter("nextstate_learner_samples", "Samples trained on", registry=self.registry)
+        self.tokens = Counter("nextstate_learner_tokens", "Tokens processed in training", registry=self.registry)
+        self.last = Gauge("nextstate_learner_last", "Metrics of the last round", ["metric"], registry=self.registry)
+        self.pending = Gauge("nextstate_learner_pending_samples", "Trainable samples waiting", registry=self.registry)
+
+    def observe(self, outcome: RoundOutcome) -> None:
+        self.rounds.labels(outcome.status).inc()
+        if outcome.result is not None:
+            m = outcome.result.metrics
+            self.samples.inc(m["samples"])
+            self.tokens.inc(m["tokens"])
+            for key in ("loss", "reward_mean", "kl_base", "kl_parent", "entropy", "clip_fraction", "tokens_per_s", "wall_seconds"):
+                self.last.labels(key).set(m[key])
+
+
+def run_continuous(learner: Learner, stop: threading.Event, metrics: Metrics, rounds: int | None = None) -> int:
+    """Train whenever ``batch_size`` trainable samples wait; stop on ``stop`` or after ``rounds`` rounds."""
+    held = learner.held  # delivered to this consumer, trainable, waiting for a full batch
+    done = 0
+    while not stop.is_set() and (rounds is None or done < rounds):
+        held += learner.reader.read(256, block_ms=learner.settings.learner_poll_ms)
+        _, selection = learner.classify(held)
+        trainable = {e.entry_id for e in selection.train}
+        learner.reader.ack([i for i in selection.entry_ids if i not in trainable])
+        held[:] = [e for e in held if e.entry_id in trainable]
+        metrics.pending.set(len(held))
+        if len(held) < learner.config.batch_size:
+            continue
+        outcome = learner.round(held)
+        metrics.observe(outcome)
+        log().info("round", status=outcome.status, version=outcome.version, samples=len(outcome.selection.train))
+        held.clear()  # published entries are acked; refused ones stay pending until the next start
+        done += 1
+    return EXIT_PUBLISHED
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="nextstate learn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--once", action="store_true", help="consume what is available, train one candidate, exit")
+    p.add_argument("--method", choices=METHODS, help="objective (default combined)")
+    p.add_argument("--w-rl", type=float, dest="w_rl")
+    p.add_argument("--w-opd", type=float, dest="w_opd")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int, dest="batch_size")
+    p.add_argument("--steps-per-batch", type=int, dest="steps_per_batch")
+    p.add_argument("--kl-coef", type=float, dest="kl_coef")
+    p.add_argument("--topk", type=int, help="top-K distillation variant (0 = off)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--preset", choices=("tiny", "gpu", "auto"))
+    p.add_argument("--device")
+    p.add_argument("--model", dest="base_model", help="base model (default builtin:tiny-chat)")
+    p.add_argument("--no-gate", action="store_false", dest="learner_gate", default=None)
+    p.add_argument("--metrics-port", type=int, dest="learner_metrics_port")
+    p.add_argument("--rounds", type=int, help="continuous mode: stop after this many rounds")
+    p.add_argument("--json", action="store_true", help="--once: print the outcome as one JSON line too")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k not in ("once", "rounds", "json")}
+    settings = LearnerSettings(**overrides)
+    configure_logging(settings.log_level, settings.log_json)
+    url, embedded = resolve_redis_url(settings.redis_url, settings.home_dir())
+    client = redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10)
+    try:
+        learner = Learner(settings, client)
+        if args.once:
+            entries = learner.reader.read_all(settings.learner_max_samples)
+            outcome = learner.round(entries, progress=True)
+            print(summary(outcome, learner.config), flush=True)
+            if args.json:
+                print(json.dumps({"status": outcome.status, "version": outcome.version, "parent": outcome.parent,
+                                  "counts": outcome.selection.counts(), "gate": outcome.gate,
+                                  "metrics": outcome.result.metrics if outcome.result else None}), flush=True)
+            return outcome.exit_code
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        metrics = Metrics()
+        if settings.learner_metrics_port:
+            start_http_server(settings.learner_metrics_port, registry=metrics.registry)
+        log().info("learner_started", device=learner.device, config=learner.config.to_dict())
+        return run_continuous(learner, stop, metrics, args.rounds)
+    except Exception:
+        log().exception("learner_failed")
+        return EXIT_ERROR
+    finally:
+        client.close()
+        if embedded is not None:
+            embedded.stop()
