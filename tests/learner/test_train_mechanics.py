@@ -186,7 +186,7 @@ def test_topk_variant_trains(tokenizer) -> None:  # type: ignore[no-untyped-def]
         ({"loss": 0.1, "entropy": 1.0, "kl_base": 0.1, "kl_parent": 0.1}, None),
         ({"loss": float("nan"), "entropy": 1.0}, "loss is not finite"),
         ({"loss": 0.1, "entropy": float("inf")}, "entropy is not finite"),
-        ({"loss": 0.1, "entropy": 0.01}, "entropy 0.0100 below the bound 0.02"),
+        ({"loss": 0.1, "entropy": 0.001}, "entropy 0.0010 below the bound 0.005"),
         ({"loss": 0.1, "entropy": 1.0, "kl_base": 12.5}, "KL to base 12.5000 above the bound 12.0"),
         ({"loss": 0.1, "entropy": 1.0, "kl_base": 1.5, "kl_parent": 6.2}, "KL to parent 6.2000 above the bound 6.0"),
     ],
