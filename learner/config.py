@@ -49,10 +49,9 @@ class TrainConfig:
     # collapse guard: a candidate outside these bounds is not published
     # nats per token, mean over response tokens after training (the tiny model sits near 0.05-0.1)
     min_entropy: float = 0.005
-    # KL is measured on the batch's own response tokens, where avoided responses are meant to move a lot
-    # (tiny model, one run of 24 prefer/avoid samples at lr 2e-3: 0.7-2.3 nats/token), so the bounds are loose
-    max_kl_base: float = 12.0  # nats per token
-    max_kl_parent: float = 6.0  # nats per token
+    # exact KL per response token of the batch, where avoided responses are meant to move
+    max_kl_base: float = 4.0  # nats per token
+    max_kl_parent: float = 2.0  # nats per token
 
     # devices
     dtype: Literal["float32", "bfloat16"] = "float32"

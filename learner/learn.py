@@ -174,7 +174,7 @@ class Learner:
                 bar.set_postfix(loss=f"{m['loss']:.3f}", clip=f"{m['clip_fraction']:.2f}")
                 log().debug("train_step", step=n, loss=m["loss"], entropy=m["entropy"])
 
-            result = train(model, items, self.config, pad_id=self.pad_id, progress=on_step)
+            result = train(model, items, self.config, pad_id=self.pad_id, progress=on_step, parent_dir=parent_dir)
         try:
             outcome = self._finish(model, selection, parent, result)
         finally:

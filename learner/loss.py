@@ -25,7 +25,10 @@ Choices, all of them:
 - KL to base: optional, coefficient default 0, the k3 estimator exp(d) - d - 1 with
   d = log pi_base - log pi_theta per sampled token (non-negative, unbiased for KL(pi_theta || pi_base)
   on tokens sampled from pi_theta; our tokens come from pi_old, which we ignore as usual).
-- Entropy is monitored (full-vocabulary entropy per token), never added to the loss.
+- Entropy is monitored (full-vocabulary entropy per token), never added to the loss. The KL to base
+  and to parent that the collapse guard reads are exact full-vocabulary KL(pi_theta || ref) at every
+  response position (``full_kl``), not sampled-token estimates: the responses are labeled turns that
+  need not be samples of pi_old, and a sampled-token ratio explodes on them.
 - Observation-only samples never reach this module: the data layer drops them before batching.
 - Top-K variant (``topk`` > 0): for samples with a hint, the OPD advantage is replaced by the exact
   reverse KL(pi_theta || pi_teacher) over K+1 bins at every response position: the teacher's top-K
@@ -121,6 +124,13 @@ def token_entropy(logits_B_T_V: torch.Tensor) -> torch.Tensor:
     """Entropy (nats) of the full next-token distribution at every position."""
     logp = torch.log_softmax(logits_B_T_V.float(), dim=-1)
     return -(logp.exp() * logp).sum(-1)
+
+
+def full_kl(p_logits_B_T_V: torch.Tensor, q_logits_B_T_V: torch.Tensor) -> torch.Tensor:
+    """Exact KL(p || q) over the whole vocabulary at every position (monitoring: drift to base / parent)."""
+    p_logp = torch.log_softmax(p_logits_B_T_V.float(), dim=-1)
+    q_logp = torch.log_softmax(q_logits_B_T_V.float(), dim=-1)
+    return (p_logp.exp() * (p_logp - q_logp)).sum(-1)
 
 
 def topk_reverse_kl(

@@ -23,7 +23,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from learner.config import TrainConfig
 from learner.data import TrainItem
 from learner.logprobs import adapter_disabled, batch_logprobs, topk_logprobs
-from learner.loss import combined_loss, k3_kl, token_advantages, topk_reverse_kl
+from learner.loss import combined_loss, full_kl, token_advantages, topk_reverse_kl
 
 Progress = Callable[[int, dict[str, float]], None]  # (optimiser steps done, latest step metrics)
 
@@ -168,24 +168,43 @@ def _topk_terms(logits_B_T_V: torch.Tensor, fixed: Sequence[Fixed], T: int) -> t
 
 
 @torch.no_grad()
-def measure(model: Any, items: Sequence[TrainItem], fixed: Sequence[Fixed], config: TrainConfig, pad_id: int) -> dict[str, float]:
-    """KL of the trained adapter to base and to parent, entropy and log-likelihood change, per token."""
+def measure(
+    model: Any, items: Sequence[TrainItem], fixed: Sequence[Fixed], config: TrainConfig, pad_id: int,
+    parent_dir: Path | None = None,
+) -> dict[str, float]:
+    """Exact KL of the trained adapter to base and to parent, entropy and log-likelihood change, per token."""
     model.eval()
     totals: Counter[str] = Counter()
     per_class: dict[str, list[float]] = {"prefer": [], "avoid": []}
-    for chunk in _chunks(list(zip(items, fixed, strict=True)), config.micro_batch_size):
-        out = batch_logprobs(model, [c[0].prompt_ids for c in chunk],
-                             [c[0].response_ids for c in chunk], with_entropy=True, pad_id=pad_id)
-        for b, (it, f) in enumerate(chunk):
-            n = len(it.response_ids)
-            new = out.logp_B_T[b, :n]
-            assert out.entropy_B_T is not None
-            totals["tokens"] += n
-            totals["kl_parent"] += float(k3_kl(f.old_logp, new).sum())
-            totals["kl_base"] += float(k3_kl(f.base_logp, new).sum())
-            totals["entropy"] += float(out.entropy_B_T[b, :n].sum())
-            if it.cls in per_class and n:
-                per_class[it.cls].append(float((new - f.old_logp).mean()))
+    if parent_dir is not None:  # the parent's adapter beside the trained one, for the KL to parent
+        model.load_adapter(str(parent_dir), adapter_name="parent", is_trainable=False)
+    try:
+        for chunk in _chunks(list(zip(items, fixed, strict=True)), config.micro_batch_size):
+            prompts, responses = [c[0].prompt_ids for c in chunk], [c[0].response_ids for c in chunk]
+            out = batch_logprobs(model, prompts, responses, with_entropy=True, keep_logits=True, pad_id=pad_id)
+            with adapter_disabled(model):
+                base = batch_logprobs(model, prompts, responses, keep_logits=True, pad_id=pad_id)
+            assert out.logits_B_T_V is not None and base.logits_B_T_V is not None and out.entropy_B_T is not None
+            kl_base_B_T = full_kl(out.logits_B_T_V, base.logits_B_T_V) * out.mask_B_T
+            kl_parent_B_T = kl_base_B_T
+            if parent_dir is not None:
+                model.set_adapter("parent")
+                parent = batch_logprobs(model, prompts, responses, keep_logits=True, pad_id=pad_id)
+                model.set_adapter("default")
+                assert parent.logits_B_T_V is not None
+                kl_parent_B_T = full_kl(out.logits_B_T_V, parent.logits_B_T_V) * out.mask_B_T
+            totals["tokens"] += int(out.mask_B_T.sum())
+            totals["kl_base"] += float(kl_base_B_T.sum())
+            totals["kl_parent"] += float(kl_parent_B_T.sum())
+            totals["entropy"] += float(out.entropy_B_T.sum())
+            for b, (it, f) in enumerate(chunk):
+                n = len(it.response_ids)
+                if it.cls in per_class and n:
+                    per_class[it.cls].append(float((out.logp_B_T[b, :n] - f.old_logp).mean()))
+    finally:
+        if parent_dir is not None:
+            model.set_adapter("default")
+            model.delete_adapter("parent")
     n = max(totals["tokens"], 1)
     metrics = {k: totals[k] / n for k in ("kl_parent", "kl_base", "entropy")}
     for cls, deltas in per_class.items():
@@ -209,7 +228,8 @@ def collapse_reason(metrics: dict[str, float], config: TrainConfig) -> str | Non
 
 
 def train(
-    model: Any, items: Sequence[TrainItem], config: TrainConfig, *, pad_id: int = 0, progress: Progress | None = None
+    model: Any, items: Sequence[TrainItem], config: TrainConfig, *, pad_id: int = 0, progress: Progress | None = None,
+    parent_dir: Path | None = None,
 ) -> TrainResult:
     """Train ``model`` (a peft model with a trainable adapter) on ``items``; measure; apply the guard."""
     started = time.perf_counter()
@@ -229,7 +249,7 @@ def train(
             if not math.isfinite(history[-1]["loss"]):
                 break
     train_seconds = time.perf_counter() - train_started
-    metrics = measure(model, items, fixed, config, pad_id)
+    metrics = measure(model, items, fixed, config, pad_id, parent_dir)
     rewarded = [it.reward for it in items if it.has_reward]
     tokens = sum(h["tokens"] for h in history)
     metrics.update(

@@ -102,3 +102,17 @@ def test_refused_candidate_is_not_published_and_samples_stay_pending(
     events = registry.history()
     assert [e.kind for e in events] == ["candidate_refused"] and "entropy" in events[0].reason
     assert redis_client.xpending(SAMPLES_STREAM, "learner")["pending"] == 2
+
+
+def test_learn_once_hands_the_candidate_to_the_gate(
+    env: dict[str, str], redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for i, turn in enumerate(["Egypt", "Cuba", "Greece", "Norway"]):
+        push(redis_client, turn, "prefer" if i % 2 else "avoid", 1 if i % 2 else -1)
+    code = learn.main(["--once"])
+    out = capsys.readouterr().out
+    info = registry_for(redis_client, env).get("v1")
+    assert info.gate is not None and info.state != "candidate"  # the verdict is recorded with the version
+    assert code == (learn.EXIT_PUBLISHED if info.gate.passed else learn.EXIT_GATE_FAILED)
+    assert ("gate        passed" if info.gate.passed else "gate        failed") in out
+    assert "gate_verdict" in [e.kind for e in registry_for(redis_client, env).history()]

@@ -10,6 +10,7 @@ import torch
 from learner.loss import (
     clipped_surrogate,
     combined_loss,
+    full_kl,
     k3_kl,
     per_sample_token_mean,
     rewards_with_baseline,
@@ -159,3 +160,11 @@ def test_combined_loss_topk_term_only_on_masked_hint_tokens() -> None:
     # sample 0: 0.5 * (0.2 + 0.4)/2 = 0.15; sample 1: no hint -> 0; mean over samples = 0.075
     assert out.loss.item() == pytest.approx(0.075)
     assert out.topk_kl.item() == pytest.approx(0.3)
+
+
+def test_full_kl_over_the_vocabulary() -> None:
+    p = t([[[LN(0.5), LN(0.25), LN(0.25)]]])
+    q = t([[[LN(0.25), LN(0.25), LN(0.5)]]])
+    # 0.5 ln 2 + 0.25 ln 1 + 0.25 ln 0.5 = 0.25 ln 2
+    assert full_kl(p, q).item() == pytest.approx(0.25 * LN(2.0))
+    assert full_kl(p, p).item() == pytest.approx(0.0)

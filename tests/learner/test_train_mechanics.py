@@ -187,10 +187,23 @@ def test_topk_variant_trains(tokenizer) -> None:  # type: ignore[no-untyped-def]
         ({"loss": float("nan"), "entropy": 1.0}, "loss is not finite"),
         ({"loss": 0.1, "entropy": float("inf")}, "entropy is not finite"),
         ({"loss": 0.1, "entropy": 0.001}, "entropy 0.0010 below the bound 0.005"),
-        ({"loss": 0.1, "entropy": 1.0, "kl_base": 12.5}, "KL to base 12.5000 above the bound 12.0"),
-        ({"loss": 0.1, "entropy": 1.0, "kl_base": 1.5, "kl_parent": 6.2}, "KL to parent 6.2000 above the bound 6.0"),
+        ({"loss": 0.1, "entropy": 1.0, "kl_base": 4.5}, "KL to base 4.5000 above the bound 4.0"),
+        ({"loss": 0.1, "entropy": 1.0, "kl_base": 1.5, "kl_parent": 2.2}, "KL to parent 2.2000 above the bound 2.0"),
     ],
 )
 def test_collapse_guard(metrics: dict[str, float], reason: str | None) -> None:
     got = collapse_reason(metrics, TrainConfig.tiny())
     assert got == reason if reason is None else (got is not None and got.startswith(reason))
+
+
+def test_training_on_top_of_a_parent_measures_kl_to_parent_and_base(tokenizer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    config = TrainConfig.tiny(lr=1e-2, min_entropy=0.0)
+    first = attach_adapter(random_model(tokenizer), config, None)
+    train(first, items_for(tokenizer), config, pad_id=tokenizer.pad_token_id)
+    first.save_pretrained(tmp_path / "v1")
+    child = attach_adapter(random_model(tokenizer), config, tmp_path / "v1")
+    m = train(child, items_for(tokenizer), config, pad_id=tokenizer.pad_token_id, parent_dir=tmp_path / "v1").metrics
+    assert 0 < m["kl_parent"] < m["kl_base"]  # the child starts from the parent, which already moved from base
+    child.save_pretrained(tmp_path / "v2")
+    assert sorted(p.name for p in (tmp_path / "v2").iterdir()) == [
+        "README.md", "adapter_config.json", "adapter_model.safetensors"]  # the parent was not saved with it
