@@ -23,9 +23,9 @@ class FeedbackMix:
     """Chance of giving no feedback at all (just the next question)."""
     noise_p: float = 0.0
     """Chance that the reaction is misleading (thanks for a bad answer, a complaint for a good one)."""
-    directive_w: float = 0.5
-    complain_w: float = 0.3
-    rephrase_w: float = 0.2
+    directive_w: float = 0.6
+    complain_w: float = 0.25
+    rephrase_w: float = 0.15
 
 
 @dataclass(frozen=True)
