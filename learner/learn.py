@@ -168,7 +168,7 @@ class Learner:
         model = attach_adapter(self.base, self.config, parent_dir)
         log().info("training", parent=parent, samples=len(items), method=self.config.method, device=self.device)
         steps = -(-len(items) // self.config.batch_size) * self.config.steps_per_batch
-        with tqdm(total=steps, desc="training", unit="step", disable=not progress, file=sys.stderr) as bar:
+        with tqdm(total=steps, desc="training", unit="step", disable=None if progress else True, file=sys.stderr) as bar:
             def on_step(n: int, m: dict[str, float]) -> None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{m['loss']:.3f}", clip=f"{m['clip_fraction']:.2f}")
