@@ -104,9 +104,12 @@ def test_refused_candidate_is_not_published_and_samples_stay_pending(
     assert redis_client.xpending(SAMPLES_STREAM, "learner")["pending"] == 2
 
 
+@pytest.mark.slow
 def test_learn_once_hands_the_candidate_to_the_gate(
-    env: dict[str, str], redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
+    env: dict[str, str], redis_client: redis.Redis, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("NEXTSTATE_GATE_SAMPLES", "2")  # a smaller sacred run: this checks the hand-off only
+    monkeypatch.setenv("NEXTSTATE_GATE_MAX_TOKENS", "24")
     for i, turn in enumerate(["Egypt", "Cuba", "Greece", "Norway"]):
         push(redis_client, turn, "prefer" if i % 2 else "avoid", 1 if i % 2 else -1)
     code = learn.main(["--once"])
