@@ -50,6 +50,8 @@ class BenchConfig:
     gate_replay_tolerance: float = 0.05
     """Sampled answers per sacred case and policy in the gate."""
     settle_timeout_s: float = 240.0
+    think_s: float = 1.5
+    """Pause before each message of the simulated user (reading time), so records reach the loop."""
     model: str | None = None
     """Model name clients send; unset = the first model the proxy lists."""
     model_cache: Path | None = None
@@ -123,7 +125,10 @@ def run_one(config: BenchConfig, method: str, persona_name: str, seed: int, home
         points: list[dict[str, Any]] = []
 
         def pace() -> None:
-            if method != "none" and (busy := pipeline.settle(config.batch_size, config.settle_timeout_s)):
+            if method == "none":
+                return
+            time.sleep(config.think_s)  # the user reads the answer; meanwhile its records reach Redis
+            if busy := pipeline.settle(config.batch_size, config.settle_timeout_s):
                 timeouts.append(f"{busy} at interaction {user.count}")
 
         def record(interaction: Interaction) -> None:
@@ -143,6 +148,8 @@ def run_one(config: BenchConfig, method: str, persona_name: str, seed: int, home
                     f"(facts {result.fact_accuracy:.2f}, served by {','.join(result.versions)}) | "
                     + progress.line(user.count))
 
+        if method != "none" and not pipeline.learner_ready(config.settle_timeout_s):
+            timeouts.append("no learner consuming samples before the first interaction")
         checkpoint()
         while user.count < config.interactions:
             user.interact(min(config.every, config.interactions - user.count), before_each=pace, after_each=record)

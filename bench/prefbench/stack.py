@@ -131,6 +131,7 @@ class Pipeline:
         self.progress = Progress()
         self._samples_from = "-"
         self._events_from = "-"
+        self._pending: dict[str, int] = {}
 
     def refresh(self) -> Progress:
         p = self.progress
@@ -172,8 +173,14 @@ class Pipeline:
             if lag is not None and int(lag) > 0:
                 return "training"  # samples not read by the learner yet
             for consumer in self._consumers(SAMPLES_STREAM, str(group["name"])):
-                # a learner waiting for a full batch polls (idle < its poll time); one training does not
-                if int(consumer.get("pending", 0)) >= batch_size and int(consumer.get("idle", 0)) > 2500:
+                # A learner holding a full batch trains it: it stops polling (idle grows past its poll
+                # time) right after its pending count grew. Entries a refused round left pending do
+                # neither, so they do not hold the user back.
+                key = f"{group['name']}/{consumer.get('name')}"
+                pending, idle = int(consumer.get("pending", 0)), int(consumer.get("idle", 0))
+                grew = pending > self._pending.get(key, 0)
+                self._pending[key] = pending
+                if pending >= batch_size and (idle > 2500 or grew):
                     return "training"
         if "candidate" in p.states.values():
             return "gating"
@@ -195,6 +202,15 @@ class Pipeline:
         except redis.ResponseError:
             return []
         return [{(k.decode() if isinstance(k, bytes) else k): v for k, v in c.items()} for c in raw]
+
+    def learner_ready(self, timeout_s: float) -> bool:
+        """Wait until a learner reads the samples stream (a consumer of its group has polled once)."""
+        deadline = time.monotonic() + timeout_s
+        while not any(int(str(g.get("consumers", 0))) > 0 for g in self._groups(SAMPLES_STREAM)):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
+        return True
 
     def settle(self, batch_size: int, timeout_s: float) -> str | None:
         """Wait until idle; returns what was still busy at the timeout (None = settled)."""
