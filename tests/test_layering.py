@@ -41,10 +41,9 @@ def test_init_files_are_empty(package: str) -> None:
         assert init.read_text().strip() == "", f"{init.relative_to(ROOT)} must stay empty"
 
 
-@pytest.mark.parametrize("package", ORDER)
+# the learner writes the registry's records (manifests), so it has no records module of its own
+@pytest.mark.parametrize("package", [p for p in ORDER if (ROOT / p / "records.py").exists()])
 def test_records_import_only_stdlib_and_pydantic(package: str) -> None:
     records = ROOT / package / "records.py"
-    if not records.exists():
-        pytest.skip(f"{package} has no records yet")
     allowed = {"__future__", "time", "typing", "pydantic", "enum", "uuid", "hashlib", "datetime", *ORDER[: ORDER.index(package) + 1]}
     assert _imports(records) <= allowed, f"{records.name} imports {_imports(records) - allowed}"
