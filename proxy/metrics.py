@@ -19,6 +19,14 @@ class Metrics:
             "nextstate_proxy_request_seconds", "Total request latency seen by the client.", ["route"],
             buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
+        self.policy_requests = Counter(
+            "nextstate_proxy_policy_requests", "Chat requests by arm, served version and status.",
+            ["arm", "version", "status"], registry=self.registry,
+        )
+        self.policy_latency = Histogram(
+            "nextstate_proxy_policy_request_seconds", "Chat request latency by arm and served version.",
+            ["arm", "version"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
         self.overhead = Histogram(
             "nextstate_proxy_overhead_seconds", "Time spent in the proxy, excluding the upstream.", ["route"],
             buckets=_OVERHEAD_BUCKETS, registry=self.registry,

@@ -60,6 +60,10 @@ class CanonicalLog:
             route = self._route(path)
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.latency.labels(route).observe(duration)
+            if "arm" in fields:  # a routed chat request: per-arm/version figures for the canary
+                version = fields.get("version") or "base"
+                self.metrics.policy_requests.labels(fields["arm"], version, str(status)).inc()
+                self.metrics.policy_latency.labels(fields["arm"], version).observe(duration)
             if path not in _QUIET:
                 log.info("request", method=scope["method"], path=path, status=status,
                          duration_ms=round(duration * 1000, 3), **fields)

@@ -100,6 +100,11 @@ def test_routing_table_in_redis_routes_and_is_recorded(proxy_url, fake, redis_cl
         time.sleep(0.05)
     assert redis_client.hgetall(UPSTREAM_OUTCOMES_KEY) == expected
 
+    metrics = http.get(f"{proxy_url}/metrics").text
+    assert 'nextstate_proxy_policy_requests_total{arm="canary",status="200",version="v2"} 2.0' in metrics
+    assert 'nextstate_proxy_policy_requests_total{arm="pinned",status="500",version="v1"} 1.0' in metrics
+    assert 'nextstate_proxy_policy_request_seconds_count{arm="stable",version="v1"}' in metrics
+
 
 def test_upstream_model_setting_names_the_base_model(start_proxy, fake, http) -> None:
     url = start_proxy(upstream_model="served-base")
