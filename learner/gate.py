@@ -234,7 +234,9 @@ def run_gate_for_version(version: str, settings: RegistrySettings | None = None,
         verdict = evaluate(registry, version, base, tokenizer, suite, GateRun.from_settings(settings))
         registry.record_gate(version, verdict)
         log.info("gate_verdict", version=version, passed=verdict.passed, reasons=verdict.reasons)
-        if verdict.passed and settings.gate_auto_canary and registry.canary_state() is None and not registry.frozen():
+        extends_stable = registry.get(version).parent == registry.alias("stable")
+        if (verdict.passed and settings.gate_auto_canary and extends_stable and registry.canary_state() is None
+                and not registry.frozen()):
             try:
                 control.start_canary(version, settings.canary_steps[0], "gate", "passed the sacred gate")
             except RegistryError as exc:  # e.g. a replica is down: the controller starts it on a later tick

@@ -146,7 +146,10 @@ class Learner:
         self.held: list[Entry] = []  # continuous mode: trainable entries read but not trained yet
 
     def classify(self, entries: list[Entry]) -> tuple[str | None, Selection]:
-        parent = self.registry.alias("stable")
+        # train on top of the running canary when there is one: the next candidate then extends the
+        # version most likely to become stable, instead of replacing it (the controller canaries only
+        # versions whose parent is stable, so this one waits until the canary is promoted)
+        parent = self.registry.alias("canary") or self.registry.alias("stable")
         selection = select(
             entries, method=self.config.method, lineage_ids=lineage_sample_ids(self.registry, parent),
             stored_revisions=self.reader.stored_revisions(e.sample.turn_id for e in entries if e.sample),

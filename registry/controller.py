@@ -110,13 +110,27 @@ class Controller:
         return decision
 
     def _start_next(self) -> Decision | None:
+        """Canary the newest gated version that extends the current stable.
+
+        The learner trains from the running canary when there is one, so a version waiting behind a
+        canary becomes eligible once that canary is promoted; one whose parent was rolled back,
+        rejected or failed the gate can never extend stable and is rejected as stale.
+        """
         stable = self.registry.alias("stable")
         floor = int(stable.lstrip("v")) if stable else 0
-        ready = [i for i in self.registry.versions() if i.state == "gated_pass" and int(i.version.lstrip("v")) > floor]
+        versions = self.registry.versions()
+        states = {i.version: i.state for i in versions}
+        waiting = [i for i in versions if i.state == "gated_pass" and int(i.version.lstrip("v")) > floor]
+        for info in waiting:
+            if info.parent != stable and states.get(info.parent or "") in ("rolled_back", "rejected", "gated_fail"):
+                self.control.reject(info.version, "controller", f"stale lineage: parent {info.parent} will never be stable",
+                                    {"parent": info.parent, "parent_state": states.get(info.parent or ""), "stable": stable})
+        ready = [i for i in waiting if i.parent == stable]
         if not ready:
             return None
         version = ready[-1].version
-        self.control.start_canary(version, self.policy.steps[0], "controller", "passed the gate; newest ready version")
+        self.control.start_canary(version, self.policy.steps[0], "controller",
+                                  "passed the gate; newest ready version extending stable")
         return Decision("step", f"canary {version} started", {"version": version}, self.policy.steps[0])
 
     def _decide(self, state: CanaryState) -> Decision:

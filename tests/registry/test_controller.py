@@ -107,12 +107,12 @@ def test_inconclusive_at_the_deadline_is_rejected(control: Control, publish: Pub
 
 def test_error_rate_and_latency_breaches_roll_back(control: Control, publish: PublishFn, replicas: list[Any]) -> None:
     controller = Controller(control, POLICY)
-    _, canary = started(controller, control, publish)
+    stable, canary = started(controller, control, publish)
     control.registry.redis.hset(UPSTREAM_OUTCOMES_KEY, mapping={f"{canary}:ok": 40, f"{canary}:error": 10})
     decision = controller.tick()
     assert decision is not None and decision.action == "rollback" and "error rate" in decision.reason
 
-    third = publish(gate=True)
+    third = publish(parent=stable, gate=True)
     assert controller.tick().action == "step"  # type: ignore[union-attr]
     pipe = control.registry.redis.pipeline()
     for i in range(20):
@@ -175,3 +175,29 @@ def test_controller_process_starts_the_canary(redis_url: str, registry: Registry
     assert done.returncode == 0, done.stderr
     assert "canary v1 started" in done.stdout
     assert registry.alias("canary") == "v1" and [set(app.state.loaded) for app, _ in replicas] == [{"tiny-chat@v1"}] * 2
+
+
+def test_a_version_trained_on_the_canary_waits_for_its_promotion(control: Control, publish: PublishFn,
+                                                                  replicas: list[Any]) -> None:
+    controller = Controller(control, POLICY)
+    stable, canary = started(controller, control, publish)
+    child = publish(parent=canary, gate=True)  # trained while the canary was running, on top of it
+    sibling = publish(parent=stable, gate=True)  # an older-style candidate that would replace the canary
+    actions = run_until_done(controller, control, canary, stable, 0.8, 0.8)
+    assert actions[-1] == "promote"
+    decision = controller.tick()  # the next canary: the child extends the new stable, the sibling does not
+    assert decision is not None and decision.evidence == {"version": child}
+    assert control.registry.alias("canary") == child
+    assert control.registry.get(sibling).state == "gated_pass"  # never canaried: it does not extend stable
+
+
+def test_a_version_whose_parent_was_rolled_back_is_rejected_as_stale(control: Control, publish: PublishFn,
+                                                                    replicas: list[Any]) -> None:
+    controller = Controller(control, POLICY)
+    _, canary = started(controller, control, publish)
+    child = publish(parent=canary, gate=True)
+    control.rollback("operator", "bad canary")
+    assert controller.tick() is None  # nothing extends stable
+    assert control.registry.get(child).state == "rejected"
+    stale = [e for e in control.registry.history() if e.kind == "rejected" and e.version == child]
+    assert stale and "stale lineage" in stale[0].reason
