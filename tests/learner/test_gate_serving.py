@@ -148,7 +148,7 @@ def test_live_rewards_promote_then_roll_back_on_the_embedded_server(stack: dict[
     rng = random.Random(5)
 
     def gate_and_run(canary_rate: float, stable_rate: float) -> tuple[str, str]:
-        version = publish_adapter(reg, adapter, "builtin:tiny-chat")
+        version = publish_adapter(reg, adapter, "builtin:tiny-chat", parent=reg.alias("stable"))  # trained on stable
         assert run_gate_for_version(version, settings, control=control, base=base, tokenizer=tok).passed
         assert f"tiny-chat@{version}" in loaded(stack["policy_url"])
         stable = reg.alias("stable")
