@@ -121,19 +121,30 @@ async def _chat_stream(server: PolicyServer, req: ChatRequest, model_name: str, 
         first["prompt_token_ids"] = generation.prompt_ids
         first["choices"][0]["token_ids"] = []
     yield _sse(first)
+
+    def choice(piece: Any) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "index": 0,
+            "delta": {"content": piece.text} if piece.text or not piece.finish else {},
+            "logprobs": {"content": [server.chat_entry(e, req) for e in piece.logprobs]} if req.logprobs else None,
+            "finish_reason": piece.finish,
+        }
+        if req.return_token_ids:
+            entry["token_ids"] = piece.token_ids
+        return entry
+
+    async for event in _pieces_as_sse(req, base, generation, choice):
+        yield event
+
+
+async def _pieces_as_sse(req: ChatRequest | CompletionRequest, base: dict[str, Any], generation: Generation,
+                         choice: Any) -> AsyncIterator[bytes]:
+    """One chunk per generated piece, an error event if generation fails, the usage chunk, ``[DONE]``."""
     produced = 0
     try:
         async for piece in generation:
             produced += len(piece.token_ids)
-            choice: dict[str, Any] = {
-                "index": 0,
-                "delta": {"content": piece.text} if piece.text or not piece.finish else {},
-                "logprobs": {"content": [server.chat_entry(e, req) for e in piece.logprobs]} if req.logprobs else None,
-                "finish_reason": piece.finish,
-            }
-            if req.return_token_ids:
-                choice["token_ids"] = piece.token_ids
-            yield _sse({**base, "choices": [choice]})
+            yield _sse({**base, "choices": [choice(piece)]})
     except ServingError as exc:
         yield _sse(exc.body())
     finally:
@@ -173,27 +184,23 @@ async def completions(request: Request) -> Response:
 
 async def _completion_stream(server: PolicyServer, req: CompletionRequest, model_name: str, generation: Generation) -> AsyncIterator[bytes]:
     base = {"id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": model_name}
-    produced, first = 0, True
-    try:
-        async for piece in generation:
-            produced += len(piece.token_ids)
-            choice: dict[str, Any] = {
-                "index": 0, "text": piece.text, "finish_reason": piece.finish, "stop_reason": None,
-                "logprobs": server.legacy_logprobs(piece.logprobs, req) if req.logprobs is not None else None,
-            }
-            if req.return_token_ids:
-                choice["token_ids"] = piece.token_ids
-                if first:
-                    choice["prompt_token_ids"] = generation.prompt_ids
-            first = False
-            yield _sse({**base, "choices": [choice]})
-    except ServingError as exc:
-        yield _sse(exc.body())
-    finally:
-        generation.close()
-    if req.include_usage():
-        yield _sse({**base, "choices": [], "usage": usage(len(generation.prompt_ids), produced)})
-    yield b"data: [DONE]\n\n"
+    sent_prompt = False
+
+    def choice(piece: Any) -> dict[str, Any]:
+        nonlocal sent_prompt
+        entry: dict[str, Any] = {
+            "index": 0, "text": piece.text, "finish_reason": piece.finish, "stop_reason": None,
+            "logprobs": server.legacy_logprobs(piece.logprobs, req) if req.logprobs is not None else None,
+        }
+        if req.return_token_ids:
+            entry["token_ids"] = piece.token_ids
+            if not sent_prompt:  # vLLM sends the prompt ids once, on the first chunk
+                entry["prompt_token_ids"] = generation.prompt_ids
+        sent_prompt = True
+        return entry
+
+    async for event in _pieces_as_sse(req, base, generation, choice):
+        yield event
 
 
 # ---- models, adapters, health -------------------------------------------------------------------
