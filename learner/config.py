@@ -46,6 +46,12 @@ class TrainConfig:
     eps_high: float = 0.28
     kl_coef: float = 0.0  # weight of the k3 KL(pi_theta || pi_base) penalty per token
 
+    # retain set (learner.retain): the parent's sampled answers to explicit instructions stay likely
+    w_retain: float = 1.0  # weight of their mean per-token NLL in every step (0 = off)
+    retain_samples: int = 32  # answers sampled from the parent per round
+    retain_temperature: float = 1.0
+    retain_max_tokens: int = 64
+
     # collapse guard: a candidate outside these bounds is not published
     # nats per token, mean over response tokens after training (the tiny model sits near 0.05-0.1)
     min_entropy: float = 0.005
@@ -84,7 +90,7 @@ class TrainConfig:
     def gpu(cls, **overrides: Any) -> TrainConfig:
         """One-GPU defaults for a 4–8B model: bf16, gradient checkpointing, rank 16, small micro-batches."""
         base: dict[str, Any] = dict(
-            lora_r=16, lora_alpha=32, lr=1e-4, batch_size=16, micro_batch_size=2, steps_per_batch=2,
+            lora_r=16, lora_alpha=32, lr=1e-4, batch_size=16, micro_batch_size=2, steps_per_batch=2, retain_samples=16,
             max_prompt_tokens=4096, max_response_tokens=1024, dtype="bfloat16", gradient_checkpointing=True,
         )
         base.update(overrides)

@@ -25,8 +25,8 @@ from pydantic import ValidationError
 
 from labeler.records import SAMPLES_STREAM, SampleRecord
 from learner.data import Entry, build_item, lineage_sample_ids
-from learner.logprobs import batch_logprobs, model_device
-from learner.modeling import load_model, render_prompt_ids, resolve_model
+from learner.logprobs import batch_logprobs
+from learner.modeling import load_model, render_prompt_ids, resolve_model, sample_answers
 from proxy.logs import configure_logging
 from registry.actions import Control
 from registry.errors import RegistryError
@@ -57,7 +57,8 @@ class GateRun:
     def from_settings(cls, s: RegistrySettings) -> GateRun:
         return cls(samples=s.gate_samples, temperature=s.gate_temperature, max_tokens=s.gate_max_tokens,
                    replay_max=s.gate_replay_max, seed=s.gate_seed,
-                   thresholds=GateThresholds(sacred_tolerance=s.gate_sacred_tolerance,
+                   thresholds=GateThresholds(sacred_tolerance=s.gate_sacred_tolerance, sacred_alpha=s.gate_sacred_alpha,
+                                             suite_tolerance=s.gate_suite_tolerance,
                                              replay_tolerance=s.gate_replay_tolerance,
                                              replay_min_samples=s.gate_replay_min_samples, max_kl=s.gate_max_kl))
 
@@ -85,27 +86,9 @@ class Policies:
 
 def generate(policies: Policies, side: str, conversations: list[list[dict[str, Any]]], n: int, temperature: float,
              max_tokens: int, seed: int) -> list[list[int]]:
-    """``n`` sampled answers (token ids) per conversation from one policy, in one left-padded batch.
-
-    Seeded, so both sides draw from the same random stream.
-    """
-    tok = policies.tokenizer
-    prompts = [render_prompt_ids(tok, messages) for messages in conversations]
-    width = max(len(p) for p in prompts)
-    pad = int(tok.pad_token_id or 0)
-    device = model_device(policies.model)
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-    torch.manual_seed(seed)
-    with policies.use(side) as model, torch.inference_mode():
-        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature, top_p=1.0,
-                             top_k=0, max_new_tokens=max_tokens, num_return_sequences=n, pad_token_id=pad)
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    eos = set(configured if isinstance(configured, list) else [configured]) | {tok.eos_token_id, pad}
-    answers = []
-    for row in out[:, width:].tolist():  # keep the end-of-turn token, drop the padding after it
-        answers.append(row[: next((i + 1 for i, t in enumerate(row) if t in eos), len(row))])
-    return answers
+    """``n`` sampled answers (token ids) per conversation from one policy; both sides share the seed."""
+    with policies.use(side) as model:
+        return sample_answers(model, policies.tokenizer, conversations, n, temperature, max_tokens, seed)
 
 
 def sacred_scores(policies: Policies, cases: list[SacredCase], run: GateRun) -> tuple[list[CaseScore], dict[str, Any]]:
@@ -117,6 +100,7 @@ def sacred_scores(policies: Policies, cases: list[SacredCase], run: GateRun) -> 
                case.max_tokens or run.max_tokens)
         groups.setdefault(key, []).append(case)
     rates: dict[str, dict[str, float]] = {}
+    counts: dict[str, int] = {}
     examples: dict[str, dict[str, str]] = {}
     for index, ((n, temperature, max_tokens), group) in enumerate(groups.items()):
         for side in ("candidate", "stable"):
@@ -124,9 +108,10 @@ def sacred_scores(policies: Policies, cases: list[SacredCase], run: GateRun) -> 
             texts = policies.tokenizer.batch_decode(ids, skip_special_tokens=True)
             for k, case in enumerate(group):
                 answers = texts[k * n:(k + 1) * n]
+                counts[case.id] = n
                 rates.setdefault(case.id, {})[side] = score(answers, case)
                 examples.setdefault(case.id, {})[side] = answers[0]
-    return [CaseScore(c.id, rates[c.id]["candidate"], rates[c.id]["stable"]) for c in checked], examples
+    return [CaseScore(c.id, rates[c.id]["candidate"], rates[c.id]["stable"], counts[c.id]) for c in checked], examples
 
 
 def held_out(registry: Registry, version: str, limit: int) -> list[SampleRecord]:
@@ -171,7 +156,14 @@ def replay_stats(policies: Policies, samples: list[SampleRecord]) -> ReplayStats
     def mean(values: list[float]) -> float:
         return sum(values) / len(values) if values else 0.0
 
-    return ReplayStats(len(deltas["prefer"]), mean(deltas["prefer"]), len(deltas["avoid"]), mean(deltas["avoid"]))
+    def se(values: list[float]) -> float:  # standard error of the mean; 0 when it cannot be estimated
+        if len(values) < 2:
+            return 0.0
+        m = mean(values)
+        return (sum((v - m) ** 2 for v in values) / (len(values) - 1) / len(values)) ** 0.5
+
+    p, a = deltas["prefer"], deltas["avoid"]
+    return ReplayStats(len(p), mean(p), len(a), mean(a), prefer_se=se(p), avoid_se=se(a))
 
 
 def drift_kl(policies: Policies, anchors: list[SacredCase], run: GateRun) -> float | None:

@@ -29,6 +29,7 @@ from labeler.records import SAMPLES_STREAM
 from learner.config import METHODS, TrainConfig
 from learner.data import Entry, SampleReader, Selection, build_item, lineage_sample_ids, select
 from learner.modeling import load_model, pick_device, resolve_model
+from learner.retain import DEFAULT_RETAIN, load_prompts, sample_retain
 from learner.train import TrainResult, attach_adapter, train
 from proxy.embedded_redis import resolve_redis_url
 from proxy.logs import configure_logging
@@ -43,7 +44,8 @@ def log() -> Any:
 
 
 EXIT_PUBLISHED, EXIT_ERROR, EXIT_NOTHING, EXIT_REFUSED, EXIT_GATE_FAILED = 0, 1, 3, 4, 5
-CONFIG_FIELDS = ("method", "w_rl", "w_opd", "lr", "batch_size", "steps_per_batch", "kl_coef", "topk", "seed")
+CONFIG_FIELDS = ("method", "w_rl", "w_opd", "lr", "batch_size", "steps_per_batch", "kl_coef", "topk", "seed",
+                 "w_retain", "retain_samples")
 
 
 class LearnerSettings(RegistrySettings):
@@ -60,6 +62,10 @@ class LearnerSettings(RegistrySettings):
     kl_coef: float | None = None
     topk: int | None = None
     seed: int | None = None
+    w_retain: float | None = Field(default=None, description="Weight of the retain set in every step (0 = off).")
+    retain_samples: int | None = Field(default=None, description="Parent answers sampled from the retain set per round.")
+    retain_file: Path = Field(default=DEFAULT_RETAIN, description="Retain set: instruction prompts (JSONL) whose "
+                              "answers stay the parent's; see learner/retain.py.")
     learner_group: str = Field(default="learner", description="Consumer group on the samples stream.")
     learner_consumer: str = Field(default="learner-1", description="Consumer name (a restart resumes its backlog).")
     learner_claim_idle_ms: int = Field(default=600_000, description="Take over another consumer's entries idle this long.")
@@ -67,6 +73,7 @@ class LearnerSettings(RegistrySettings):
     learner_poll_ms: int = Field(default=1000, description="Continuous mode: blocking read timeout.")
     learner_metrics_port: int = Field(default=9465, description="Continuous mode: Prometheus port (0 = none).")
     learner_gate: bool = Field(default=True, description="Hand every published candidate to the gate.")
+    learner_retries: int = Field(default=2, description="Rounds a gate-failed candidate's samples join again.")
 
 
 @dataclass
@@ -144,6 +151,10 @@ class Learner:
         self.base, self.tokenizer = load_model(self.model_dir, self.device, self.config.dtype)
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
         self.held: list[Entry] = []  # continuous mode: trainable entries read but not trained yet
+        self.retry: list[Entry] = []  # continuous mode: samples of gate-failed candidates (acknowledged) to train again
+        self.attempts: dict[str, int] = {}  # entry id -> candidates it was in that failed the gate
+        self.retain_prompts = load_prompts(settings.retain_file) if self.config.w_retain > 0 else []
+        self.rounds = 0
 
     def classify(self, entries: list[Entry]) -> tuple[str | None, Selection]:
         # train on top of the running canary when there is one: the next candidate then extends the
@@ -169,7 +180,10 @@ class Learner:
                             max_response_tokens=self.config.max_response_tokens) for e in selection.train]
         parent_dir = Path(self.registry.get(parent).path) if parent else None
         model = attach_adapter(self.base, self.config, parent_dir)
-        log().info("training", parent=parent, samples=len(items), method=self.config.method, device=self.device)
+        self.rounds += 1
+        retain = sample_retain(model, self.tokenizer, self.retain_prompts, self.config, self.config.seed + self.rounds)
+        log().info("training", parent=parent, samples=len(items), retain=len(retain), method=self.config.method,
+                   device=self.device)
         steps = -(-len(items) // self.config.batch_size) * self.config.steps_per_batch
         with tqdm(total=steps, desc="training", unit="step", disable=None if progress else True, file=sys.stderr) as bar:
             def on_step(n: int, m: dict[str, float]) -> None:
@@ -177,7 +191,8 @@ class Learner:
                 bar.set_postfix(loss=f"{m['loss']:.3f}", clip=f"{m['clip_fraction']:.2f}")
                 log().debug("train_step", step=n, loss=m["loss"], entropy=m["entropy"])
 
-            result = train(model, items, self.config, pad_id=self.pad_id, progress=on_step, parent_dir=parent_dir)
+            result = train(model, items, self.config, pad_id=self.pad_id, progress=on_step, parent_dir=parent_dir,
+                           retain=retain)
         try:
             outcome = self._finish(model, selection, parent, result)
         finally:
@@ -233,6 +248,8 @@ def summary(outcome: RoundOutcome, config: TrainConfig) -> str:
             f"  loss        {m['loss']:+.4f} (final {m['final_loss']:+.4f}), reward mean {m['reward_mean']:+.3f}",
             f"  KL          to base {m['kl_base']:.4f}, to parent {m['kl_parent']:.4f} nats/token; entropy {m['entropy']:.3f}; clip {m['clip_fraction']:.3f}",
             f"  likelihood  prefer {m.get('logp_delta_prefer', 0.0):+.4f}, avoid {m.get('logp_delta_avoid', 0.0):+.4f} nats/token",
+            f"  retain      {m.get('retain_samples', 0.0):.0f} parent answers, NLL {m.get('retain_nll_first', 0.0):.3f} -> "
+            f"{m.get('retain_nll_final', 0.0):.3f} nats/token",
             f"  pi_old      {r.pi_old_sources}; token ids {r.token_methods}",
         ]
     if outcome.version:
@@ -267,8 +284,12 @@ class Metrics:
 
 
 def run_continuous(learner: Learner, stop: threading.Event, metrics: Metrics, rounds: int | None = None) -> int:
-    """Train whenever ``batch_size`` trainable samples wait; stop on ``stop`` or after ``rounds`` rounds."""
-    held = learner.held  # delivered to this consumer, trainable, waiting for a full batch
+    """Train whenever ``batch_size`` new trainable samples wait; stop on ``stop`` or after ``rounds`` rounds.
+
+    The samples of a candidate the gate failed are not lost with it: they join the next round (up to
+    ``learner_retries`` more times), so the next candidate sees them together with newer evidence.
+    """
+    held, attempts = learner.held, learner.attempts  # held: delivered to this consumer, waiting for a full batch
     done = 0
     while not stop.is_set() and (rounds is None or done < rounds):
         held += learner.reader.read(256, block_ms=learner.settings.learner_poll_ms)
@@ -276,12 +297,24 @@ def run_continuous(learner: Learner, stop: threading.Event, metrics: Metrics, ro
         trainable = {e.entry_id for e in selection.train}
         learner.reader.ack([i for i in selection.entry_ids if i not in trainable])
         held[:] = [e for e in held if e.entry_id in trainable]
-        metrics.pending.set(len(held))
+        metrics.pending.set(len(held) + len(learner.retry))
         if len(held) < learner.config.batch_size:
             continue
-        outcome = learner.round(held)
+        retry = learner.retry
+        if retry:  # what the current parent's lineage already holds (e.g. it was promoted since) is dropped
+            _, again = learner.classify(retry)
+            kept = {e.entry_id for e in again.train}
+            retry = [e for e in retry if e.entry_id in kept and e.entry_id not in trainable]
+        outcome = learner.round(held + retry)
         metrics.observe(outcome)
-        log().info("round", status=outcome.status, version=outcome.version, samples=len(outcome.selection.train))
+        log().info("round", status=outcome.status, version=outcome.version, samples=len(outcome.selection.train),
+                   retried=len(retry))
+        learner.retry = []
+        if outcome.status == "gate_failed":
+            for entry in outcome.selection.train:
+                attempts[entry.entry_id] = attempts.get(entry.entry_id, 0) + 1
+                if attempts[entry.entry_id] <= learner.settings.learner_retries:
+                    learner.retry.append(entry)
         held.clear()  # published entries are acked; refused ones stay pending until the next start
         done += 1
     return EXIT_PUBLISHED
@@ -299,6 +332,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--kl-coef", type=float, dest="kl_coef")
     p.add_argument("--topk", type=int, help="top-K distillation variant (0 = off)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--w-retain", type=float, dest="w_retain", help="weight of the retain set (0 = off)")
+    p.add_argument("--retain-file", type=Path, dest="retain_file", help="retain set JSONL (default: bundled)")
     p.add_argument("--preset", choices=("tiny", "gpu", "auto"))
     p.add_argument("--device")
     p.add_argument("--model", dest="base_model", help="base model (default builtin:tiny-chat)")

@@ -114,3 +114,27 @@ def render_prompt_ids(
     """
     text = render_prompt(tokenizer, messages, tools)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def sample_answers(model: Any, tokenizer: PreTrainedTokenizerBase, conversations: list[list[dict[str, Any]]], n: int,
+                   temperature: float, max_tokens: int, seed: int) -> list[list[int]]:
+    """``n`` sampled answers (token ids, end-of-turn token kept) per conversation, in one left-padded batch.
+
+    Seeded, so two policies sampled with the same seed draw from the same random stream.
+    """
+    prompts = [render_prompt_ids(tokenizer, messages) for messages in conversations]
+    width = max(len(p) for p in prompts)
+    pad = int(tokenizer.pad_token_id or 0)
+    device = next(model.parameters()).device
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature, top_p=1.0,
+                             top_k=0, max_new_tokens=max_tokens, num_return_sequences=n, pad_token_id=pad)
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos = set(configured if isinstance(configured, list) else [configured]) | {tokenizer.eos_token_id, pad}
+    answers = []
+    for row in out[:, width:].tolist():  # keep the end-of-turn token, drop the padding after it
+        answers.append(row[: next((i + 1 for i, t in enumerate(row) if t in eos), len(row))])
+    return answers

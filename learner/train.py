@@ -2,7 +2,8 @@
 
 Read top to bottom: attach the adapter (the parent's, or a fresh one on the base model); compute the
 fixed quantities of every item once (pi_old, teacher and base logprobs, all without gradient); then
-for each batch take ``steps_per_batch`` optimiser steps against the same pi_old; finally measure the
+for each batch take ``steps_per_batch`` optimiser steps against the same pi_old (each also pulling the
+retain set towards the parent's answers, see learner.retain); finally measure the
 trained adapter on the same items (KL to base and to parent, entropy) and decide whether it may ship.
 """
 
@@ -24,6 +25,7 @@ from learner.config import TrainConfig
 from learner.data import TrainItem
 from learner.logprobs import adapter_disabled, batch_logprobs, topk_logprobs
 from learner.loss import combined_loss, full_kl, token_advantages, topk_reverse_kl
+from learner.retain import RetainItem
 
 Progress = Callable[[int, dict[str, float]], None]  # (optimiser steps done, latest step metrics)
 
@@ -110,9 +112,10 @@ def compute_fixed(model: Any, items: Sequence[TrainItem], config: TrainConfig, p
 
 
 def train_step(
-    model: Any, optimizer: torch.optim.Optimizer, batch: Sequence[tuple[TrainItem, Fixed]], config: TrainConfig, pad_id: int
+    model: Any, optimizer: torch.optim.Optimizer, batch: Sequence[tuple[TrainItem, Fixed]], config: TrainConfig, pad_id: int,
+    retain: Sequence[RetainItem] = (),
 ) -> dict[str, float]:
-    """One optimiser step over ``batch`` (micro-batches accumulate gradients); returns its metrics."""
+    """One optimiser step over ``batch`` and the retain set (micro-batches accumulate gradients); its metrics."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
     sums: Counter[str] = Counter()
@@ -147,6 +150,15 @@ def train_step(
         sums["kl_base"] += float(loss.kl_base) * weight
         sums["topk_kl"] += float(loss.topk_kl) * weight
         sums["tokens"] += sum(len(it.prompt_ids) + len(it.response_ids) for it in items)
+    if retain and config.w_retain > 0:
+        for chunk in _chunks(retain, config.micro_batch_size):
+            out = batch_logprobs(model, [r.prompt_ids for r in chunk], [r.response_ids for r in chunk], pad_id=pad_id)
+            mask = out.mask_B_T.to(out.logp_B_T.dtype)
+            nll = -(out.logp_B_T * mask).sum() / mask.sum().clamp(min=1)
+            weight = len(chunk) / len(retain)
+            (config.w_retain * nll * weight).backward()
+            sums["retain_nll"] += float(nll.detach()) * weight
+            sums["tokens"] += sum(len(r.prompt_ids) + len(r.response_ids) for r in chunk)
     params = [p for p in model.parameters() if p.requires_grad]
     sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
     optimizer.step()
@@ -229,9 +241,9 @@ def collapse_reason(metrics: dict[str, float], config: TrainConfig) -> str | Non
 
 def train(
     model: Any, items: Sequence[TrainItem], config: TrainConfig, *, pad_id: int = 0, progress: Progress | None = None,
-    parent_dir: Path | None = None,
+    parent_dir: Path | None = None, retain: Sequence[RetainItem] = (),
 ) -> TrainResult:
-    """Train ``model`` (a peft model with a trainable adapter) on ``items``; measure; apply the guard."""
+    """Train ``model`` (a peft model with a trainable adapter) on ``items`` (and ``retain``); measure; guard."""
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     fixed, sources = compute_fixed(model, items, config, pad_id)
@@ -243,7 +255,7 @@ def train(
     train_started = time.perf_counter()
     for batch in _chunks(pairs, config.batch_size):
         for _ in range(config.steps_per_batch):
-            history.append(train_step(model, optimizer, batch, config, pad_id))
+            history.append(train_step(model, optimizer, batch, config, pad_id, retain))
             if progress is not None:
                 progress(len(history), history[-1])
             if not math.isfinite(history[-1]["loss"]):
@@ -256,6 +268,9 @@ def train(
         loss=sum(h["loss"] for h in history) / max(len(history), 1),
         final_loss=history[-1]["loss"] if history else 0.0,
         clip_fraction=sum(h["clip_fraction"] for h in history) / max(len(history), 1),
+        retain_samples=float(len(retain)),
+        retain_nll_first=history[0].get("retain_nll", 0.0) if history else 0.0,
+        retain_nll_final=history[-1].get("retain_nll", 0.0) if history else 0.0,
         reward_mean=sum(rewarded) / len(rewarded) if rewarded else 0.0,
         samples=float(len(items)),
         rl_samples=float(len(rewarded)),

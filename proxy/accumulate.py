@@ -7,9 +7,9 @@ tool calls by index, finish_reason, usage, and the captured token ids and logpro
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from proxy import fastjson
 from proxy.capture import chosen_logprobs
 from proxy.records import TokenCapture, TurnResponse
 
@@ -62,7 +62,7 @@ class Accumulator:
             if data is None or data.strip() == b"[DONE]":
                 continue
             try:
-                self.feed_chunk(json.loads(data))
+                self.feed_chunk(fastjson.loads(data))
             except ValueError:
                 continue
 

@@ -9,9 +9,10 @@ changed ``model`` or a client's explicit ``logprobs: false`` costs a re-serialis
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
+
+from proxy import fastjson
 
 CAPTURE_FIELDS = {"logprobs": True, "return_token_ids": True}
 
@@ -43,7 +44,7 @@ def forward_body(raw: bytes, body: dict[str, Any], *, model: str | None, capture
         if model_changes:
             rewritten["model"] = model
         rewritten.update(extra)
-        return json.dumps(rewritten, ensure_ascii=False, separators=(",", ":")).encode()
+        return fastjson.dumps(rewritten)
     end = raw.rstrip()
     if not end.endswith(b"}"):
         return raw

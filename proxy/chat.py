@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,6 +20,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from proxy import fastjson
 from proxy.accumulate import SSESplitter, event_data
 from proxy.capture import Wants, client_wants, forward_body, strip, strip_copy
 from proxy.errors import BadRequest, BodyTooLarge, ProxyError, error_body, error_response
@@ -53,7 +53,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(raw)
+        body = fastjson.loads(raw)
     except ValueError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
@@ -108,10 +108,10 @@ def _rewrite_event(event: bytes, wants: Wants) -> bytes:
     if data is None or data.strip() == b"[DONE]":
         return event + b"\n\n"
     try:
-        chunk = json.loads(data)
+        chunk = fastjson.loads(data)
     except ValueError:
         return event + b"\n\n"
-    return b"data: " + json.dumps(strip(chunk, wants), ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + fastjson.dumps(strip(chunk, wants)) + b"\n\n"
 
 
 async def _send_upstream(state: ProxyState, raw: bytes, body: dict[str, Any], model: str | None,
@@ -216,8 +216,8 @@ async def chat_completions(request: Request) -> Response:
         exchange.completion, exchange.stream = data, False  # an upstream may answer a stream request whole
         if response.status < 400 and captured and not wants.everything:
             with contextlib.suppress(ValueError):
-                exchange.parsed = json.loads(data)  # parsed once: the recorder reuses it
-                data = json.dumps(strip_copy(exchange.parsed, wants), ensure_ascii=False).encode()
+                exchange.parsed = fastjson.loads(data)  # parsed once: the recorder reuses it
+                data = fastjson.dumps(strip_copy(exchange.parsed, wants))
         overhead_s = time.perf_counter() - t0 - upstream_s
         out_headers["x-nextstate-overhead-ms"] = f"{overhead_s * 1000:.3f}"
         state.metrics.overhead.labels("chat").observe(overhead_s)

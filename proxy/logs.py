@@ -7,6 +7,8 @@ import sys
 
 import structlog
 
+from proxy import fastjson
+
 
 class _StderrLogger:
     """Writes each line to whatever ``sys.stderr`` is *now* (not the stream seen at configure time),
@@ -30,7 +32,7 @@ def configure_logging(level: str = "info", json: bool | None = None) -> None:
     if not isinstance(numeric, int):
         numeric = logging.INFO
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer(serializer=fastjson.dumps_str) if json else structlog.dev.ConsoleRenderer(colors=False)
     )
     structlog.configure(
         processors=[

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -19,6 +18,7 @@ import redis
 import structlog
 from pydantic import BaseModel
 
+from proxy import fastjson
 from proxy.accumulate import Accumulator
 from proxy.metrics import Metrics
 from proxy.records import FeedbackRecord, Serving, Timings, TurnRecord, TurnRequest
@@ -75,7 +75,7 @@ def build_entry(exchange: Exchange) -> Entry | None:
     if exchange.stream:
         accumulator.feed_sse(b"".join(exchange.chunks))
     else:
-        parsed = exchange.parsed if exchange.parsed is not None else json.loads(exchange.completion)
+        parsed = exchange.parsed if exchange.parsed is not None else fastjson.loads(exchange.completion)
         accumulator.feed_completion(parsed)
     if not accumulator.saw_choice:
         return None

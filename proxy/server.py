@@ -18,7 +18,7 @@ from proxy.embedded_redis import resolve_redis_url
 from proxy.logs import configure_logging
 from proxy.settings import ProxySettings
 
-_UVICORN = {"loop": "uvloop", "http": "httptools", "access_log": False, "log_level": "warning",
+_UVICORN = {"loop": "uvloop", "http": "httptools", "access_log": False, "log_level": "warning", "proxy_headers": False,
             "lifespan": "on", "timeout_keep_alive": 30, "timeout_graceful_shutdown": 10}
 
 

@@ -37,6 +37,9 @@ class RegistrySettings(CommonSettings):
     gate_temperature: float = Field(default=0.7, description="Sampling temperature of sacred answers.")
     gate_max_tokens: int = Field(default=96, description="Longest sacred answer.")
     gate_sacred_tolerance: float = Field(default=0.25, description="Allowed drop of a case's pass rate.")
+    gate_sacred_alpha: float = Field(default=0.05, description="A drop fails only when a one-sided Fisher exact test "
+                                     "puts its chance below this.")
+    gate_suite_tolerance: float = Field(default=0.05, description="Allowed drop of the pass rate pooled over all cases.")
     gate_replay_max: int = Field(default=200, description="Most recent held-out samples replayed.")
     gate_replay_min_samples: int = Field(default=4, description="Held-out samples per class before it is judged.")
     gate_replay_tolerance: float = Field(default=0.0, description="Allowed wrong-way move of mean log-likelihood (nats).")

@@ -1,14 +1,19 @@
 """The gate's decision: numbers in (sacred scores, replay deltas, drift), verdict out. Pure.
 
 A candidate fails when (a) on any sacred case its pass rate is below stable's by more than the
-tolerance; (b) on held-out labeled samples it lowers the mean per-token log-likelihood of prefer
-responses, or raises that of avoid responses, relative to stable (beyond the replay tolerance; a class
-with fewer than ``replay_min_samples`` held-out samples is reported, not judged); (c) its mean
+tolerance and, when the number of sampled answers is known, the drop is significant (one-sided Fisher
+exact test at ``sacred_alpha``: a few sampled answers differ by chance, and a gate that fails on chance
+stops learning without protecting anything); or pooled over all cases the candidate passes less often
+by more than ``suite_tolerance``, significantly (a broad small regression no single case shows); (b) on held-out labeled samples it lowers the mean per-token log-likelihood of prefer
+responses, or raises that of avoid responses, relative to stable (beyond the replay tolerance and, when its standard error is known,
+beyond what chance explains at ``sacred_alpha``, one-sided; a class with fewer than
+``replay_min_samples`` held-out samples is reported, not judged); (c) its mean
 per-token KL(candidate ‖ stable) on the anchor prompts exceeds the bound.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from registry.records import GateVerdict
@@ -18,6 +23,10 @@ from registry.records import GateVerdict
 class GateThresholds:
     sacred_tolerance: float = 0.25
     """allowed drop of a case's pass rate (sampled answers are noisy)"""
+    sacred_alpha: float = 0.05
+    """a drop beyond the tolerance fails only when this unlikely by chance (one-sided Fisher exact test)"""
+    suite_tolerance: float = 0.05
+    """allowed drop of the pass rate pooled over all cases (also subject to ``sacred_alpha``)"""
     replay_tolerance: float = 0.0
     """allowed wrong-way move of the mean per-token log-likelihood (nats)"""
     replay_min_samples: int = 4
@@ -31,6 +40,25 @@ class CaseScore:
     case_id: str
     candidate: float
     stable: float
+    samples: int = 0
+    """sampled answers per side (0 = unknown: the tolerance alone decides)"""
+
+    def passes(self, rate: float) -> int:
+        return round(rate * self.samples)
+
+
+def drop_p_value(candidate_passes: int, candidate_n: int, stable_passes: int, stable_n: int) -> float:
+    """One-sided Fisher exact test: P(candidate passes <= observed | both sides equally good, margins fixed)."""
+    total, passes = candidate_n + stable_n, candidate_passes + stable_passes
+    denominator = math.comb(total, candidate_n)
+    low = max(0, passes - stable_n)
+    return sum(math.comb(passes, k) * math.comb(total - passes, candidate_n - k)
+               for k in range(low, candidate_passes + 1)) / denominator
+
+
+def _significant(candidate_passes: int, candidate_n: int, stable_passes: int, stable_n: int, alpha: float) -> tuple[bool, float]:
+    p = drop_p_value(candidate_passes, candidate_n, stable_passes, stable_n)
+    return p < alpha, p
 
 
 @dataclass(frozen=True)
@@ -40,24 +68,50 @@ class ReplayStats:
     """mean over prefer samples of (candidate - stable) mean per-token log-likelihood"""
     avoid_n: int = 0
     avoid_delta: float = 0.0
+    prefer_se: float = 0.0
+    """standard error of ``prefer_delta`` (0 = unknown: the tolerance alone decides)"""
+    avoid_se: float = 0.0
 
 
 def gate_verdict(cases: list[CaseScore], replay: ReplayStats, kl: float | None, thresholds: GateThresholds,
                  compared_to: str | None) -> GateVerdict:
     reasons: list[str] = []
-    for case in cases:
-        if case.candidate < case.stable - thresholds.sacred_tolerance:
-            reasons.append(f"sacred case {case.case_id}: {case.candidate:.2f} < stable {case.stable:.2f} "
-                           f"- {thresholds.sacred_tolerance}")
     notes: list[str] = []
+    for case in cases:
+        if case.candidate >= case.stable - thresholds.sacred_tolerance:
+            continue
+        message = f"sacred case {case.case_id}: {case.candidate:.2f} < stable {case.stable:.2f} - {thresholds.sacred_tolerance}"
+        if case.samples <= 0:
+            reasons.append(message)
+            continue
+        n = case.samples
+        significant, p = _significant(case.passes(case.candidate), n, case.passes(case.stable), n, thresholds.sacred_alpha)
+        if significant:
+            reasons.append(f"{message} (p={p:.3f} over {n} answers each)")
+        else:
+            notes.append(f"{message}, within chance (p={p:.3f} over {n} answers each)")
+    counted = [c for c in cases if c.samples > 0]
+    if counted:
+        n = sum(c.samples for c in counted)
+        cand, stab = sum(c.passes(c.candidate) for c in counted), sum(c.passes(c.stable) for c in counted)
+        if cand / n < stab / n - thresholds.suite_tolerance:
+            significant, p = _significant(cand, n, stab, n, thresholds.sacred_alpha)
+            message = (f"sacred suite: {cand}/{n} answers pass < stable {stab}/{n} - {thresholds.suite_tolerance}"
+                       f" (p={p:.3f})")
+            if significant:
+                reasons.append(message)
+            else:
+                notes.append(f"{message}, within chance")
     if replay.prefer_n >= thresholds.replay_min_samples:
         if replay.prefer_delta < -thresholds.replay_tolerance:
-            reasons.append(f"replay: prefer log-likelihood fell by {-replay.prefer_delta:.4f} over {replay.prefer_n} samples")
+            message = f"replay: prefer log-likelihood fell by {-replay.prefer_delta:.4f} over {replay.prefer_n} samples"
+            _judge_replay(-replay.prefer_delta, replay.prefer_se, thresholds.sacred_alpha, message, reasons, notes)
     else:
         notes.append(f"replay: {replay.prefer_n} held-out prefer samples, not judged")
     if replay.avoid_n >= thresholds.replay_min_samples:
         if replay.avoid_delta > thresholds.replay_tolerance:
-            reasons.append(f"replay: avoid log-likelihood rose by {replay.avoid_delta:.4f} over {replay.avoid_n} samples")
+            message = f"replay: avoid log-likelihood rose by {replay.avoid_delta:.4f} over {replay.avoid_n} samples"
+            _judge_replay(replay.avoid_delta, replay.avoid_se, thresholds.sacred_alpha, message, reasons, notes)
     else:
         notes.append(f"replay: {replay.avoid_n} held-out avoid samples, not judged")
     if kl is not None and kl > thresholds.max_kl:
@@ -65,11 +119,24 @@ def gate_verdict(cases: list[CaseScore], replay: ReplayStats, kl: float | None, 
     metrics = {
         "sacred": {c.case_id: {"candidate": c.candidate, "stable": c.stable} for c in cases},
         "sacred_mean": {"candidate": _mean([c.candidate for c in cases]), "stable": _mean([c.stable for c in cases])},
-        "replay": {"prefer_n": replay.prefer_n, "prefer_delta": replay.prefer_delta,
-                   "avoid_n": replay.avoid_n, "avoid_delta": replay.avoid_delta},
+        "replay": {"prefer_n": replay.prefer_n, "prefer_delta": replay.prefer_delta, "prefer_se": replay.prefer_se,
+                   "avoid_n": replay.avoid_n, "avoid_delta": replay.avoid_delta, "avoid_se": replay.avoid_se},
         "kl": kl, "thresholds": thresholds.__dict__, "notes": notes,
     }
     return GateVerdict(passed=not reasons, reasons=reasons, metrics=metrics, compared_to=compared_to)
+
+
+def _judge_replay(wrong_way: float, se: float, alpha: float, message: str, reasons: list[str], notes: list[str]) -> None:
+    """A wrong-way move fails unless its standard error says chance explains it (one-sided z-test)."""
+    if se <= 0:
+        reasons.append(message)
+        return
+    z = wrong_way / se
+    p = 0.5 * math.erfc(z / math.sqrt(2))
+    if p < alpha:
+        reasons.append(f"{message} (p={p:.3f})")
+    else:
+        notes.append(f"{message}, within chance (p={p:.3f})")
 
 
 def _mean(values: list[float]) -> float | None:

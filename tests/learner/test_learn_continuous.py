@@ -19,7 +19,7 @@ def test_continuous_round_publishes_and_exports_metrics(
     tmp_path: Path, redis_url: str, redis_client: redis.Redis, tiny_model_path: Path
 ) -> None:
     settings = LearnerSettings(home=tmp_path, redis_url=redis_url, base_model=str(tiny_model_path), device="cpu",
-                               batch_size=2, learner_poll_ms=50, learner_gate=False)
+                               batch_size=2, learner_poll_ms=50, learner_gate=False, retain_samples=4)
     learner = Learner(settings, redis_client)
     metrics = Metrics()
     port = free_port()
@@ -49,3 +49,31 @@ def test_continuous_round_publishes_and_exports_metrics(
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def test_samples_of_a_gate_failed_candidate_join_the_next_round(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, tiny_model_path: Path
+) -> None:
+    # a one-case suite and no drift allowed: every trained candidate fails the gate, deterministically
+    suite = tmp_path / "suite.jsonl"
+    suite.write_text('{"id": "anchor", "anchor": true, "prompt": "What color is grass?"}\n')
+    settings = LearnerSettings(home=tmp_path, redis_url=redis_url, base_model=str(tiny_model_path), device="cpu",
+                               batch_size=2, learner_poll_ms=50, gate_suite=suite, gate_max_kl=0.0,
+                               gate_auto_canary=False, learner_retries=1, retain_samples=4)
+    learner = Learner(settings, redis_client)
+    metrics = Metrics()
+    for turn in ("Cuba", "Peru"):
+        push(redis_client, turn, "prefer", 1)
+    run_continuous(learner, threading.Event(), metrics, rounds=1)
+    assert learner.registry.get("v1").state == "gated_fail"
+    for turn in ("Chile", "Kenya"):
+        push(redis_client, turn, "avoid", -1, hint="Answer in lowercase.")
+    run_continuous(learner, threading.Event(), metrics, rounds=1)  # v1's samples are retried beside the new ones
+    assert sorted(learner.registry.manifest("v2").sample_ids) == ["Chile", "Cuba", "Kenya", "Peru"]
+    assert learner.registry.get("v2").state == "gated_fail"
+    for turn in ("Egypt", "Oslo"):
+        push(redis_client, turn, "prefer", 1)
+    run_continuous(learner, threading.Event(), metrics, rounds=1)  # Cuba and Peru used their one retry
+    assert sorted(learner.registry.manifest("v3").sample_ids) == ["Chile", "Egypt", "Kenya", "Oslo"]
+    assert redis_client.xpending(SAMPLES_STREAM, "learner")["pending"] == 0
+    assert metrics.registry.get_sample_value("nextstate_learner_rounds_total", {"status": "gate_failed"}) == 3

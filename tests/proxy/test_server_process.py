@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -47,7 +48,9 @@ def test_cli_serves_and_records(tmp_path, redis_url, redis_client, upstream_url,
     # uvicorn shuts down gracefully, then re-raises the SIGTERM it caught
     assert process.returncode in (0, -15), stderr.decode()[-2000:]
     assert b"Traceback" not in stderr, stderr.decode()[-2000:]
-    assert b'"event": "request"' in stderr  # canonical JSON log lines
+    lines = [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
+    requests = [line for line in lines if line.get("event") == "request" and line.get("path") == "/v1/chat/completions"]
+    assert len(requests) == 4 and all(r["status"] == 200 and r["turn_id"] for r in requests)  # canonical JSON lines
     assert len(list((tmp_path / "spool").glob("slot-*"))) == workers
 
 

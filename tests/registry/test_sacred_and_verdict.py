@@ -8,7 +8,7 @@ import pytest
 
 from registry.errors import RegistryError
 from registry.sacred import Check, SacredCase, check_answer, load_suite, score
-from registry.verdict import CaseScore, GateThresholds, ReplayStats, gate_verdict
+from registry.verdict import CaseScore, GateThresholds, ReplayStats, drop_p_value, gate_verdict
 
 SUITE = Path(__file__).resolve().parents[2] / "learner" / "sacred" / "tiny.jsonl"
 
@@ -63,6 +63,18 @@ VERDICTS = [
     ([], ReplayStats(3, -5.0, 3, 5.0), 0.1, True, None),  # too few held-out samples to judge
     ([], GOOD_REPLAY, 0.51, False, "drift"),
     ([], GOOD_REPLAY, None, True, None),  # no anchors: drift not measured
+    # with the number of sampled answers known, a drop must also be unlikely by chance (Fisher, one-sided)
+    ([CaseScore("a", 0.5, 1.0, 4)], GOOD_REPLAY, 0.1, True, None),  # 2/4 vs 4/4: p = 15/70
+    ([CaseScore("a", 0.0, 1.0, 4)], GOOD_REPLAY, 0.1, False, "sacred case a"),  # 0/4 vs 4/4: p = 1/70
+    ([CaseScore("a", 0.5, 1.0, 8)], GOOD_REPLAY, 0.1, False, "(p=0.038 over 8 answers each)"),  # 4/8 vs 8/8
+    # pooled over the suite: 10 cases each 7/8 vs 8/8 -> 70/80 vs 80/80, no single case significant
+    ([CaseScore(f"c{i}", 0.875, 1.0, 8) for i in range(10)], GOOD_REPLAY, 0.1, False, "sacred suite: 70/80"),
+    ([CaseScore(f"c{i}", 0.875, 1.0, 8) for i in range(2)] + [CaseScore(f"d{i}", 1.0, 1.0, 8) for i in range(8)],
+     GOOD_REPLAY, 0.1, True, None),  # 78/80 vs 80/80: within chance
+    # replay with a standard error: a wrong-way move chance explains passes, one it does not fails
+    ([], ReplayStats(4, -0.08, 10, -0.1, prefer_se=0.06), 0.1, True, None),  # z = 1.33
+    ([], ReplayStats(4, -0.08, 10, -0.1, prefer_se=0.02), 0.1, False, "prefer log-likelihood fell"),  # z = 4
+    ([], ReplayStats(10, 0.1, 10, 0.2, avoid_se=0.05), 0.1, False, "avoid log-likelihood rose"),  # z = 4
 ]
 
 
@@ -75,6 +87,19 @@ def test_verdict_table(cases: list[CaseScore], replay: ReplayStats, kl: float | 
         assert any(fragment in reason for reason in verdict.reasons)
     assert verdict.metrics["kl"] == kl and verdict.compared_to == "v1"
     assert verdict.metrics["replay"]["prefer_n"] == replay.prefer_n
+
+
+def test_drop_p_value_is_the_hypergeometric_tail() -> None:
+    assert drop_p_value(2, 4, 4, 4) == pytest.approx(15 / 70)  # C(6,2)C(2,2)/C(8,4)
+    assert drop_p_value(0, 4, 4, 4) == pytest.approx(1 / 70)
+    assert drop_p_value(1, 4, 4, 4) == pytest.approx(5 / 70)  # C(5,1)C(3,3)/C(8,4); 0 passes cannot happen
+    assert drop_p_value(4, 4, 4, 4) == pytest.approx(1.0)
+    assert drop_p_value(3, 4, 1, 4) == pytest.approx(69 / 70)  # the candidate is better: far from flagged
+
+
+def test_chance_level_drops_are_noted_not_failed() -> None:
+    verdict = gate_verdict([CaseScore("a", 0.5, 1.0, 4)], GOOD_REPLAY, 0.1, T, None)
+    assert verdict.passed and any("within chance (p=0.214" in note for note in verdict.metrics["notes"])
 
 
 def test_tolerance_zero_is_strict() -> None:
