@@ -139,10 +139,12 @@ def fingerprint(config: TinyConfig = TinyConfig()) -> str:
     digest = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
     digest.update(CHAT_TEMPLATE.encode())
     for function in (_bytes_to_unicode, build_tokenizer, build_config, encode_example, _batches, _pad, _lr_at,
-                     train, tinycorpus.render_answer, tinycorpus.sample_example, tinycorpus._user_turn):
+                     train, tinycorpus.render_answer, tinycorpus.sample_example, tinycorpus._user_turn,
+                     tinycorpus._instruction, tinycorpus._follow_up):
         digest.update(inspect.getsource(function).encode())
     data = (tinycorpus.TOPICS, tinycorpus.STYLES, tinycorpus.STYLE_INSTRUCTIONS, tinycorpus.SIGNOFFS,
-            tinycorpus.SYSTEM_PROMPTS, tinycorpus._SEPARATORS)
+            tinycorpus.SYSTEM_PROMPTS, tinycorpus._SEPARATORS, tinycorpus.OPENERS, tinycorpus.RETRIES,
+            tinycorpus.FEEDBACK, tinycorpus.HISTORY_WEIGHTS)
     digest.update(repr(data).encode())
     return digest.hexdigest()[:16]
 

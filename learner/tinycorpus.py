@@ -196,10 +196,15 @@ def find_fact(prompt: str) -> Fact | None:
 
 def find_style_request(prompt: str) -> str | None:
     """The style an instruction in ``prompt`` asks for (one of the known phrasings), or None."""
+    asked = _without_please(prompt)
     for style, phrasings in STYLE_INSTRUCTIONS.items():
-        if any(phrase.lower() in prompt.lower() for phrase in phrasings):
+        if any(_without_please(phrase) in asked for phrase in phrasings):
             return style
     return None
+
+
+def _without_please(text: str) -> str:
+    return re.sub(r"\bplease\b[ ,]*|,? please\b", "", text.lower())
 
 
 def with_instruction(question: str, style: str, variant: int = 0, separator: str = " ") -> str:
@@ -217,32 +222,84 @@ class Example:
     instructed: bool
 
 
-def sample_example(rng: random.Random, instruct_p: float = 0.6, history_p: float = 0.1, system_p: float = 0.2) -> Example:
-    """Draw one conversation: a question, maybe an instruction, maybe a system prompt and a prior turn."""
+# Conversational glue a real chat has around its questions: openers of a follow-up question (after
+# an answer the user liked, or not), and feedback that asks for the last answer again, differently.
+OPENERS: tuple[str, ...] = (
+    "Thanks! ", "Thank you. ", "Great, thanks. ", "Ok. ", "Okay, ", "Got it. ", "Nice. ", "Next question: ",
+    "Another question: ", "One more: ", "Now, ", "And ", "Alright. ", "Cool. ",
+)
+RETRIES: tuple[str, ...] = (
+    "Again: ", "Let me ask that again. ", "I'll ask differently. ", "Once more: ", "Try again. ", "Hmm. ",
+)
+FEEDBACK: tuple[str, ...] = (
+    "No.", "Not like that.", "That's not what I wanted.", "Hmm, no.", "I don't like that.", "Not quite.",
+    "That's not the format I want.", "Wrong style.",
+)
+HISTORY_WEIGHTS: tuple[float, ...] = (0.55, 0.22, 0.14, 0.09)
+"""Probability of 0, 1, 2, 3 earlier exchanges before the answered turn."""
+
+
+def sample_example(rng: random.Random, instruct_p: float = 0.6, system_p: float = 0.2, follow_up_p: float = 0.3) -> Example:
+    """Draw one conversation: earlier exchanges, then a user turn and the answer that is the target.
+
+    A user turn is a question (maybe with an instruction, maybe after an opener such as "Thanks!") or,
+    after an earlier answer, a follow-up about it: an instruction alone ("Use bullet points.") or
+    feedback and a retry of the same question, answered again. Without an instruction the style is
+    drawn uniformly, whatever earlier answers looked like: only an instruction decides a style.
+    """
     messages: list[dict[str, str]] = []
     if rng.random() < system_p:
         messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
-    if rng.random() < history_p:
-        prior = rng.choice(FACTS)
-        prior_style = rng.choice(STYLES)
-        messages.append({"role": "user", "content": _user_turn(rng, prior, prior_style, rng.random() < instruct_p)})
-        messages.append({"role": "assistant", "content": render_answer(prior, prior_style, rng.randrange(3))})
-    fact = rng.choice(FACTS)
-    style = rng.choice(STYLES)
-    instructed = rng.random() < instruct_p
-    messages.append({"role": "user", "content": _user_turn(rng, fact, style, instructed)})
-    messages.append({"role": "assistant", "content": render_answer(fact, style, rng.randrange(3))})
+    previous: Fact | None = None
+    exchanges = rng.choices(range(len(HISTORY_WEIGHTS)), HISTORY_WEIGHTS)[0] + 1
+    for turn in range(exchanges):
+        style = rng.choice(STYLES)
+        instructed = rng.random() < instruct_p
+        if previous is not None and rng.random() < follow_up_p:
+            fact = previous
+            content = _follow_up(rng, fact, style, instructed)
+        else:
+            fact = rng.choice(FACTS)
+            content = _user_turn(rng, fact, style, instructed)
+            if turn > 0 and rng.random() < 0.6:
+                opener = rng.choice(OPENERS)
+                content = opener + (content[:1].lower() + content[1:] if opener[-2] in ",d" else content)
+        messages.append({"role": "user", "content": content})
+        messages.append({"role": "assistant", "content": render_answer(fact, style, rng.randrange(3))})
+        previous = fact
     return Example(tuple(messages), style, instructed)
+
+
+def _instruction(rng: random.Random, style: str) -> str:
+    """One phrasing of the instruction for ``style``, with or without a "please"."""
+    phrase = rng.choice(STYLE_INSTRUCTIONS[style])
+    roll = rng.random()
+    if phrase.startswith("Please ") and roll < 0.3:
+        phrase = _cap(phrase[len("Please "):])
+    elif phrase.endswith(", please.") and roll < 0.3:
+        phrase = phrase[: -len(", please.")] + "."
+    elif not phrase.lower().startswith(("please", "the user")) and roll > 0.85:
+        phrase = "Please " + phrase[0].lower() + phrase[1:]
+    return phrase
 
 
 def _user_turn(rng: random.Random, fact: Fact, style: str, instructed: bool) -> str:
     question = fact.question(rng.randrange(len(TOPICS[fact.topic].questions)))
     if not instructed:
         return question
-    phrase = rng.choice(STYLE_INSTRUCTIONS[style])
+    phrase = _instruction(rng, style)
     if rng.random() < 0.15:
         return f"{phrase} {question}"
     return f"{question}{rng.choice(_SEPARATORS)}{phrase}"
+
+
+def _follow_up(rng: random.Random, fact: Fact, style: str, instructed: bool) -> str:
+    """A turn about the last answer: an instruction alone (maybe after feedback), or a retry of the question."""
+    if instructed and rng.random() < 0.7:
+        lead = rng.choice(FEEDBACK) + " " if rng.random() < 0.4 else ""
+        return lead + _instruction(rng, style)
+    lead = rng.choice(FEEDBACK) + " " if rng.random() < 0.4 else rng.choice(RETRIES)
+    return lead + _user_turn(rng, fact, style, instructed)
 
 
 _SEPARATORS = (" ", " ", "\n", "\n\n")

@@ -35,6 +35,10 @@ GENERIC_COMPLAINTS: tuple[str, ...] = (
     "That's not how I like my answers.", "Hmm, not really what I was looking for.", "No, that's not it.",
     "Not quite the answer I wanted.", "Meh. Try again.", "That doesn't work for me.",
 )
+CORRECTIONS: tuple[str, ...] = (
+    "That's wrong.", "No, that's not correct.", "That's not right, try again.", "Wrong answer.",
+    "That's incorrect.",
+)
 REPHRASINGS: tuple[str, ...] = ("Let me ask again: {q}", "Again: {q}", "I'll rephrase. {q}", "Once more, {q}")
 MOVE_ON: tuple[str, ...] = ("Next question. {q}", "Another one: {q}", "{q}", "Ok. {q}", "Moving on. {q}")
 

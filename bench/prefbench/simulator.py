@@ -1,7 +1,8 @@
 """The simulated user's reactions: thanks, silence, complaints, rephrasings and directive corrections.
 
 Pure functions of the persona, the answer and a seeded ``random.Random``; the reaction text is the only
-thing the system ever learns from. A configurable share of reactions is misleading noise.
+thing the system ever learns from. A configurable share of reactions is misleading noise. Like a real
+user, a persona does not thank a wrong answer, however well styled: it says so and asks again.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-from bench.prefbench.personas import GENERIC_COMPLAINTS, MOVE_ON, REPHRASINGS, THANKS, Persona
+from bench.prefbench.personas import CORRECTIONS, GENERIC_COMPLAINTS, MOVE_ON, REPHRASINGS, THANKS, Persona
+from learner.tinycorpus import fact_correct, find_fact
 
-Kind = Literal["thanks", "silent", "complain", "directive", "rephrase"]
+Kind = Literal["thanks", "silent", "complain", "directive", "rephrase", "correct"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,9 @@ def react(persona: Persona, answer: str, question: str, rng: random.Random, mix:
     if rng.random() < mix.silent_p:
         return Reaction("silent", "", satisfied, retry=False)
     honest = rng.random() >= mix.noise_p
+    fact = find_fact(question)
+    if honest and fact is not None and not fact_correct(answer, fact):
+        return Reaction("correct", rng.choice(CORRECTIONS), satisfied, retry=True)
     if satisfied == honest:  # satisfied and honest, or unsatisfied and misleading
         return Reaction("thanks", rng.choice(THANKS), satisfied, retry=False)
     kinds: list[Kind] = ["directive", "complain", "rephrase"]

@@ -44,6 +44,17 @@ def test_honest_reactions_follow_satisfaction(style: str, expected_kinds: set[st
     assert len({r.text for r in reactions}) >= 8  # varied wording, not one canned line
 
 
+def test_a_wrong_answer_is_corrected_however_it_is_styled() -> None:
+    rng = random.Random(4)
+    mix = FeedbackMix(silent_p=0.0)
+    wrong = render_answer(next(f for f in FACTS if f.subject == "Japan"), "word")  # "Tokyo" for France
+    reactions = [react(TERSE, wrong, "What is the capital of France?", rng, mix) for _ in range(50)]
+    assert {r.kind for r in reactions} == {"correct"} and all(r.retry and r.satisfied for r in reactions)
+    assert len({r.text for r in reactions}) >= 3
+    # a question the persona cannot check is judged on style alone
+    assert react(TERSE, "Tokyo", "Tell me a city.", rng, mix).kind == "thanks"
+
+
 def test_feedback_mix_rates_silence_and_noise() -> None:
     rng = random.Random(1)
     mix = FeedbackMix(silent_p=0.2, noise_p=0.25)
@@ -149,10 +160,19 @@ def test_quick_prefbench_runs_the_whole_loop_and_never_serves_worse_than_none(qu
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
+def test_quick_prefbench_learning_measurably_personalises_what_stable_serves(quick_run: dict[str, Any]) -> None:
+    # after its first promotions stable satisfies the hidden preference on fresh prompts clearly more often
+    # than the base model (measured in every quick run since top-K distillation: +0.33 to +0.83)
+    later = [_at(quick_run, n) for n in (16, 24)]
+    assert max(p["combined"] - p["none"] for p in later) >= 0.25, quick_run["points"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
 @pytest.mark.xfail(strict=False, reason=(
-    "measured (quick, seed 0, 24 interactions): combined ends 0.17-0.42 vs none 0.17-0.25 (terse +0.00..+0.16, "
-    "listy +0.25, quiet +0.08); about half the candidates fail the sacred gate (explicit-instruction cases regress "
-    "as the preference is learned; listy with candidates extending the canary: 3 of 5 failed, 0.17 -> 0.42)"))
+    "measured (quick = terse, seed 0, 24 interactions, 12 fresh prompts): none 0.25 flat; combined 0.25 -> 0.58 "
+    "(0.58 at 16) with the fact-aware user, 0.25 -> 0.75 at 16 -> 0.42 with a user who thanked wrong one-word "
+    "answers; listy 0.17 -> 0.75 at 16 -> 1.00 at 24. Terse passes +0.3 in some runs, not reliably"))
 def test_quick_prefbench_combined_beats_none_by_a_clear_margin(quick_run: dict[str, Any]) -> None:
     final = _at(quick_run, 24)
     assert final["combined"] >= final["none"] + 0.3, quick_run["points"]

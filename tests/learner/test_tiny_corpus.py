@@ -60,3 +60,33 @@ def test_corpus_is_deterministic_and_balanced() -> None:
     for style in STYLES:  # without an instruction every style is equally likely (0.2 each)
         assert 0.14 < free.count(style) / len(free) < 0.26
     assert 0.5 < sum(example.instructed for example in first) / len(first) < 0.7
+
+
+def test_conversations_have_history_follow_ups_and_glue() -> None:
+    corpus = tinycorpus.sample_corpus(3000, seed=3)
+    exchanges = [sum(m["role"] == "user" for m in example.messages) for example in corpus]
+    assert 0.45 < exchanges.count(1) / len(corpus) < 0.65 and max(exchanges) == len(tinycorpus.HISTORY_WEIGHTS)
+    follow_ups = openers = 0
+    for example in corpus:
+        texts = [m["content"] for m in example.messages if m["role"] != "system"]
+        answer = texts[-1]
+        assert classify_style(answer) == example.style
+        if len(texts) < 4:
+            continue
+        last_user = texts[-2]
+        if find_fact(last_user) is None:  # an instruction alone: the fact last asked about, answered again
+            follow_ups += 1
+            assert find_style_request(last_user) == example.style and example.instructed
+            asked = next(f for f in map(find_fact, reversed(texts[:-2:2])) if f is not None)
+            assert fact_correct(answer, asked)
+        openers += last_user.startswith(tinycorpus.OPENERS)
+    assert follow_ups > 100 and openers > 300
+
+
+def test_instructions_are_asked_with_and_without_please() -> None:
+    import random
+
+    rng = random.Random(0)
+    phrasings = {tinycorpus._instruction(rng, "bullets") for _ in range(400)}
+    assert {"Please reply with a bulleted list.", "Reply with a bulleted list.", "Please use bullet points."} <= phrasings
+    assert all(find_style_request(p) == "bullets" for p in phrasings)

@@ -31,7 +31,7 @@ def test_a_body_with_a_huge_integer_is_accepted_and_forwarded_intact() -> None:
 
 
 def test_not_json_keeps_the_standard_message() -> None:
-    with pytest.raises(BadRequest, match="not valid JSON: Expecting property name.*line 1 column 2"):
+    with pytest.raises(BadRequest, match=r"not valid JSON: Expecting property name.*line 1 column 2"):
         parse_chat(b"{nope")
 
 
