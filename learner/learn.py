@@ -300,11 +300,7 @@ def run_continuous(learner: Learner, stop: threading.Event, metrics: Metrics, ro
         metrics.pending.set(len(held) + len(learner.retry))
         if len(held) < learner.config.batch_size:
             continue
-        retry = learner.retry
-        if retry:  # what the current parent's lineage already holds (e.g. it was promoted since) is dropped
-            _, again = learner.classify(retry)
-            kept = {e.entry_id for e in again.train}
-            retry = [e for e in retry if e.entry_id in kept and e.entry_id not in trainable]
+        retry = learner.retry  # ``round`` skips what the current parent's lineage already holds
         outcome = learner.round(held + retry)
         metrics.observe(outcome)
         log().info("round", status=outcome.status, version=outcome.version, samples=len(outcome.selection.train),

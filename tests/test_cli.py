@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import httpx
 import pytest
 
 from nextstate.cli import COMMANDS
-from tests.support.servers import free_port
+from tests.support.servers import free_port, wait_healthy
 
 
 def _nextstate(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -44,16 +43,7 @@ def composed_proxy(redis_url: str, tmp_path: Path) -> Iterator[str]:
         process = subprocess.Popen([sys.executable, "-m", "nextstate", "proxy", "--port", str(port)], env=env,
                                    stdout=sink, stderr=sink)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, "nextstate proxy did not start"
-        time.sleep(0.1)
+    wait_healthy(f"{url}/healthz", process, "nextstate proxy", output=log.read_text)
     yield url
     process.terminate()
     process.wait(timeout=20)

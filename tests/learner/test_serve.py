@@ -21,7 +21,7 @@ import torch
 from learner.modeling import load_model, render_prompt_ids
 from learner.serve import create_app
 from learner.serving_settings import ServeSettings
-from tests.support.servers import free_port, serve_in_thread
+from tests.support.servers import free_port, serve_in_thread, wait_healthy
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France? Answer in lowercase."}]
 
@@ -276,16 +276,8 @@ def test_serve_command_runs_as_a_process(tiny_model_path: Path, tmp_path: Path) 
     process = subprocess.Popen([sys.executable, "-m", "nextstate", "serve", "--port", str(port)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.2)
+        wait_healthy(f"http://127.0.0.1:{port}/healthz", process, "server", timeout_s=120,
+                     output=lambda: process.stderr.read().decode() if process.stderr else "")
         with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", timeout=60, max_retries=0) as sdk:
             resp = sdk.chat.completions.create(model="tiny-chat", messages=MESSAGES, max_tokens=20)
         assert resp.choices[0].message.content

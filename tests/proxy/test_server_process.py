@@ -6,16 +6,14 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 
 from proxy.spool import Spool
 from tests.proxy.conftest import turns
-from tests.support.servers import free_port
+from tests.support.servers import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,15 +27,7 @@ def test_cli_serves_and_records(tmp_path, redis_url, redis_client, upstream_url,
          "--workers", str(workers)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if http.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "proxy did not start"
-            time.sleep(0.1)
+        wait_healthy(f"http://127.0.0.1:{port}/healthz", process, "proxy")
         with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0) as sdk:
             for i in range(4):
                 sdk.chat.completions.create(model="m", messages=[{"role": "user", "content": f"hi {i}"}])

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import uvicorn
 
 
@@ -37,3 +39,18 @@ def serve_in_thread(app: Any, port: int | None = None, **config: Any) -> Iterato
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+def wait_healthy(url: str, process: subprocess.Popen[Any], what: str, timeout_s: float = 30.0,
+                 output: Callable[[], str] = lambda: "") -> None:
+    """Poll ``url`` until it answers 200; fail with ``output()`` if ``process`` exits, or after the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert process.poll() is None, f"{what} exited: {output()}"
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"{what} did not start"
+        time.sleep(0.1)
