@@ -1,7 +1,7 @@
 """Rebuild the assistant turn from a completion or from its SSE chunks (accumulated on the side).
 
 ``SSESplitter`` cuts a byte stream into complete SSE events whatever the network chunking;
-``Accumulator`` merges ``chat.completion.chunk`` deltas of choice 0: content, reasoning content,
+``Accumulator`` merges ``chat.completion.chunk`` deltas of every choice: content, reasoning content,
 tool calls by index, finish_reason, usage, and the captured token ids and logprobs.
 """
 
@@ -40,8 +40,8 @@ def event_data(event: bytes) -> bytes | None:
     return b"\n".join(lines) if lines else None
 
 
-class Accumulator:
-    """Merge stream chunks (or one full completion) into a TurnResponse and a TokenCapture."""
+class _Choice:
+    """What one choice of a completion has said so far."""
 
     def __init__(self) -> None:
         self.role = "assistant"
@@ -49,56 +49,27 @@ class Accumulator:
         self.reasoning: list[str] = []
         self.tool_calls: dict[int, dict[str, Any]] = {}
         self.finish_reason: str | None = None
-        self.usage: dict[str, Any] | None = None
-        self.prompt_token_ids: list[int] | None = None
-        self.response_token_ids: list[int] | None = None
+        self.token_ids: list[int] | None = None
         self.logprobs: list[float] | None = None
-        self.saw_choice = False
 
-    def feed_sse(self, raw: bytes) -> None:
-        splitter = SSESplitter()
-        for event in [*splitter.feed(raw), splitter.rest()]:
-            data = event_data(event)
-            if data is None or data.strip() == b"[DONE]":
-                continue
-            try:
-                self.feed_chunk(fastjson.loads(data))
-            except ValueError:
-                continue
-
-    def _tokens(self, source: dict[str, Any], choice: dict[str, Any]) -> None:
-        if isinstance(source.get("prompt_token_ids"), list) and self.prompt_token_ids is None:
-            self.prompt_token_ids = [int(t) for t in source["prompt_token_ids"]]
+    def tokens(self, choice: dict[str, Any]) -> None:
         if isinstance(choice.get("token_ids"), list):
-            self.response_token_ids = (self.response_token_ids or []) + [int(t) for t in choice["token_ids"]]
+            self.token_ids = (self.token_ids or []) + [int(t) for t in choice["token_ids"]]
         logprobs = chosen_logprobs(choice)
         if logprobs is not None:
             self.logprobs = (self.logprobs or []) + logprobs
 
-    def feed_chunk(self, chunk: dict[str, Any]) -> None:
-        if isinstance(chunk.get("usage"), dict):
-            self.usage = chunk["usage"]
-        if isinstance(chunk.get("prompt_token_ids"), list) and self.prompt_token_ids is None:
-            self.prompt_token_ids = [int(t) for t in chunk["prompt_token_ids"]]
-        for choice in chunk.get("choices") or ():
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
-            self.saw_choice = True
-            self._tokens(chunk, choice)
-            delta = choice.get("delta") or {}
-            if delta.get("role"):
-                self.role = delta["role"]
-            if delta.get("content"):
-                self.content.append(delta["content"])
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if reasoning:
-                self.reasoning.append(reasoning)
-            for call in delta.get("tool_calls") or ():
-                self._merge_tool_call(call)
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
+    def say(self, part: dict[str, Any]) -> None:
+        """Merge a stream delta or a whole message."""
+        if part.get("role"):
+            self.role = part["role"]
+        if part.get("content"):
+            self.content.append(part["content"])
+        reasoning = part.get("reasoning_content") or part.get("reasoning")
+        if reasoning:
+            self.reasoning.append(reasoning)
 
-    def _merge_tool_call(self, call: dict[str, Any]) -> None:
+    def merge_tool_call(self, call: dict[str, Any]) -> None:
         slot = self.tool_calls.setdefault(
             int(call.get("index", len(self.tool_calls))),
             {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
@@ -113,25 +84,6 @@ class Accumulator:
         if function.get("arguments"):
             slot["function"]["arguments"] += function["arguments"]
 
-    def feed_completion(self, completion: dict[str, Any]) -> None:
-        if isinstance(completion.get("usage"), dict):
-            self.usage = completion["usage"]
-        for choice in completion.get("choices") or ():
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
-            self.saw_choice = True
-            self._tokens(completion, choice)
-            message = choice.get("message") or {}
-            self.role = message.get("role") or "assistant"
-            if message.get("content"):
-                self.content.append(message["content"])
-            reasoning = message.get("reasoning_content") or message.get("reasoning")
-            if reasoning:
-                self.reasoning.append(reasoning)
-            for index, call in enumerate(message.get("tool_calls") or ()):
-                self._merge_tool_call({"index": index, **call})
-            self.finish_reason = choice.get("finish_reason")
-
     def message(self) -> dict[str, Any]:
         message: dict[str, Any] = {"role": self.role, "content": "".join(self.content) if self.content else None}
         if self.tool_calls:
@@ -140,16 +92,98 @@ class Accumulator:
             message["reasoning_content"] = "".join(self.reasoning)
         return message
 
-    def response(self) -> TurnResponse:
-        return TurnResponse(message=self.message(), finish_reason=self.finish_reason, usage=self.usage)
 
-    def tokens(self) -> TokenCapture:
-        if self.prompt_token_ids is None or self.response_token_ids is None:
+def _index(choice: dict[str, Any]) -> int | None:
+    index = choice.get("index", 0)
+    return index if isinstance(index, int) and not isinstance(index, bool) and index >= 0 else None
+
+
+class Accumulator:
+    """Merge stream chunks (or one full completion) into a TurnResponse and a TokenCapture per choice.
+
+    A request with ``n > 1`` gets several choices; ``indices`` lists them in order and ``response`` /
+    ``tokens`` take the choice index (the lowest one by default).
+    """
+
+    def __init__(self) -> None:
+        self.choices: dict[int, _Choice] = {}
+        self.usage: dict[str, Any] | None = None
+        self.prompt_token_ids: list[int] | None = None
+
+    @property
+    def saw_choice(self) -> bool:
+        return bool(self.choices)
+
+    def indices(self) -> list[int]:
+        return sorted(self.choices)
+
+    def _choice(self, choice: Any) -> _Choice | None:
+        if not isinstance(choice, dict) or (index := _index(choice)) is None:
+            return None
+        return self.choices.setdefault(index, _Choice())
+
+    def feed_sse(self, raw: bytes) -> None:
+        splitter = SSESplitter()
+        for event in [*splitter.feed(raw), splitter.rest()]:
+            data = event_data(event)
+            if data is None or data.strip() == b"[DONE]":
+                continue
+            try:
+                self.feed_chunk(fastjson.loads(data))
+            except ValueError:
+                continue
+
+    def _top(self, source: dict[str, Any]) -> None:
+        if isinstance(source.get("usage"), dict):
+            self.usage = source["usage"]
+        if isinstance(source.get("prompt_token_ids"), list) and self.prompt_token_ids is None:
+            self.prompt_token_ids = [int(t) for t in source["prompt_token_ids"]]
+
+    def feed_chunk(self, chunk: dict[str, Any]) -> None:
+        self._top(chunk)
+        for raw in chunk.get("choices") or ():
+            if (choice := self._choice(raw)) is None:
+                continue
+            choice.tokens(raw)
+            delta = raw.get("delta") or {}
+            choice.say(delta)
+            for call in delta.get("tool_calls") or ():
+                choice.merge_tool_call(call)
+            if raw.get("finish_reason"):
+                choice.finish_reason = raw["finish_reason"]
+
+    def feed_completion(self, completion: dict[str, Any]) -> None:
+        self._top(completion)
+        for raw in completion.get("choices") or ():
+            if (choice := self._choice(raw)) is None:
+                continue
+            choice.tokens(raw)
+            message = raw.get("message") or {}
+            choice.say({"role": "assistant", **message})
+            for index, call in enumerate(message.get("tool_calls") or ()):
+                choice.merge_tool_call({"index": index, **call})
+            choice.finish_reason = raw.get("finish_reason")
+
+    def _pick(self, index: int | None) -> _Choice:
+        return self.choices[self.indices()[0] if index is None else index]
+
+    def message(self, index: int | None = None) -> dict[str, Any]:
+        return self._pick(index).message()
+
+    def response(self, index: int | None = None) -> TurnResponse:
+        choice = self._pick(index)
+        # usage covers the whole request; with several choices it is kept on the first one only
+        usage = self.usage if index is None or index == self.indices()[0] else None
+        return TurnResponse(message=choice.message(), finish_reason=choice.finish_reason, usage=usage)
+
+    def tokens(self, index: int | None = None) -> TokenCapture:
+        choice = self._pick(index)
+        if self.prompt_token_ids is None or choice.token_ids is None:
             return TokenCapture(method="none")
-        logprobs = self.logprobs if self.logprobs and len(self.logprobs) == len(self.response_token_ids) else None
+        logprobs = choice.logprobs if choice.logprobs and len(choice.logprobs) == len(choice.token_ids) else None
         return TokenCapture(
             method="captured",
             prompt_token_ids=self.prompt_token_ids,
-            response_token_ids=self.response_token_ids,
+            response_token_ids=choice.token_ids,
             response_logprobs=logprobs,
         )

@@ -57,6 +57,13 @@ class Exchange:
     timings: Timings = field(default_factory=Timings)
 
 
+class Sibling(BaseModel):
+    """Another choice of the same request (``n > 1``): a turn of its own, and the reply it gave."""
+
+    turn: TurnRecord
+    reply_digest: str
+
+
 class Entry(BaseModel):
     """One unit of recording work; also the line format of the spool."""
 
@@ -67,10 +74,16 @@ class Entry(BaseModel):
     chained: bool = False
     done: bool = False
     feedback: FeedbackRecord | None = None
+    siblings: list[Sibling] = []
+
+
+def choice_turn_id(turn_id: str, index: int) -> str:
+    """Id of the turn of choice ``index`` (the first choice keeps the request's turn id)."""
+    return f"{turn_id}-c{index}"
 
 
 def build_entry(exchange: Exchange) -> Entry | None:
-    """Parse what was served into a turn entry; None when the upstream answered no choice."""
+    """Parse what was served into a turn entry (one turn per choice); None when it had no choice."""
     accumulator = Accumulator()
     if exchange.stream:
         accumulator.feed_sse(b"".join(exchange.chunks))
@@ -81,29 +94,29 @@ def build_entry(exchange: Exchange) -> Entry | None:
         return None
     body = exchange.body
     messages = body["messages"]
-    response = accumulator.response()
-    turn = TurnRecord(
-        record_id=exchange.turn_id,
-        created_at=exchange.started_at,
-        turn_id=exchange.turn_id,
-        session_id=exchange.session_id,
-        turn_index=turn_index(messages),
-        stream=exchange.stream,
-        request=TurnRequest(
-            model=body.get("model"), messages=messages, tools=body.get("tools"),
-            params={k: v for k, v in body.items() if k not in _NOT_PARAMS},
-        ),
-        response=response,
-        tokens=accumulator.tokens(),
-        serving=Serving(
-            upstream_model=exchange.upstream_model, version=exchange.decision.version, arm=exchange.decision.arm,
-        ),
-        timings=exchange.timings,
-        client_key_hash=exchange.client_key_hash,
+    first, *others = accumulator.indices()
+    request = TurnRequest(
+        model=body.get("model"), messages=messages, tools=body.get("tools"),
+        params={k: v for k, v in body.items() if k not in _NOT_PARAMS},
     )
+    serving = Serving(upstream_model=exchange.upstream_model, version=exchange.decision.version, arm=exchange.decision.arm)
+
+    def turn(index: int) -> TurnRecord:
+        turn_id = exchange.turn_id if index == first else choice_turn_id(exchange.turn_id, index)
+        return TurnRecord(
+            record_id=turn_id, created_at=exchange.started_at, turn_id=turn_id, session_id=exchange.session_id,
+            turn_index=turn_index(messages), stream=exchange.stream, request=request,
+            response=accumulator.response(index), tokens=accumulator.tokens(index), serving=serving,
+            timings=exchange.timings, client_key_hash=exchange.client_key_hash,
+            choice_index=index, choice_of=None if index == first else exchange.turn_id,
+        )
+
+    main = turn(first)
+    siblings = [Sibling(turn=(t := turn(index)), reply_digest=message_digest(t.response.message)) for index in others]
     return Entry(
-        kind="turn", turn=turn, digests=[message_digest(m) for m in messages],
-        reply_digest=message_digest(response.message), chained=exchange.chained, done=exchange.done,
+        kind="turn", turn=main, digests=[message_digest(m) for m in messages],
+        reply_digest=message_digest(main.response.message), chained=exchange.chained, done=exchange.done,
+        siblings=siblings,
     )
 
 
@@ -137,7 +150,8 @@ class Recorder:
 
     def knows_turn(self, turn_id: str) -> bool:
         """True when a turn is still on its way to Redis (queued or spooled)."""
-        return turn_id in self.pending_turns or self.pending()
+        first = turn_id.partition("-c")[0]  # another choice of a request is on its way with the first
+        return turn_id in self.pending_turns or first in self.pending_turns or self.pending()
 
     def pending(self) -> bool:
         """Anything spooled, here or in an adopted spool, not yet replayed."""

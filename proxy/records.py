@@ -42,7 +42,7 @@ def record_seen_key(record_id: str) -> str:
 
 TokenMethod = Literal["captured", "retokenized", "none"]
 Arm = Literal["stable", "canary", "pinned", "base"]
-TransitionReason = Literal["next_request", "session_done", "idle_timeout"]
+TransitionReason = Literal["next_request", "session_done", "idle_timeout", "not_chosen"]
 
 
 class _Record(BaseModel):
@@ -116,10 +116,18 @@ class TurnRecord(_Record):
     serving: Serving = Field(default_factory=Serving)
     timings: Timings = Field(default_factory=Timings)
     client_key_hash: str | None = None  # sha256 prefix of the client's API key, never the key
+    # a request with n > 1 answers with several choices: each is a turn of its own; all but the first
+    # have the id ``<first turn id>-c<index>`` and name the first one here
+    choice_index: int = 0
+    choice_of: str | None = None
 
 
 class TransitionRecord(_Record):
-    """A turn and its next state: the user/tool messages that followed it (empty if none)."""
+    """A turn and its next state: the user/tool messages that followed it (empty if none).
+
+    When a request had several choices, the one the conversation went on with gets the next state and
+    the others a transition with reason ``not_chosen``.
+    """
 
     transition_id: str
     turn_id: str

@@ -50,10 +50,11 @@ end
 _WRITE = _PUT + "return put(KEYS[1], KEYS[2], ARGV[1], ARGV[2], KEYS[3])"
 
 # KEYS: 1 turn seen, 2 turns stream, 3 turn copy, 4 previous-transition seen, 5 transitions stream,
-#       6 session state, 7 idle set, 8 chain key, 9 closing-transition seen
+#       6 session state, 7 idle set, 8 chain key, 9 closing-transition seen, 10.. seen keys of more
+#       transitions (the other choices of a request with n > 1: their previous or closing transitions)
 # ARGV: 1 turn json, 2 ttl, 3 previous transition json or '', 4 closing transition json or '',
 #       5 session ttl, 6 session id, 7 last activity, 8 session state json, 9 '1' to write the chain key,
-#       10 the session's last turn id the caller linked against ('' for none)
+#       10 the session's last turn id the caller linked against ('' for none), 11.. the more transitions
 # Returns 0 when the turn is stored already (a script runs whole, so then everything it writes is
 # there: a replay touches nothing), else 1, plus 10 when the session had moved on since it was read
 # (another replica wrote to it): then only the turn itself is written.
@@ -66,6 +67,7 @@ if current_turn ~= ARGV[10] then
   return 10 + put(KEYS[1], KEYS[2], ARGV[1], ARGV[2], KEYS[3])
 end
 if ARGV[3] ~= '' then put(KEYS[4], KEYS[5], ARGV[3], ARGV[2]) end
+for i = 10, #KEYS do put(KEYS[i], KEYS[5], ARGV[i + 1], ARGV[2]) end
 local new = put(KEYS[1], KEYS[2], ARGV[1], ARGV[2], KEYS[3])
 if ARGV[4] ~= '' then
   put(KEYS[9], KEYS[5], ARGV[4], ARGV[2])
@@ -89,6 +91,8 @@ class Work(Protocol):
     chained: bool
     done: bool
     feedback: FeedbackRecord | None
+    siblings: Sequence[Any]
+    """The request's other choices (``n > 1``), each with ``turn`` and ``reply_digest``."""
 
 
 def chain_key(digest: str) -> str:
@@ -145,14 +149,17 @@ class Store:
         for attempt in range(2):
             pipe = self.redis.pipeline(transaction=False)
             overlay = dict(states)  # turns of one session in one batch see each other's state
+            positions = []  # where each work's own result is among the pipeline's results
             for work in works:
+                positions.append(len(pipe))
                 if work.turn is not None:
                     overlay[work.turn.session_id] = self._queue_turn(pipe, work, overlay[work.turn.session_id])
                 elif work.feedback is not None:
                     keys = [record_seen_key(work.feedback.record_id), FEEDBACK_STREAM]
                     pipe.evalsha(self._write.sha, len(keys), *keys, work.feedback.model_dump_json(), self.ttl_s)
             try:
-                return [int(result) for result in await pipe.execute()]
+                results = await pipe.execute()
+                return [int(results[position]) for position in positions]
             except NoScriptError:  # Redis restarted and lost its script cache: load both, once
                 if attempt:
                     raise
@@ -160,36 +167,65 @@ class Store:
                 await self.redis.script_load(_RECORD_TURN)
         raise AssertionError("unreachable")
 
+    def _previous_transitions(self, state: dict[str, Any], work: Work) -> list[TransitionRecord]:
+        """Transitions of the session's last request: its first choice first, then the others.
+
+        The choice the conversation went on with gets the next state; the others are ``not_chosen``.
+        When the new request continues none of them (a retry, an edit), each gets an empty next state.
+        """
+        turn = work.turn
+        assert turn is not None
+        choices = [(state["turn_id"], state["reply_digest"]), *(tuple(c) for c in state.get("siblings", ()))]
+        chosen, next_state = None, []
+        for turn_id, reply_digest in choices:
+            outcome = link(PreviousTurn(turn_id, state["n_messages"], state["prefix_hash"], reply_digest),
+                           turn.request.messages, work.digests)
+            if outcome.linked:
+                chosen, next_state = turn_id, outcome.next_state
+                break
+        return [
+            transition(turn_id=turn_id, session_id=turn.session_id, turn_index=state["turn_index"],
+                       reason="not_chosen" if chosen not in (None, turn_id) else "next_request",
+                       next_state=next_state if turn_id == chosen else [], next_turn_id=turn.turn_id)
+            for turn_id, _ in choices
+        ]
+
     def _queue_turn(self, pipe: Any, work: Work, state: dict[str, Any] | None) -> dict[str, Any] | None:
-        """Queue one turn's script; return the session state it leaves behind."""
+        """Queue one turn's script (and its other choices' turns); return the session state it leaves behind."""
         turn = work.turn
         assert turn is not None
         sid = turn.session_id
         previous_json = closing_json = ""
+        more: list[TransitionRecord] = []
         expected = state["turn_id"] if state else ""
         if state is not None and state["turn_id"] != turn.turn_id:  # equal: a replay of this very turn
-            previous = PreviousTurn(state["turn_id"], state["n_messages"], state["prefix_hash"], state["reply_digest"])
-            outcome = link(previous, turn.request.messages, work.digests)
-            previous_json = transition(
-                turn_id=previous.turn_id, session_id=sid, turn_index=state["turn_index"], reason="next_request",
-                next_state=outcome.next_state if outcome.linked else [], next_turn_id=turn.turn_id,
-            ).model_dump_json()
+            first, *more = self._previous_transitions(state, work)
+            previous_json = first.model_dump_json()
         if work.done:
             closing_json = transition(turn_id=turn.turn_id, session_id=sid, turn_index=turn.turn_index,
                                       reason="session_done").model_dump_json()
+            more += [transition(turn_id=s.turn.turn_id, session_id=sid, turn_index=turn.turn_index,
+                                reason="session_done") for s in work.siblings]
         new_state = {
             "turn_id": turn.turn_id, "turn_index": turn.turn_index, "n_messages": len(turn.request.messages),
             "prefix_hash": chain_hash(work.digests), "reply_digest": work.reply_digest, "updated_at": turn.created_at,
+            "siblings": [[s.turn.turn_id, s.reply_digest] for s in work.siblings],
         }
         keys = [
             record_seen_key(turn.record_id), TURNS_STREAM, turn_key(turn.turn_id),
             record_seen_key(transition_id(expected or turn.turn_id)), TRANSITIONS_STREAM, session_key(sid),
             IDLE_SESSIONS_KEY, chain_key(chain_hash([*work.digests, work.reply_digest])),
-            record_seen_key(transition_id(turn.turn_id)),
+            record_seen_key(transition_id(turn.turn_id)), *(record_seen_key(t.record_id) for t in more),
         ]
         args = [turn.model_dump_json(), self.ttl_s, previous_json, closing_json, self.session_ttl_s, sid,
-                turn.created_at, json.dumps(new_state), "1" if work.chained else "", expected]
+                turn.created_at, json.dumps(new_state), "1" if work.chained else "", expected,
+                *(t.model_dump_json() for t in more)]
         pipe.evalsha(self._record_turn.sha, len(keys), *keys, *args)
+        for sibling in work.siblings:  # each choice is a turn of its own, stored once like any record
+            keys = [record_seen_key(sibling.turn.record_id), TURNS_STREAM, turn_key(sibling.turn.turn_id)]
+            pipe.evalsha(self._write.sha, len(keys), *keys, sibling.turn.model_dump_json(), self.ttl_s)
+            if work.chained:  # a fingerprinted conversation may go on with any of the choices
+                pipe.set(chain_key(chain_hash([*work.digests, sibling.reply_digest])), sid, ex=self.session_ttl_s)
         return None if work.done else new_state
 
     async def sweep_idle(self, idle_timeout_s: float, now: float | None = None, limit: int = 200) -> int:
@@ -208,9 +244,10 @@ class Store:
             if state["updated_at"] > cutoff:  # the session moved on after it was listed: keep it listed
                 await self.redis.zadd(IDLE_SESSIONS_KEY, {sid: state["updated_at"]})
                 continue
-            record = transition(turn_id=state["turn_id"], session_id=sid, turn_index=state["turn_index"],
-                                reason="idle_timeout")
-            await self.write(record.record_id, TRANSITIONS_STREAM, record.model_dump_json())
+            for turn_id in [state["turn_id"], *(c[0] for c in state.get("siblings", ()))]:
+                record = transition(turn_id=turn_id, session_id=sid, turn_index=state["turn_index"],
+                                    reason="idle_timeout")
+                await self.write(record.record_id, TRANSITIONS_STREAM, record.model_dump_json())
             await self.redis.delete(session_key(sid))
             closed += 1
         return closed

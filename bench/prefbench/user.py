@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import openai
@@ -107,16 +108,23 @@ class SimulatedUser:
 
 
 def evaluate(client: openai.OpenAI, model: str, persona: Persona, prompts: tuple[EvalPrompt, ...],
-             tag: str) -> EvalResult:
-    """Fresh prompts, no hint, answered by what the proxy serves as stable; nothing is recorded."""
-    satisfied = correct = 0
-    versions: set[str] = set()
-    for i, prompt in enumerate(prompts):
+             tag: str, concurrency: int = 8) -> EvalResult:
+    """Fresh prompts, no hint, answered by what the proxy serves as stable; nothing is recorded.
+
+    The prompts are sent ``concurrency`` at a time (the policy server decodes them in one batch); each
+    has its own sampling seed, so the answers do not depend on the order they are served in.
+    """
+
+    def ask(item: tuple[int, EvalPrompt]) -> tuple[bool, bool, str]:
+        i, prompt = item
         headers = {"X-NextState-Record": "off", "X-NextState-Canary": "0", "X-Session-Id": f"{tag}-e{i}"}
         answer, response_headers = _chat(client, model, [{"role": "user", "content": prompt.question}],
                                          prompt.seed, headers)
-        satisfied += persona.satisfied_by(answer)
-        correct += fact_correct(answer, prompt.fact)
-        versions.add(response_headers.get("x-nextstate-version") or "base")
+        return (persona.satisfied_by(answer), fact_correct(answer, prompt.fact),
+                response_headers.get("x-nextstate-version") or "base")
+
+    with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="prefbench-eval") as pool:
+        answers = list(pool.map(ask, enumerate(prompts)))
     n = max(1, len(prompts))
-    return EvalResult(satisfied / n, correct / n, tuple(sorted(versions)))
+    return EvalResult(sum(a[0] for a in answers) / n, sum(a[1] for a in answers) / n,
+                      tuple(sorted({a[2] for a in answers})))

@@ -4,7 +4,8 @@ It stands in for an LLM provider, which is outside the project. Replies are scri
 ``push(Reply(...))``; with nothing scripted it echoes the last user message. With ``capture=True``
 it behaves like vLLM: ``return_token_ids`` adds ``prompt_token_ids`` (top level, first chunk when
 streaming) and per-choice ``token_ids``; ``logprobs`` adds per-token logprobs. Tokens are
-characters (id = code point). With ``capture=False`` it refuses ``return_token_ids`` with a 400, as
+characters (id = code point). ``n > 1`` answers that many choices: choice ``i`` says the reply
+followed by `` [i]`` (interleaved chunk by chunk when streaming). With ``capture=False`` it refuses ``return_token_ids`` with a 400, as
 OpenAI does for unknown arguments. Every request body and header set is kept in ``requests``.
 Run it in a test with ``serve_in_thread(FakeUpstream().app)``, or as a process with
 ``uvicorn --factory tests.support.fake_upstream:create_app``.
@@ -108,41 +109,47 @@ class FakeUpstream:
             return JSONResponse(error, status_code=reply.status)
         prompt_ids = [ord(c) for m in body.get("messages", []) for c in _text(m.get("content"))]
         finish = reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")
+        texts = [text if i == 0 else f"{text} [{i}]" for i in range(max(1, int(body.get("n") or 1)))]
         if body.get("stream"):
-            return StreamingResponse(self._stream(body, reply, text, prompt_ids, finish), media_type="text/event-stream")
-        message: dict[str, Any] = {"role": "assistant", "content": text if text or not reply.tool_calls else None}
-        if reply.reasoning:
-            message["reasoning_content"] = reply.reasoning
-        if reply.tool_calls:
-            message["tool_calls"] = [
-                {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
-                for c in reply.tool_calls
-            ]
-        choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
+            return StreamingResponse(self._stream(body, reply, texts, prompt_ids, finish), media_type="text/event-stream")
+        choices = []
+        for index, said in enumerate(texts):
+            message: dict[str, Any] = {"role": "assistant", "content": said if said or not reply.tool_calls else None}
+            if reply.reasoning:
+                message["reasoning_content"] = reply.reasoning
+            if reply.tool_calls:
+                message["tool_calls"] = [
+                    {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                    for c in reply.tool_calls
+                ]
+            choice: dict[str, Any] = {"index": index, "message": message, "finish_reason": finish, "logprobs": None}
+            if body.get("logprobs"):
+                choice["logprobs"] = {"content": [
+                    {"token": c, "logprob": _logprob(i), "bytes": list(c.encode()), "top_logprobs": []}
+                    for i, c in enumerate(said)]}
+            if self.capture and body.get("return_token_ids"):
+                choice["token_ids"] = [ord(c) for c in said]
+            choices.append(choice)
+        completion_tokens = sum(map(len, texts))
         answer: dict[str, Any] = {
             "id": f"chatcmpl-{time.monotonic_ns()}", "object": "chat.completion", "created": int(time.time()),
-            "model": body.get("model") or self.model, "choices": [choice],
-            "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": len(text),
-                      "total_tokens": len(prompt_ids) + len(text)},
+            "model": body.get("model") or self.model, "choices": choices,
+            "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": completion_tokens,
+                      "total_tokens": len(prompt_ids) + completion_tokens},
         }
-        if body.get("logprobs"):
-            choice["logprobs"] = {"content": [
-                {"token": c, "logprob": _logprob(i), "bytes": list(c.encode()), "top_logprobs": []}
-                for i, c in enumerate(text)]}
         if self.capture and body.get("return_token_ids"):
             answer["prompt_token_ids"] = prompt_ids
-            choice["token_ids"] = [ord(c) for c in text]
         return JSONResponse(answer)
 
-    async def _stream(self, body: dict[str, Any], reply: Reply, text: str, prompt_ids: list[int],
+    async def _stream(self, body: dict[str, Any], reply: Reply, texts: list[str], prompt_ids: list[int],
                       finish: str) -> AsyncIterator[bytes]:
         ident, created, model = f"chatcmpl-{time.monotonic_ns()}", int(time.time()), body.get("model") or self.model
         capture_ids = self.capture and body.get("return_token_ids")
         finished = False
 
         def chunk(delta: dict[str, Any], *, finish_reason: str | None = None, piece: str = "", start: int = 0,
-                  first: bool = False) -> bytes:
-            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+                  first: bool = False, index: int = 0) -> bytes:
+            choice: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
             data: dict[str, Any] = {"id": ident, "object": "chat.completion.chunk", "created": created,
                                     "model": model, "choices": [choice]}
             if body.get("logprobs") and piece:
@@ -156,27 +163,35 @@ class FakeUpstream:
             return b"data: " + json.dumps(data).encode() + b"\n\n"
 
         try:
-            yield chunk({"role": "assistant", "content": ""}, first=True)
+            choices = range(len(texts))
+            for n in choices:
+                yield chunk({"role": "assistant", "content": ""}, first=n == 0, index=n)
             if reply.reasoning:
-                yield chunk({"reasoning_content": reply.reasoning})
+                for n in choices:
+                    yield chunk({"reasoning_content": reply.reasoning}, index=n)
             step = max(1, reply.chunk_chars)
-            for start in range(0, len(text), step):
+            for start in range(0, max(map(len, texts)), step):
                 if reply.chunk_delay_s:
                     await asyncio.sleep(reply.chunk_delay_s)
-                piece = text[start:start + step]
-                yield chunk({"content": piece}, piece=piece, start=start)
-            for index, call in enumerate(reply.tool_calls or []):
-                yield chunk({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
-                                             "function": {"name": call["name"], "arguments": ""}}]})
-                args = call["arguments"]
-                for start in range(0, len(args), 4):
-                    if reply.chunk_delay_s:
-                        await asyncio.sleep(reply.chunk_delay_s)
-                    yield chunk({"tool_calls": [{"index": index, "function": {"arguments": args[start:start + 4]}}]})
-            yield chunk({}, finish_reason=finish)
+                for n in choices:
+                    if piece := texts[n][start:start + step]:
+                        yield chunk({"content": piece}, piece=piece, start=start, index=n)
+            for n in choices:
+                for index, call in enumerate(reply.tool_calls or []):
+                    yield chunk({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
+                                                 "function": {"name": call["name"], "arguments": ""}}]}, index=n)
+                    args = call["arguments"]
+                    for start in range(0, len(args), 4):
+                        if reply.chunk_delay_s:
+                            await asyncio.sleep(reply.chunk_delay_s)
+                        yield chunk({"tool_calls": [{"index": index, "function": {"arguments": args[start:start + 4]}}]},
+                                    index=n)
+            for n in choices:
+                yield chunk({}, finish_reason=finish, index=n)
             if (body.get("stream_options") or {}).get("include_usage"):
-                usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": len(text),
-                         "total_tokens": len(prompt_ids) + len(text)}
+                completion_tokens = sum(map(len, texts))
+                usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": completion_tokens,
+                         "total_tokens": len(prompt_ids) + completion_tokens}
                 data = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
                         "choices": [], "usage": usage}
                 yield b"data: " + json.dumps(data).encode() + b"\n\n"
