@@ -2,7 +2,10 @@
 
 Starts the fake upstream and the proxy as separate uvicorn processes (uvloop + httptools) and a
 private Redis, then measures from this process (its own loop): added p50/p99 latency at a fixed
-request rate, added streaming time-to-first-token, and peak throughput proxied vs direct.
+request rate, added streaming time-to-first-token, and peak throughput proxied vs direct. Then the
+peak once more in front of an upstream that takes ``--slow-upstream-ms`` per answer with
+``--slow-concurrency`` requests in flight (an upstream with a capacity of its own, as an LLM server has;
+the first upstream answers at once, so there the ratio measures the proxy's CPU against the upstream's).
 Run: ``.venv/bin/python -m bench.proxy_overhead [--rate 200] [--seconds 10]``.
 """
 
@@ -59,19 +62,27 @@ def _wait_http(url: str, timeout: float = 30.0) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def start_stack(stack: ExitStack, home: Path, workers: int = 1) -> tuple[str, str]:
-    """(direct base URL, proxied base URL); processes stop when the stack closes."""
-    up_port, proxy_port = _free_port(), _free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+def start_upstream(stack: ExitStack, delay_s: float = 0.0) -> str:
+    """A fake upstream process (answers at once, or after ``delay_s``); returns its base URL."""
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "FAKE_UPSTREAM_DELAY_S": str(delay_s)}
     upstream = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", "tests.support.fake_upstream:create_app", "--port",
-         str(up_port), "--loop", "uvloop", "--http", "httptools", "--log-level", "warning", "--no-access-log"],
+         str(port), "--loop", "uvloop", "--http", "httptools", "--log-level", "warning", "--no-access-log"],
         cwd=ROOT, env=env,
     )
     stack.callback(lambda: (upstream.terminate(), upstream.wait(10)))
-    direct = f"http://127.0.0.1:{up_port}/v1"
-    _wait_http(f"{direct}/models")
-    proxy_env = {**env, "NEXTSTATE_HOME": str(home), "NEXTSTATE_UPSTREAM_URL": direct, "NEXTSTATE_PORT": str(proxy_port),
+    url = f"http://127.0.0.1:{port}/v1"
+    _wait_http(f"{url}/models")
+    return url
+
+
+def start_proxy(stack: ExitStack, home: Path, upstream: str, workers: int = 1) -> str:
+    """The proxy in front of ``upstream`` with a private embedded Redis; returns its base URL."""
+    proxy_port = _free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proxy_env = {**env, "NEXTSTATE_HOME": str(home), "NEXTSTATE_UPSTREAM_URL": upstream, "NEXTSTATE_PORT": str(proxy_port),
                  "NEXTSTATE_LOG_JSON": "true", "NEXTSTATE_WORKERS": str(workers)}
     proxy_env.pop("NEXTSTATE_REDIS_URL", None)  # a private embedded Redis under the temporary home
     proxy = subprocess.Popen([sys.executable, "-m", "proxy"], cwd=ROOT, env=proxy_env,
@@ -80,7 +91,13 @@ def start_stack(stack: ExitStack, home: Path, workers: int = 1) -> tuple[str, st
     stack.callback(lambda: (proxy.terminate(), proxy.wait(20)))  # it stops its embedded Redis itself
     proxied = f"http://127.0.0.1:{proxy_port}/v1"
     _wait_http(f"{proxied}/models")
-    return direct, proxied
+    return proxied
+
+
+def start_stack(stack: ExitStack, home: Path, workers: int = 1, delay_s: float = 0.0) -> tuple[str, str]:
+    """(direct base URL, proxied base URL); processes stop when the stack closes."""
+    direct = start_upstream(stack, delay_s)
+    return direct, start_proxy(stack, home, direct, workers)
 
 
 async def _one(session: aiohttp.ClientSession, url: str, body: bytes) -> float:
@@ -173,13 +190,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=2.0, help="seconds per peak-throughput window")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1, help="proxy worker processes")
+    parser.add_argument("--slow-upstream-ms", type=float, default=50.0,
+                        help="also measure peak throughput in front of an upstream that takes this long per answer "
+                             "(0: skip)")
+    parser.add_argument("--slow-concurrency", type=int, default=16)
     args = parser.parse_args(argv)
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="nextstate-bench-") as home:
-        direct, proxied = start_stack(stack, Path(home), args.workers)
+        direct, proxied = start_stack(stack, Path(home) / "fast", args.workers)
         chat = {"direct": f"{direct}/chat/completions", "proxied": f"{proxied}/chat/completions"}
         latency = uvloop.run(fixed_rate(chat, args.rate, args.seconds))
         first = uvloop.run(ttft(chat, args.ttft_requests))
         throughput = uvloop.run(peak(chat, args.concurrency, args.window, args.rounds))
+        stack.close()  # the slow pair runs alone
+        slow: dict[str, float] = {}
+        if args.slow_upstream_ms > 0:
+            direct, proxied = start_stack(stack, Path(home) / "slow", args.workers, args.slow_upstream_ms / 1000)
+            slow_chat = {"direct": f"{direct}/chat/completions", "proxied": f"{proxied}/chat/completions"}
+            slow = uvloop.run(peak(slow_chat, args.slow_concurrency, args.window, args.rounds))
     d, p = latency["direct"], latency["proxied"]
     report = {
         "proxy_workers": args.workers,
@@ -192,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         "added_ttft_p50_ms": _pct(first["proxied"], 0.5) - _pct(first["direct"], 0.5),
         "direct_peak_rps": throughput["direct"], "proxied_peak_rps": throughput["proxied"],
         "peak_ratio": throughput["proxied"] / throughput["direct"],
+        **({f"slow_upstream_{args.slow_upstream_ms:g}ms_direct_peak_rps": slow["direct"],
+            f"slow_upstream_{args.slow_upstream_ms:g}ms_proxied_peak_rps": slow["proxied"],
+            f"slow_upstream_{args.slow_upstream_ms:g}ms_peak_ratio": slow["proxied"] / slow["direct"]} if slow else {}),
         "mean_added_ms": (statistics.fmean(p) - statistics.fmean(d)) * 1000,
     }
     width = max(map(len, report))

@@ -18,11 +18,11 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy import chat, routes
 from proxy.embedded_redis import resolve_redis_url
-from proxy.errors import MethodNotAllowed, NotFound, error_response
+from proxy.errors import MethodNotAllowed, NotFound, ProxyError, error_response
 from proxy.metrics import Metrics
 from proxy.middleware import AdminGuard, CanonicalLog
 from proxy.recorder import REDIS_DOWN, Recorder
@@ -102,6 +102,30 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
     return error_response(MethodNotAllowed(f"method {request.method} not allowed on {request.url.path}"))
 
 
+class ChatFastPath:
+    """``POST /v1/chat/completions`` straight to its handler; every other request goes through the app.
+
+    The hot path skips Starlette's error and exception middlewares and its router (about a tenth of the
+    proxy's CPU per request, measured). An unexpected error still gets an OpenAI-shaped 500 and a log line.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/v1/chat/completions" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        try:
+            response = await chat.chat_completions(Request(scope, receive, send))
+        except Exception as exc:
+            log.exception("chat_handler_failed")
+            scope.setdefault("nextstate.log", {})["error"] = "internal_error"
+            response = error_response(ProxyError(f"internal error in the proxy ({exc.__class__.__name__})",
+                                                 code="internal_error"))
+        await response(scope, receive, send)
+
+
 def create_app(settings: ProxySettings, *, mounts: list[tuple[str, ASGIApp]] | None = None) -> ASGIApp:
     """Build the proxy app; ``mounts`` (e.g. ``("/admin", app)``) are served behind the admin token."""
     metrics = Metrics()
@@ -154,4 +178,4 @@ def create_app(settings: ProxySettings, *, mounts: list[tuple[str, ASGIApp]] | N
         404: _not_found, 405: _method_not_allowed,
     })
     paths = {route.path for route in ROUTES}
-    return CanonicalLog(app, metrics, paths, tuple(prefixes))
+    return CanonicalLog(ChatFastPath(app), metrics, paths, tuple(prefixes))

@@ -27,6 +27,21 @@ class CanonicalLog:
         self.metrics = metrics
         self.paths = paths
         self.prefixes = prefixes
+        self._children: dict[tuple[str, ...], tuple[Any, Any]] = {}  # labelled metrics, looked up once
+
+    def _observe(self, route: str, status: str, duration: float, fields: dict[str, Any]) -> None:
+        key = (route, status)
+        if (pair := self._children.get(key)) is None:
+            pair = self._children[key] = (self.metrics.requests.labels(route, status), self.metrics.latency.labels(route))
+        pair[0].inc()
+        pair[1].observe(duration)
+        if "arm" in fields:  # a routed chat request: per-arm/version figures for the canary
+            key = (fields["arm"], fields.get("version") or "base", status)
+            if (pair := self._children.get(key)) is None:
+                pair = self._children[key] = (self.metrics.policy_requests.labels(*key),
+                                              self.metrics.policy_latency.labels(*key[:2]))
+            pair[0].inc()
+            pair[1].observe(duration)
 
     def _route(self, path: str) -> str:
         """A bounded metric label for a path (unknown paths share one label)."""
@@ -57,13 +72,7 @@ class CanonicalLog:
         finally:
             duration = time.perf_counter() - start
             path = scope["path"]
-            route = self._route(path)
-            self.metrics.requests.labels(route, str(status)).inc()
-            self.metrics.latency.labels(route).observe(duration)
-            if "arm" in fields:  # a routed chat request: per-arm/version figures for the canary
-                version = fields.get("version") or "base"
-                self.metrics.policy_requests.labels(fields["arm"], version, str(status)).inc()
-                self.metrics.policy_latency.labels(fields["arm"], version).observe(duration)
+            self._observe(self._route(path), str(status), duration, fields)
             if path not in _QUIET:
                 log.info("request", method=scope["method"], path=path, status=status,
                          duration_ms=round(duration * 1000, 3), **fields)

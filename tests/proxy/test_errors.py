@@ -116,3 +116,17 @@ def test_upstream_stalling_mid_stream_ends_with_an_error_event(start_proxy, fake
 def test_unknown_routes_and_methods_are_openai_shaped(proxy_url, http) -> None:
     assert_openai_error(http.post(f"{proxy_url}/v1/load_lora_adapter", json={"lora_name": "x"}), 404)
     assert_openai_error(http.get(f"{proxy_url}/v1/chat/completions"), 405)
+
+
+def test_an_unexpected_error_in_the_proxy_is_an_openai_shaped_500(proxy_url, http, monkeypatch) -> None:
+    import proxy.chat
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(proxy.chat, "session_identity", broken)
+    response = http.post(f"{proxy_url}/v1/chat/completions", json=CHAT)
+    error = assert_openai_error(response, 500)
+    assert (error["type"], error["code"]) == ("server_error", "internal_error") and "RuntimeError" in error["message"]
+    monkeypatch.undo()
+    assert http.post(f"{proxy_url}/v1/chat/completions", json=CHAT).status_code == 200  # and it goes on serving

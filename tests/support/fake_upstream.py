@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -222,10 +223,27 @@ class FakeUpstream:
 
 
 def create_app() -> Starlette:
-    """Factory for running the fake upstream as a process (benchmarks); keeps no request log."""
+    """Factory for running the fake upstream as a process (benchmarks); keeps no request log.
+
+    ``FAKE_UPSTREAM_DELAY_S`` makes every answer wait that long first (an upstream that takes time to
+    generate, as any LLM server does, while its CPU stays free).
+    """
     upstream = FakeUpstream()
     upstream.requests = _Discard()
+    delay = float(os.environ.get("FAKE_UPSTREAM_DELAY_S") or 0)
+    if delay > 0:
+        upstream.replies = _Always(Reply(delay_s=delay))
     return upstream.app
+
+
+class _Always(collections.deque[Reply]):
+    """A script that never runs out: every request gets the same reply."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__([reply])
+
+    def popleft(self) -> Reply:
+        return self[0]
 
 
 class _Discard(list[dict[str, Any]]):
