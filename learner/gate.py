@@ -12,6 +12,8 @@ import argparse
 import contextlib
 import json
 import sys
+import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -68,6 +70,10 @@ class Policies:
 
     def __init__(self, base: Any, tokenizer: Any, candidate: Path, stable: Path | None) -> None:
         self.tokenizer = tokenizer
+        # what the stable side is: a version directory never changes, so its sampled answers can be reused
+        if not hasattr(base, "_nextstate_gate_key"):
+            base._nextstate_gate_key = uuid.uuid4().hex  # this loaded copy of the base model
+        self.stable_key = (base._nextstate_gate_key, str(stable.resolve()) if stable is not None else None)
         self.model = PeftModel.from_pretrained(base, str(candidate), adapter_name="candidate")
         self.has_stable = stable is not None
         if stable is not None:
@@ -91,8 +97,30 @@ def generate(policies: Policies, side: str, conversations: list[list[dict[str, A
         return sample_answers(model, policies.tokenizer, conversations, n, temperature, max_tokens, seed)
 
 
+# the stable side's sampled answers per (stable policy, cases, sampling settings, seed): the learner gates
+# candidate after candidate against the same stable version, whose answers are the same each time
+_STABLE_ANSWERS: OrderedDict[tuple[Any, ...], list[list[int]]] = OrderedDict()
+_STABLE_ANSWERS_KEPT = 4
+
+
+def _stable_answers(policies: Policies, group: list[SacredCase], n: int, temperature: float, max_tokens: int,
+                    seed: int) -> list[list[int]]:
+    key = (policies.stable_key, tuple(c.model_dump_json() for c in group), n, temperature, max_tokens, seed)
+    if key in _STABLE_ANSWERS:
+        _STABLE_ANSWERS.move_to_end(key)
+        return _STABLE_ANSWERS[key]
+    ids = generate(policies, "stable", [c.messages for c in group], n, temperature, max_tokens, seed)
+    _STABLE_ANSWERS[key] = ids
+    while len(_STABLE_ANSWERS) > _STABLE_ANSWERS_KEPT:
+        _STABLE_ANSWERS.popitem(last=False)
+    return ids
+
+
 def sacred_scores(policies: Policies, cases: list[SacredCase], run: GateRun) -> tuple[list[CaseScore], dict[str, Any]]:
-    """Pass rate of each checked case for both policies; cases sharing sampling settings share a batch."""
+    """Pass rate of each checked case for both policies; cases sharing sampling settings share a batch.
+
+    The stable side's answers are reused while the stable version stays the same (same seed, same answers).
+    """
     checked = [c for c in cases if not c.anchor]
     groups: dict[tuple[int, float, int], list[SacredCase]] = {}
     for case in checked:
@@ -104,7 +132,10 @@ def sacred_scores(policies: Policies, cases: list[SacredCase], run: GateRun) -> 
     examples: dict[str, dict[str, str]] = {}
     for index, ((n, temperature, max_tokens), group) in enumerate(groups.items()):
         for side in ("candidate", "stable"):
-            ids = generate(policies, side, [c.messages for c in group], n, temperature, max_tokens, run.seed + index)
+            if side == "stable":
+                ids = _stable_answers(policies, group, n, temperature, max_tokens, run.seed + index)
+            else:
+                ids = generate(policies, side, [c.messages for c in group], n, temperature, max_tokens, run.seed + index)
             texts = policies.tokenizer.batch_decode(ids, skip_special_tokens=True)
             for k, case in enumerate(group):
                 answers = texts[k * n:(k + 1) * n]

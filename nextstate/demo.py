@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
         return 1
     config = BenchConfig(methods=(args.method,), personas=(args.persona,), seeds=(args.seed,),
                          interactions=args.interactions, every=args.every, eval_prompts=12,
-                         mix=FeedbackMix(silent_p=0.1, noise_p=0.0), model_cache=cache)
+                         mix=FeedbackMix(silent_p=0.1, noise_p=0.0), model_cache=cache, jobs=1)
     home = root / f"{args.method}-{args.persona}-s{args.seed}"
     print("2/3 starting the stack (redis, policy server, proxy, labeler, learner, controller) ...", flush=True)
     bar = tqdm(total=args.interactions, desc="interactions", unit="turn", dynamic_ncols=True)

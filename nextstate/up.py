@@ -306,21 +306,21 @@ def plan_stack(settings: UpSettings, extras: list[tuple[str, str]] | None = None
         "NEXTSTATE_BASE_MODEL": settings.base_model,
         "NEXTSTATE_LOG_JSON": os.environ.get("NEXTSTATE_LOG_JSON", "false"),  # readable prefixed logs
     }
+    if "learner" in wanted:  # needs only Redis: it loads its model while the policy server loads its own
+        specs.append(ChildSpec("learner", _nextstate("learn"), env, critical=False))
     if "serve" in wanted and not settings.upstream_url:
         serve_env = {**env, "NEXTSTATE_SERVE_HOST": settings.host, "NEXTSTATE_SERVE_PORT": str(settings.serve_port)}
         specs.append(ChildSpec("serve", _nextstate("serve"), serve_env, ready=http_ready(f"{serve_url}/healthz"),
                                critical=True))
     if "proxy" in wanted:
         specs.append(ChildSpec("proxy", _nextstate("proxy", "--host", settings.host, "--port", str(settings.proxy_port)),
-                               env, ready=http_ready(f"{base_url}/readyz")))
+                               env, ready=http_ready(f"{base_url}/readyz"), critical=False))
     if "worker" in wanted:
-        specs.append(ChildSpec("worker", _nextstate("worker"), env))
-    if "learner" in wanted:
-        specs.append(ChildSpec("learner", _nextstate("learn"), env))
+        specs.append(ChildSpec("worker", _nextstate("worker"), env, critical=False))
     if "controller" in wanted:
-        specs.append(ChildSpec("controller", _nextstate("controller"), env))
+        specs.append(ChildSpec("controller", _nextstate("controller"), env, critical=False))
     for name, command in extras or []:
-        specs.append(ChildSpec(name, tuple(shlex.split(command)), env))
+        specs.append(ChildSpec(name, tuple(shlex.split(command)), env, critical=False))
     return StackPlan(specs, f"{base_url}/v1", upstream_url, redis_url, home)
 
 

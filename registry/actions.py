@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from proxy.records import RoutingTable
-from registry.errors import PolicyServerError
+from registry.errors import CanaryRunning, PolicyServerError
 from registry.publisher import Publisher
 from registry.records import AuditEvent, CanaryState
 from registry.routing import sync_routing
@@ -55,7 +55,7 @@ class Control:
         with reg.lock():
             running = reg.canary_state()
             if running is not None:
-                raise RegistryError(f"canary {running.version} is still running; finish it first")
+                raise CanaryRunning(f"canary {running.version} is still running; finish it first")
             if reg.frozen():
                 raise RegistryError("the registry is pinned; release it (`registry pin --release`) first")
             info = reg.get(version)

@@ -26,7 +26,7 @@ from proxy.logs import configure_logging
 from proxy.records import TURNS_STREAM, TurnRecord
 from registry.actions import Control
 from registry.canary import ArmCounts, CanaryPolicy, Decision, Health, decide, p99
-from registry.errors import RegistryError
+from registry.errors import CanaryRunning, RegistryError
 from registry.records import UPSTREAM_OUTCOMES_KEY, AuditEvent, CanaryState
 from registry.settings import RegistrySettings
 from registry.wiring import canary_policy, open_control
@@ -129,8 +129,11 @@ class Controller:
         if not ready:
             return None
         version = ready[-1].version
-        self.control.start_canary(version, self.policy.steps[0], "controller",
-                                  "passed the gate; newest ready version extending stable")
+        try:
+            self.control.start_canary(version, self.policy.steps[0], "controller",
+                                      "passed the gate; newest ready version extending stable")
+        except CanaryRunning:  # the gate started one since this tick looked: decide on it next tick
+            return None
         return Decision("step", f"canary {version} started", {"version": version}, self.policy.steps[0])
 
     def _decide(self, state: CanaryState) -> Decision:

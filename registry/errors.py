@@ -4,6 +4,7 @@
     ├── UnknownVersion (KeyError) no such version
     ├── NotLoadable               the version's directory cannot be served
     ├── IllegalTransition (ValueError)  the state machine refuses the change
+    ├── CanaryRunning             a canary is running already (one at a time)
     └── PolicyServerError         a policy server refused or did not answer (retryable)
 """
 
@@ -24,6 +25,10 @@ class NotLoadable(RegistryError):
 
 class IllegalTransition(RegistryError, ValueError):
     """A state change the state machine does not allow."""
+
+
+class CanaryRunning(RegistryError):
+    """A canary is running already; only one runs at a time."""
 
 
 class PolicyServerError(RegistryError):

@@ -38,16 +38,17 @@ def config_from_args(argv: list[str]) -> tuple[BenchConfig, Path]:
     parser.add_argument("--lr", type=float, help="learner learning rate")
     parser.add_argument("--steps-per-batch", type=int, help="learner optimiser steps per batch")
     parser.add_argument("--batch-size", type=int, help="learner batch size")
+    parser.add_argument("--jobs", type=int, help="runs at once, each on its own stack (default 2; 1 for --quick)")
     parser.add_argument("--model-cache", type=Path, help="shared model cache (default: <out>/models)")
     parser.add_argument("--base-model", help="a local model directory instead of builtin:tiny-chat (served as tiny-chat)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    base = BenchConfig(methods=("none", "combined"), personas=("terse",), seeds=(0,), every=8, eval_prompts=12) \
+    base = BenchConfig(methods=("none", "combined"), personas=("terse",), seeds=(0,), every=8, eval_prompts=12, jobs=1) \
         if args.quick else BenchConfig()
     changes: dict[str, object] = {"mix": FeedbackMix(silent_p=args.silent, noise_p=args.noise),
                                   "model_cache": args.model_cache or args.out / "models"}
     for name in ("methods", "personas", "interactions", "every", "eval_prompts", "canary_min_samples", "lr",
-                 "steps_per_batch", "batch_size"):
+                 "steps_per_batch", "batch_size", "jobs"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.base_model:

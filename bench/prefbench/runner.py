@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,12 +54,16 @@ class BenchConfig:
     gate_replay_tolerance: float = 0.05
     """Sampled answers per sacred case and policy in the gate."""
     settle_timeout_s: float = 240.0
-    think_s: float = 1.5
+    think_s: float = 0.3
     """Pause before each message of the simulated user (reading time), so records reach the loop."""
     model: str | None = None
     """Model name clients send; unset = the first model the proxy lists."""
     model_cache: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    jobs: int = 2
+    """Runs at once, each on its own stack: a run leaves a core idle while it starts, polls and waits for
+    labels, so two at a time finish the matrix sooner on 2 cores. With more than one, every model process
+    uses one thread (two runs' processes then share the cores instead of fighting over them)."""
 
 
 def stack_env(config: BenchConfig, method: str, seed: int) -> tuple[dict[str, str], str | None]:
@@ -84,6 +90,7 @@ def stack_env(config: BenchConfig, method: str, seed: int) -> tuple[dict[str, st
         "NEXTSTATE_METHOD": method if method != "none" else "combined", "NEXTSTATE_BATCH_SIZE": str(config.batch_size),
         "NEXTSTATE_LR": str(config.lr), "NEXTSTATE_STEPS_PER_BATCH": str(config.steps_per_batch),
         "NEXTSTATE_SEED": str(seed), "NEXTSTATE_LEARNER_METRICS_PORT": "0",
+        **({"OMP_NUM_THREADS": "1"} if config.jobs > 1 else {}),
         **config.extra_env,
     }
     components = "redis,serve,proxy,worker" if method == "none" else None
@@ -166,19 +173,39 @@ def run_one(config: BenchConfig, method: str, persona_name: str, seed: int, home
         stack.stop()
 
 
+_COST = {"combined": 0, "rl": 1, "opd": 2, "none": 3}
+
+
 def run_matrix(config: BenchConfig, out_dir: Path, on_line: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every (seed, persona, method); results are rewritten to ``results.json`` after each run."""
+    """Every (seed, persona, method), ``config.jobs`` at a time; ``results.json`` is rewritten after each run."""
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"config": _jsonable(asdict(config)), "runs": [], "points": []}
     started = time.monotonic()
-    for seed in config.seeds:
-        for persona in config.personas:
-            for method in config.methods:
-                run = run_one(config, method, persona, seed, out_dir / "runs" / f"{method}-{persona}-s{seed}", on_line)
-                results["points"].extend(run.points)
-                results["runs"].append({k: v for k, v in asdict(run).items() if k != "points"})
-                results["wall_s"] = round(time.monotonic() - started, 1)
-                (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    lock = threading.Lock()
+    cells = [(seed, persona, method) for seed in config.seeds for persona in config.personas for method in config.methods]
+
+    def one(cell: tuple[int, str, str]) -> None:
+        seed, persona, method = cell
+        run = run_one(config, method, persona, seed, out_dir / "runs" / f"{method}-{persona}-s{seed}", on_line)
+        with lock:
+            results["points"].extend(run.points)
+            results["runs"].append({k: v for k, v in asdict(run).items() if k != "points"})
+            results["points"].sort(key=lambda p: (p["seed"], p["persona"], cells.index((p["seed"], p["persona"], p["method"])),
+                                                  p["interactions"]))
+            results["wall_s"] = round(time.monotonic() - started, 1)
+            (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+
+    # the longest runs first (learning runs train and gate; "none" only talks), so the last ones overlap
+    longest_first = sorted(cells, key=lambda cell: (_COST.get(cell[2], 0), cells.index(cell)))
+    with ThreadPoolExecutor(max(1, config.jobs), thread_name_prefix="prefbench-run") as pool:
+        futures = [pool.submit(one, cell) for cell in longest_first]
+        try:
+            for future in futures:
+                future.result()  # a run that failed fails the matrix
+        except BaseException:  # Ctrl-C or a failed run: start nothing more; running runs stop their stacks
+            for future in futures:
+                future.cancel()
+            raise
     return results
 
 

@@ -107,6 +107,7 @@ class Progress:
     events: Counter[str] = field(default_factory=Counter)
     states: dict[str, str] = field(default_factory=dict)
     stable: str | None = None
+    ready: list[str] = field(default_factory=list)
 
     @property
     def reward_rate(self) -> float | None:
@@ -126,12 +127,15 @@ class Progress:
 class Pipeline:
     """Reads the stack's streams and registry state; ``settle`` waits for in-flight work to finish."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, poll_s: float = 1.0) -> None:
         self.redis = client
+        self.poll_s = poll_s
+        """How long the learner blocks on one read of the samples stream (``learner_poll_ms``)."""
         self.progress = Progress()
         self._samples_from = "-"
         self._events_from = "-"
         self._pending: dict[str, int] = {}
+        self._grew_at: dict[str, float] = {}
 
     def refresh(self) -> Progress:
         p = self.progress
@@ -150,9 +154,12 @@ class Pipeline:
                 passed = (event.get("evidence") or {}).get("to") == "gated_pass"
                 kind = "gate_passed" if passed else "gate_failed"
             p.events[kind] += 1
-        p.states = {k.decode(): json.loads(v).get("state", "") for k, v in self.redis.hgetall(VERSIONS_KEY).items()}
+        infos = {k.decode(): json.loads(v) for k, v in self.redis.hgetall(VERSIONS_KEY).items()}
+        p.states = {version: info.get("state", "") for version, info in infos.items()}
         stable = self.redis.hget(ALIASES_KEY, "stable")
         p.stable = stable.decode() if stable else None
+        # what the controller would canary next: a gated version extending the current stable
+        p.ready = [v for v, info in infos.items() if info.get("state") == "gated_pass" and info.get("parent") == p.stable]
         return p
 
     def _read(self, stream: str, cursor_attr: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
@@ -173,18 +180,20 @@ class Pipeline:
             if lag is not None and int(lag) > 0:
                 return "training"  # samples not read by the learner yet
             for consumer in self._consumers(SAMPLES_STREAM, str(group["name"])):
-                # A learner holding a full batch trains it: it stops polling (idle grows past its poll
-                # time) right after its pending count grew. Entries a refused round left pending do
-                # neither, so they do not hold the user back.
+                # A learner holding a full batch trains it: its pending count has just grown, and then
+                # it stops polling (idle grows past its poll time). Entries a refused round left
+                # pending do neither, so they do not hold the user back.
                 key = f"{group['name']}/{consumer.get('name')}"
                 pending, idle = int(consumer.get("pending", 0)), int(consumer.get("idle", 0))
-                grew = pending > self._pending.get(key, 0)
+                if pending > self._pending.get(key, 0):
+                    self._grew_at[key] = time.monotonic()
                 self._pending[key] = pending
-                if pending >= batch_size and (idle > 2500 or grew):
+                recently = time.monotonic() - self._grew_at.get(key, -1e9) < self.poll_s + 1.0
+                if pending >= batch_size and (idle > (self.poll_s + 1.5) * 1000 or recently):
                     return "training"
         if "candidate" in p.states.values():
             return "gating"
-        if "gated_pass" in p.states.values() and not self.redis.exists(CANARY_KEY):
+        if p.ready and not self.redis.exists(CANARY_KEY):
             return "starting a canary"  # the controller starts one on its next tick
         return None
 

@@ -95,6 +95,27 @@ def test_identity_adapter_passes_and_scrambled_fails(control: Control, adapters:
     assert any(r.startswith("drift") for r in verdict.reasons) and verdict.metrics["kl"] > 0.5
 
 
+def test_the_stable_sides_answers_are_reused_while_the_stable_version_stays(
+    control: Control, adapters: dict[str, Path], tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import learner.gate as gate
+
+    sides: list[str] = []
+    real = gate.generate
+    monkeypatch.setattr(gate, "generate", lambda policies, side, *a, **k: sides.append(side) or real(policies, side, *a, **k))
+    suite = load_suite(DEFAULT_SUITE)
+    reg = control.registry
+    base = fresh_base(tiny_model_path)  # lent to one gate after another, as the learner does
+    first = evaluate(reg, publish_adapter(reg, adapters["identity"], str(tiny_model_path)), *base, suite, FAST)
+    stable_runs = sides.count("stable")
+    assert stable_runs >= 1
+    second = evaluate(reg, publish_adapter(reg, adapters["scrambled"], str(tiny_model_path)), *base, suite, FAST)
+    assert sides.count("stable") == stable_runs  # nothing sampled again for the unchanged stable side
+    assert {k: c["stable"] for k, c in second.metrics["sacred"].items()} == {
+        k: c["stable"] for k, c in first.metrics["sacred"].items()}
+    assert not second.passed  # the candidate side is still measured afresh
+
+
 def test_replay_needs_prefer_up_and_avoid_down(control: Control, adapters: dict[str, Path], tiny_model_path: Path) -> None:
     reg = control.registry
     trained_on = add_samples(reg, lowercase_pairs(tinycorpus.FACTS[::3][:4]), "prefer", "trained")

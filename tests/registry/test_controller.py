@@ -201,3 +201,14 @@ def test_a_version_whose_parent_was_rolled_back_is_rejected_as_stale(control: Co
     assert control.registry.get(child).state == "rejected"
     stale = [e for e in control.registry.history() if e.kind == "rejected" and e.version == child]
     assert stale and "stale lineage" in stale[0].reason
+
+
+def test_a_canary_started_by_the_gate_meanwhile_is_no_controller_error(control: Control, publish: PublishFn,
+                                                                      replicas: list[Any]) -> None:
+    controller = Controller(control, POLICY)
+    first = publish(gate=True)
+    second = publish(gate=True)
+    control.start_canary(first, 0.5, "gate", "passed the sacred gate")  # between the controller's read and its start
+    assert controller._start_next() is None  # it would have started the newest ready version, second
+    assert control.registry.alias("canary") == first and control.registry.get(second).state == "gated_pass"
+    assert not [e for e in control.registry.history() if e.kind == "controller_error"]
