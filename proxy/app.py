@@ -106,7 +106,8 @@ class ChatFastPath:
     """``POST /v1/chat/completions`` straight to its handler; every other request goes through the app.
 
     The hot path skips Starlette's error and exception middlewares and its router (about a tenth of the
-    proxy's CPU per request, measured). An unexpected error still gets an OpenAI-shaped 500 and a log line.
+    proxy's CPU per chat request in a profile at 300 req/s). An unexpected error still gets an
+    OpenAI-shaped 500 and a log line.
     """
 
     def __init__(self, app: ASGIApp) -> None:
