@@ -7,6 +7,7 @@ tool calls by index, finish_reason, usage, and the captured token ids and logpro
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from proxy import fastjson
@@ -117,11 +118,6 @@ class Accumulator:
     def indices(self) -> list[int]:
         return sorted(self.choices)
 
-    def _choice(self, choice: Any) -> _Choice | None:
-        if not isinstance(choice, dict) or (index := _index(choice)) is None:
-            return None
-        return self.choices.setdefault(index, _Choice())
-
     def feed_sse(self, raw: bytes) -> None:
         splitter = SSESplitter()
         for event in [*splitter.feed(raw), splitter.rest()]:
@@ -133,18 +129,21 @@ class Accumulator:
             except ValueError:
                 continue
 
-    def _top(self, source: dict[str, Any]) -> None:
+    def _choices(self, source: dict[str, Any]) -> Iterator[tuple[_Choice, dict[str, Any]]]:
+        """Take what ``source`` says for the whole request, then each of its choices with its tokens merged."""
         if isinstance(source.get("usage"), dict):
             self.usage = source["usage"]
         if isinstance(source.get("prompt_token_ids"), list) and self.prompt_token_ids is None:
             self.prompt_token_ids = [int(t) for t in source["prompt_token_ids"]]
+        for raw in source.get("choices") or ():
+            if not isinstance(raw, dict) or (index := _index(raw)) is None:
+                continue
+            choice = self.choices.setdefault(index, _Choice())
+            choice.tokens(raw)
+            yield choice, raw
 
     def feed_chunk(self, chunk: dict[str, Any]) -> None:
-        self._top(chunk)
-        for raw in chunk.get("choices") or ():
-            if (choice := self._choice(raw)) is None:
-                continue
-            choice.tokens(raw)
+        for choice, raw in self._choices(chunk):
             delta = raw.get("delta") or {}
             choice.say(delta)
             for call in delta.get("tool_calls") or ():
@@ -153,11 +152,7 @@ class Accumulator:
                 choice.finish_reason = raw["finish_reason"]
 
     def feed_completion(self, completion: dict[str, Any]) -> None:
-        self._top(completion)
-        for raw in completion.get("choices") or ():
-            if (choice := self._choice(raw)) is None:
-                continue
-            choice.tokens(raw)
+        for choice, raw in self._choices(completion):
             message = raw.get("message") or {}
             choice.say({"role": "assistant", **message})
             for index, call in enumerate(message.get("tool_calls") or ()):
