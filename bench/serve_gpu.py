@@ -44,14 +44,33 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _chat(client: httpx.Client, model: str, max_tokens: int) -> tuple[float, int]:
+def _chat(client: httpx.Client, model: str, max_tokens: int) -> tuple[float, float, int]:
+    """One streamed request that runs to ``max_tokens`` (``ignore_eos``): (time to first token, seconds, tokens)."""
     t = time.perf_counter()
-    r = client.post("/v1/chat/completions", json={
-        "model": model, "max_tokens": max_tokens, "temperature": 1.0, "seed": 1,
+    first, tokens = None, 0
+    body = {
+        "model": model, "max_tokens": max_tokens, "temperature": 1.0, "seed": 1, "ignore_eos": True,
+        "stream": True, "stream_options": {"include_usage": True},
         "messages": [{"role": "user", "content": "What is the capital of France?"}],
-    })
-    r.raise_for_status()
-    return time.perf_counter() - t, int(r.json()["usage"]["completion_tokens"])
+    }
+    with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[len("data: "):])
+            if first is None and chunk.get("choices") and chunk["choices"][0]["delta"].get("content") is not None:
+                first = time.perf_counter() - t
+            if chunk.get("usage"):
+                tokens = int(chunk["usage"]["completion_tokens"])
+    seconds = time.perf_counter() - t
+    return (first if first is not None else seconds), seconds, tokens
+
+
+def _rates(prefix: str, ttft: float, seconds: float, tokens: int) -> dict[str, float | int]:
+    """Time to first token and the decode rate after it, so start-up costs do not hide the per-token speed."""
+    return {f"{prefix}_tokens": tokens, f"{prefix}_ttft_s": round(ttft, 3),
+            f"{prefix}_decode_tokens_per_s": round((tokens - 1) / max(seconds - ttft, 1e-9), 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,20 +108,18 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.5)
             summary["startup_s"] = round(time.perf_counter() - t0, 2)
             _chat(client, "base", 8)  # warm-up
-            seconds, tokens = _chat(client, "base", args.max_tokens)
-            summary["base_tokens_per_s"] = round(tokens / seconds, 1)
+            summary.update(_rates("base", *_chat(client, "base", args.max_tokens)))
             t = time.perf_counter()
             r = client.post("/v1/load_lora_adapter", json={"lora_name": "base@v1", "lora_path": str(work / "lora")})
             summary["load_lora_status"], summary["load_lora_s"] = r.status_code, round(time.perf_counter() - t, 2)
-            seconds, tokens = _chat(client, "base@v1", args.max_tokens)
-            summary["lora_tokens_per_s"] = round(tokens / seconds, 1)
+            summary.update(_rates("lora", *_chat(client, "base@v1", args.max_tokens)))
             t = time.perf_counter()
             with concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
                 results = list(pool.map(lambda i: _chat(client, "base@v1" if i % 2 else "base", args.max_tokens),
                                         range(args.concurrency)))
             wall = time.perf_counter() - t
             summary["concurrent_requests"] = args.concurrency
-            summary["concurrent_tokens_per_s"] = round(sum(n for _, n in results) / wall, 1)
+            summary["concurrent_tokens_per_s"] = round(sum(n for _, _, n in results) / wall, 1)
             summary["models"] = [m["id"] for m in client.get("/v1/models").json()["data"]]
             summary["unload_status"] = client.post("/v1/unload_lora_adapter", json={"lora_name": "base@v1"}).status_code
     finally:
