@@ -32,6 +32,7 @@ from learner.modeling import load_model, render_prompt_ids, resolve_model, sampl
 from proxy.logs import configure_logging
 from registry.actions import Control
 from registry.errors import RegistryError
+from registry.lineage import pending_tip
 from registry.records import GateVerdict
 from registry.sacred import SacredCase, load_suite, score
 from registry.settings import RegistrySettings
@@ -257,8 +258,8 @@ def run_gate_for_version(version: str, settings: RegistrySettings | None = None,
         verdict = evaluate(registry, version, base, tokenizer, suite, GateRun.from_settings(settings))
         registry.record_gate(version, verdict)
         log.info("gate_verdict", version=version, passed=verdict.passed, reasons=verdict.reasons)
-        extends_stable = registry.get(version).parent == registry.alias("stable")
-        if (verdict.passed and settings.gate_auto_canary and extends_stable and registry.canary_state() is None
+        next_up = pending_tip(registry.versions(), registry.alias("stable")) == version  # what the controller picks
+        if (verdict.passed and settings.gate_auto_canary and next_up and registry.canary_state() is None
                 and not registry.frozen()):
             try:
                 control.start_canary(version, settings.canary_steps[0], "gate", "passed the sacred gate")

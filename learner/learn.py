@@ -33,6 +33,7 @@ from learner.retain import DEFAULT_RETAIN, load_prompts, sample_retain
 from learner.train import TrainResult, attach_adapter, train
 from proxy.embedded_redis import resolve_redis_url
 from proxy.logs import configure_logging
+from registry.lineage import training_parent
 from registry.records import AuditEvent, Manifest
 from registry.settings import RegistrySettings
 from registry.store import Registry
@@ -157,10 +158,10 @@ class Learner:
         self.rounds = 0
 
     def classify(self, entries: list[Entry]) -> tuple[str | None, Selection]:
-        # train on top of the running canary when there is one: the next candidate then extends the
-        # version most likely to become stable, instead of replacing it (the controller canaries only
-        # versions whose parent is stable, so this one waits until the canary is promoted)
-        parent = self.registry.alias("canary") or self.registry.alias("stable")
+        # train on top of the newest version that will reach users next: a gated version extending the
+        # running canary (else stable), else the canary, else stable. Candidates then form a chain whose
+        # tip holds every round's training, and the controller canaries that tip (registry.lineage)
+        parent = training_parent(self.registry.versions(), self.registry.alias("canary"), self.registry.alias("stable"))
         selection = select(
             entries, method=self.config.method, lineage_ids=lineage_sample_ids(self.registry, parent),
             stored_revisions=self.reader.stored_revisions(e.sample.turn_id for e in entries if e.sample),

@@ -27,6 +27,7 @@ from proxy.records import TURNS_STREAM, TurnRecord
 from registry.actions import Control
 from registry.canary import ArmCounts, CanaryPolicy, Decision, Health, decide, p99
 from registry.errors import CanaryRunning, RegistryError
+from registry.lineage import pending_tip
 from registry.records import UPSTREAM_OUTCOMES_KEY, AuditEvent, CanaryState
 from registry.settings import RegistrySettings
 from registry.wiring import canary_policy, open_control
@@ -110,11 +111,12 @@ class Controller:
         return decision
 
     def _start_next(self) -> Decision | None:
-        """Canary the newest gated version that extends the current stable.
+        """Canary the tip of the gated chain that extends the current stable (``registry.lineage``).
 
-        The learner trains from the running canary when there is one, so a version waiting behind a
-        canary becomes eligible once that canary is promoted; one whose parent was rolled back,
-        rejected or failed the gate can never extend stable and is rejected as stale.
+        The learner trains on top of the running canary and the gated versions after it, so versions
+        waiting behind a canary become eligible once it is promoted, and the newest of them carries
+        the training of all; one whose parent was rolled back, rejected or failed the gate can never
+        extend stable and is rejected as stale.
         """
         stable = self.registry.alias("stable")
         floor = int(stable.lstrip("v")) if stable else 0
@@ -125,13 +127,18 @@ class Controller:
             if info.parent != stable and states.get(info.parent or "") in ("rolled_back", "rejected", "gated_fail"):
                 self.control.reject(info.version, "controller", f"stale lineage: parent {info.parent} will never be stable",
                                     {"parent": info.parent, "parent_state": states.get(info.parent or ""), "stable": stable})
-        ready = [i for i in waiting if i.parent == stable]
-        if not ready:
+        version = pending_tip(waiting, stable)
+        if version is None:
             return None
-        version = ready[-1].version
+        parents, links = {i.version: i.parent for i in waiting}, []
+        link = parents[version]
+        while link in parents:  # the gated versions between stable and the tip, never canaried themselves
+            links.append(link)
+            link = parents[link]
+        carries = f"; it carries the training of {', '.join(reversed(links))}" if links else ""
         try:
             self.control.start_canary(version, self.policy.steps[0], "controller",
-                                      "passed the gate; newest ready version extending stable")
+                                      f"passed the gate; newest gated version extending stable{carries}")
         except CanaryRunning:  # the gate started one since this tick looked: decide on it next tick
             return None
         return Decision("step", f"canary {version} started", {"version": version}, self.policy.steps[0])

@@ -23,7 +23,8 @@ import redis
 
 from labeler.records import SAMPLES_STREAM
 from proxy.records import TRANSITIONS_STREAM, TURNS_STREAM
-from registry.records import ALIASES_KEY, CANARY_KEY, EVENTS_STREAM, VERSIONS_KEY
+from registry.lineage import pending_tip
+from registry.records import ALIASES_KEY, CANARY_KEY, EVENTS_STREAM, VERSIONS_KEY, VersionInfo
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -158,8 +159,9 @@ class Pipeline:
         p.states = {version: info.get("state", "") for version, info in infos.items()}
         stable = self.redis.hget(ALIASES_KEY, "stable")
         p.stable = stable.decode() if stable else None
-        # what the controller would canary next: a gated version extending the current stable
-        p.ready = [v for v, info in infos.items() if info.get("state") == "gated_pass" and info.get("parent") == p.stable]
+        # what the controller would canary next: the newest gated version extending the current stable
+        tip = pending_tip([VersionInfo.model_validate(info) for info in infos.values()], p.stable)
+        p.ready = [tip] if tip else []
         return p
 
     def _read(self, stream: str, cursor_attr: str) -> list[tuple[bytes, dict[bytes, bytes]]]:

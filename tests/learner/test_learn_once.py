@@ -13,6 +13,7 @@ import redis
 
 from labeler.records import SAMPLES_STREAM, SampleRecord
 from learner import learn
+from registry.records import GateVerdict
 from registry.store import Registry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,6 +87,13 @@ def test_learn_once_publishes_a_candidate_then_only_trains_new_samples(
     second = registry.manifest("v2")
     assert second.parent == "v1" and second.sample_ids == ["Kenya"] and second.method == "rl"
     assert "already_trained 1" in capsys.readouterr().out
+
+    # v2 passes the gate and waits for its canary: the next candidate extends v2, not stable
+    registry.record_gate("v2", GateVerdict(passed=True, reasons=[]))
+    push(redis_client, "Ghana", "avoid", -1)
+    assert learn.main(["--once", "--no-gate"]) == learn.EXIT_PUBLISHED
+    third = registry.manifest("v3")
+    assert third.parent == "v2" and third.sample_ids == ["Ghana"]
 
 
 def test_refused_candidate_is_not_published_and_samples_stay_pending(

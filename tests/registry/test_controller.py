@@ -191,6 +191,22 @@ def test_a_version_trained_on_the_canary_waits_for_its_promotion(control: Contro
     assert control.registry.get(sibling).state == "gated_pass"  # never canaried: it does not extend stable
 
 
+def test_the_tip_of_a_chain_waiting_behind_the_canary_is_canaried_next(control: Control, publish: PublishFn,
+                                                                      replicas: list[Any]) -> None:
+    """Versions trained one on top of the other while a canary ran: one canary ships all of them."""
+    controller = Controller(control, POLICY)
+    stable, canary = started(controller, control, publish)
+    first = publish(parent=canary, gate=True)
+    second = publish(parent=first, gate=True)
+    publish(parent=second, gate=False)  # a failed link ends the chain
+    assert run_until_done(controller, control, canary, stable, 0.8, 0.8)[-1] == "promote"
+    decision = controller.tick()
+    assert decision is not None and decision.evidence == {"version": second}
+    assert control.registry.alias("canary") == second and control.registry.get(first).state == "gated_pass"
+    started_event = [e for e in control.registry.history() if e.kind == "canary_started" and e.version == second]
+    assert started_event and started_event[0].reason.endswith(f"it carries the training of {first}")
+
+
 def test_a_version_whose_parent_was_rolled_back_is_rejected_as_stale(control: Control, publish: PublishFn,
                                                                     replicas: list[Any]) -> None:
     controller = Controller(control, POLICY)
