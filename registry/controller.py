@@ -27,7 +27,7 @@ from proxy.records import TURNS_STREAM, TurnRecord
 from registry.actions import Control
 from registry.canary import ArmCounts, CanaryPolicy, Decision, Health, decide, p99
 from registry.errors import CanaryRunning, RegistryError
-from registry.lineage import pending_tip
+from registry.lineage import pending_chain
 from registry.records import UPSTREAM_OUTCOMES_KEY, AuditEvent, CanaryState
 from registry.settings import RegistrySettings
 from registry.wiring import canary_policy, open_control
@@ -127,15 +127,11 @@ class Controller:
             if info.parent != stable and states.get(info.parent or "") in ("rolled_back", "rejected", "gated_fail"):
                 self.control.reject(info.version, "controller", f"stale lineage: parent {info.parent} will never be stable",
                                     {"parent": info.parent, "parent_state": states.get(info.parent or ""), "stable": stable})
-        version = pending_tip(waiting, stable)
-        if version is None:
+        chain = pending_chain(waiting, stable)
+        if not chain:
             return None
-        parents, links = {i.version: i.parent for i in waiting}, []
-        link = parents[version]
-        while link in parents:  # the gated versions between stable and the tip, never canaried themselves
-            links.append(link)
-            link = parents[link]
-        carries = f"; it carries the training of {', '.join(reversed(links))}" if links else ""
+        version, links = chain[-1], chain[:-1]  # the links are never canaried themselves
+        carries = f"; it carries the training of {', '.join(links)}" if links else ""
         try:
             self.control.start_canary(version, self.policy.steps[0], "controller",
                                       f"passed the gate; newest gated version extending stable{carries}")

@@ -23,24 +23,36 @@ def _number(version: str) -> int:
     return int(version.lstrip("v"))
 
 
-def pending_tip(versions: Iterable[_Version], root: str | None) -> str | None:
-    """The newest gated version that extends ``root`` through gated versions only (None if none does).
-
-    ``root`` None means the base model: a version with no parent extends it.
-    """
+def pending_chain(versions: Iterable[_Version], root: str | None) -> list[str]:
+    """The gated versions from ``root`` to the newest one that extends it through gated versions only,
+    first link first (empty if none does). ``root`` None means the base model: a version with no parent
+    extends it."""
     children: dict[str | None, list[str]] = {}
     for info in versions:
         if info.state == "gated_pass" and info.version != root:
             children.setdefault(info.parent, []).append(info.version)
-    reached: list[str] = []
-    frontier, seen = [root], {root}
+    parent_of: dict[str, str | None] = {}
+    frontier = [root]
     while frontier:
-        for child in children.get(frontier.pop(), []):
-            if child not in seen:
-                seen.add(child)
-                reached.append(child)
+        parent = frontier.pop()
+        for child in children.get(parent, []):
+            if child not in parent_of:
+                parent_of[child] = parent
                 frontier.append(child)
-    return max(reached, key=_number) if reached else None
+    if not parent_of:
+        return []
+    chain = [max(parent_of, key=_number)]
+    link = parent_of[chain[-1]]
+    while link is not None and link != root:
+        chain.append(link)
+        link = parent_of[link]
+    return chain[::-1]
+
+
+def pending_tip(versions: Iterable[_Version], root: str | None) -> str | None:
+    """The newest gated version that extends ``root`` through gated versions only (None if none does)."""
+    chain = pending_chain(versions, root)
+    return chain[-1] if chain else None
 
 
 def training_parent(versions: Iterable[_Version], canary: str | None, stable: str | None) -> str | None:
