@@ -29,7 +29,7 @@ from proxy.recorder import Exchange
 from proxy.routing import route
 from proxy.sessions import last_assistant_index, message_digest, opening_fingerprint, session_identity
 from proxy.state import ProxyState
-from proxy.upstream import Upstream
+from proxy.upstream import Upstream, relay_headers
 
 log = structlog.get_logger("proxy.chat")
 
@@ -229,15 +229,16 @@ async def chat_completions(request: Request) -> Response:
             # only a queue put: the recorder task runs once this handler has written the response, and
             # queueing now keeps the order with the client's next request
             state.recorder.submit(exchange)
-        return Response(data, status_code=response.status, headers=out_headers, media_type=content_type)
+        return relay_headers(response, Response(data, status_code=response.status, headers=out_headers,
+                                                media_type=content_type))
 
     before_s = (t_up - t0) + (time.perf_counter() - t_headers)
     out_headers["x-nextstate-overhead-ms"] = f"{before_s * 1000:.3f}"
     out_headers["cache-control"] = "no-cache"
-    return StreamingResponse(
+    return relay_headers(response, StreamingResponse(
         _relay(state, response, exchange, wants, captured, record, t0, t_up, before_s, fields),
         status_code=response.status, headers=out_headers, media_type=content_type,
-    )
+    ))
 
 
 async def _relay(state: ProxyState, response: aiohttp.ClientResponse, exchange: Exchange, wants: Wants,

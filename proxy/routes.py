@@ -17,7 +17,7 @@ from proxy.errors import BadRequest, NotFound, ProxyError, error_response
 from proxy.recorder import REDIS_DOWN, Entry
 from proxy.records import FeedbackRecord, turn_key
 from proxy.state import ProxyState
-from proxy.upstream import Upstream
+from proxy.upstream import Upstream, relay_headers
 
 MAX_COMMENT_CHARS = 10_000
 
@@ -46,11 +46,12 @@ async def completions(request: Request) -> Response:
         )
         content_type = response.headers.get("content-type", "application/json")
         if response.status < 400 and "text/event-stream" in content_type:
-            return StreamingResponse(_stream(response), status_code=response.status, media_type=content_type)
+            return relay_headers(response, StreamingResponse(_stream(response), status_code=response.status,
+                                                             media_type=content_type))
         data = await Upstream.read(response)
     except ProxyError as exc:
         return error_response(exc)
-    return Response(data, status_code=response.status, media_type=content_type)
+    return relay_headers(response, Response(data, status_code=response.status, media_type=content_type))
 
 
 async def models(request: Request) -> Response:
@@ -63,7 +64,8 @@ async def models(request: Request) -> Response:
         data = await Upstream.read(response)
     except ProxyError as exc:
         return error_response(exc)
-    return Response(data, status_code=response.status, media_type=response.headers.get("content-type"))
+    return relay_headers(response, Response(data, status_code=response.status,
+                                            media_type=response.headers.get("content-type")))
 
 
 def parse_feedback(body: dict[str, Any]) -> tuple[str, int, str | None]:

@@ -2,7 +2,8 @@
 
 aiohttp was chosen by measurement (bench/proxy_overhead.py, DESIGN's table): on the same loop it adds
 about half the per-request time of httpx. Connect failures become ``UpstreamUnreachable`` (502),
-timeouts ``UpstreamTimeout`` (504), both chained from the aiohttp error.
+timeouts ``UpstreamTimeout`` (504), both chained from the aiohttp error. The upstream is asked for
+an unencoded body (the proxy reads every answer it records); one it compresses anyway is decoded.
 """
 
 from __future__ import annotations
@@ -10,9 +11,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
+from starlette.responses import Response
 from yarl import URL
 
 from proxy.errors import UpstreamTimeout, UpstreamUnreachable
+
+# hop-by-hop headers, and what describes the body the proxy sends rather than the one it received
+_NOT_RELAYED = frozenset({
+    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-connection", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade", b"content-length", b"content-encoding", b"date", b"server",
+})
 
 
 class Upstream:
@@ -26,7 +34,8 @@ class Upstream:
     async def open(self) -> None:
         connector = aiohttp.TCPConnector(limit=self._connections, ttl_dns_cache=300, keepalive_timeout=30)
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, auto_decompress=False, skip_auto_headers=("User-Agent",),
+            connector=connector, timeout=self._timeout, headers={"accept-encoding": "identity"},
+            skip_auto_headers=("User-Agent",),
         )
 
     async def close(self) -> None:
@@ -66,3 +75,17 @@ class Upstream:
         """Body chunks as they arrive (no re-chunking)."""
         async for data in response.content.iter_any():
             yield data
+
+
+def relay_headers(upstream: aiohttp.ClientResponse, response: Response) -> Response:
+    """Add the upstream's end-to-end headers (request id, rate limits, ``retry-after``) to ``response``.
+
+    Headers the proxy already set win; the upstream's own ``x-nextstate-*`` (a proxy in front of a
+    proxy) are not repeated.
+    """
+    own = {name for name, _ in response.raw_headers}
+    for name, value in upstream.raw_headers:
+        name = name.lower()
+        if name not in _NOT_RELAYED and name not in own and not name.startswith(b"x-nextstate-"):
+            response.raw_headers.append((name, value))
+    return response

@@ -48,6 +48,8 @@ class Reply:
     """Wait between stream chunks."""
     chunk_chars: int = 3
     """Characters of content per stream chunk."""
+    headers: dict[str, str] | None = None
+    """Extra response headers (a request id, rate limits, ``retry-after``)."""
 
 
 def _text(content: Any) -> str:
@@ -107,12 +109,13 @@ class FakeUpstream:
         if reply.status != 200:
             error = reply.error or {"error": {"message": f"scripted {reply.status}", "type": "server_error",
                                               "param": None, "code": None}}
-            return JSONResponse(error, status_code=reply.status)
+            return JSONResponse(error, status_code=reply.status, headers=reply.headers)
         prompt_ids = [ord(c) for m in body.get("messages", []) for c in _text(m.get("content"))]
         finish = reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")
         texts = [text if i == 0 else f"{text} [{i}]" for i in range(max(1, int(body.get("n") or 1)))]
         if body.get("stream"):
-            return StreamingResponse(self._stream(body, reply, texts, prompt_ids, finish), media_type="text/event-stream")
+            return StreamingResponse(self._stream(body, reply, texts, prompt_ids, finish), media_type="text/event-stream",
+                                     headers=reply.headers)
         choices = []
         for index, said in enumerate(texts):
             message: dict[str, Any] = {"role": "assistant", "content": said if said or not reply.tool_calls else None}
@@ -140,7 +143,7 @@ class FakeUpstream:
         }
         if self.capture and body.get("return_token_ids"):
             answer["prompt_token_ids"] = prompt_ids
-        return JSONResponse(answer)
+        return JSONResponse(answer, headers=reply.headers)
 
     async def _stream(self, body: dict[str, Any], reply: Reply, texts: list[str], prompt_ids: list[int],
                       finish: str) -> AsyncIterator[bytes]:
