@@ -80,12 +80,25 @@ def key_hash(authorization: str | None) -> str | None:
     return hashlib.sha256(token.encode()).hexdigest()[:16] if token else None
 
 
+# not forwarded: hop-by-hop headers, what describes the proxy's own connection or body, the proxy's controls
+_NOT_FORWARDED = frozenset({
+    b"connection", b"keep-alive", b"proxy-authorization", b"proxy-connection", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade", b"host", b"content-length", b"content-type", b"accept-encoding", b"expect",
+    b"cookie", b"x-session-id", b"x-turn-type", b"x-session-done",
+})
+# the client's credentials, replaced by NEXTSTATE_UPSTREAM_API_KEY when that is set
+_CREDENTIALS = frozenset({b"authorization", b"api-key", b"x-api-key"})
+
+
 def upstream_headers(request: Request, api_key: str | None) -> dict[str, str]:
+    """The client's end-to-end headers (auth, organisation, provider-specific ones), JSON content type."""
     headers = {"content-type": "application/json"}
+    for name, value in request.scope["headers"]:
+        if name in _NOT_FORWARDED or name.startswith(b"x-nextstate-") or (api_key and name in _CREDENTIALS):
+            continue
+        headers[name.decode("latin-1")] = value.decode("latin-1")
     if api_key:
         headers["authorization"] = f"Bearer {api_key}"
-    elif "authorization" in request.headers:
-        headers["authorization"] = request.headers["authorization"]
     return headers
 
 

@@ -122,6 +122,22 @@ def test_client_auth_passes_through_unless_an_upstream_key_is_set(client, fake, 
     assert fake.requests[-1]["headers"]["authorization"] == "Bearer sk-upstream"
 
 
+def test_end_to_end_client_headers_reach_the_upstream(proxy_url, start_proxy, fake, http) -> None:
+    """Organisation, provider-specific and credential headers go on; the proxy's controls do not."""
+    sent = {"openai-organization": "org-1", "api-key": "azure-style", "x-title": "my app", "x-session-id": "s1",
+            "x-turn-type": "main", "x-nextstate-record": "off", "accept-encoding": "gzip", "cookie": "a=b"}
+    for url in (proxy_url, start_proxy(upstream_api_key="sk-upstream")):
+        response = http.post(f"{url}/v1/chat/completions", json={"model": "m", "messages": USER}, headers=sent)
+        assert response.status_code == 200
+    forwarded, replaced = (fake.requests[0]["headers"], fake.requests[1]["headers"])
+    assert (forwarded["openai-organization"], forwarded["api-key"], forwarded["x-title"]) == ("org-1", "azure-style",
+                                                                                              "my app")
+    assert forwarded["accept-encoding"] == "identity"
+    assert not {"x-session-id", "x-turn-type", "x-nextstate-record", "cookie"} & forwarded.keys()
+    assert replaced["authorization"] == "Bearer sk-upstream" and "api-key" not in replaced
+    assert replaced["x-title"] == "my app"
+
+
 def test_reasoning_content_is_recorded(client, fake, redis_client) -> None:
     fake.push(Reply(content="42", reasoning="think first"), Reply(content="42", reasoning="think first"))
     client.chat.completions.create(model="m", messages=USER)
