@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import redis
 import structlog
 from starlette.requests import Request
@@ -29,7 +28,7 @@ from proxy.recorder import Exchange
 from proxy.routing import route
 from proxy.sessions import last_assistant_index, message_digest, opening_fingerprint, session_identity
 from proxy.state import ProxyState
-from proxy.upstream import Upstream, relay_headers
+from proxy.upstream import HTTPError, Upstream, UpstreamResponse, relay_headers
 
 log = structlog.get_logger("proxy.chat")
 
@@ -128,7 +127,7 @@ def _rewrite_event(event: bytes, wants: Wants) -> bytes:
 
 
 async def _send_upstream(state: ProxyState, raw: bytes, body: dict[str, Any], model: str | None,
-                         headers: dict[str, str], record: bool) -> tuple[aiohttp.ClientResponse, bool]:
+                         headers: dict[str, str], record: bool) -> tuple[UpstreamResponse, bool]:
     """Forward the request; if the upstream refuses the capture fields, retry once without them."""
     capture = record and state.settings.capture_tokens and state.capture_supported is not False
     response = await state.upstream.request(
@@ -254,7 +253,7 @@ async def chat_completions(request: Request) -> Response:
     ))
 
 
-async def _relay(state: ProxyState, response: aiohttp.ClientResponse, exchange: Exchange, wants: Wants,
+async def _relay(state: ProxyState, response: UpstreamResponse, exchange: Exchange, wants: Wants,
                  captured: bool, record: bool, t0: float, t_up: float, overhead_s: float,
                  fields: dict[str, Any]) -> AsyncIterator[bytes]:
     """Pass SSE through as it arrives; keep the raw chunks for the recorder."""
@@ -276,7 +275,7 @@ async def _relay(state: ProxyState, response: aiohttp.ClientResponse, exchange: 
         if rest.strip():
             yield _rewrite_event(rest, wants)
         completed = True
-    except (TimeoutError, aiohttp.ClientError) as exc:
+    except HTTPError as exc:
         log.warning("upstream_stream_broken", error=repr(exc))
         fields.update(error="upstream_stream_broken")
         yield b"data: " + error_body("upstream stream broken", "upstream_error", code="upstream_stream_broken") + b"\n\n"

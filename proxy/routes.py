@@ -7,7 +7,6 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -17,12 +16,12 @@ from proxy.errors import BadRequest, NotFound, ProxyError, error_response
 from proxy.recorder import REDIS_DOWN, Entry
 from proxy.records import FeedbackRecord, turn_key
 from proxy.state import ProxyState
-from proxy.upstream import Upstream, relay_headers
+from proxy.upstream import Upstream, UpstreamResponse, relay_headers
 
 MAX_COMMENT_CHARS = 10_000
 
 
-async def _stream(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+async def _stream(response: UpstreamResponse) -> AsyncIterator[bytes]:
     completed = False
     try:
         async for data in Upstream.iter_chunks(response):
@@ -125,7 +124,7 @@ async def readyz(request: Request) -> Response:
     try:
         response = await state.upstream.request(
             "GET", "/models", headers=upstream_headers(request, state.settings.upstream_api_key),
-            timeout=aiohttp.ClientTimeout(total=2.0),
+            read_timeout_s=2.0,
         )
         await Upstream.read(response)
         checks["upstream"] = "ok" if response.status < 500 else f"status {response.status}"

@@ -1,20 +1,23 @@
-"""The upstream client: one pooled aiohttp session per app, errors translated to proxy errors.
+"""The upstream client: one keep-alive pool per app (proxy.http1), errors translated to proxy errors.
 
-aiohttp was chosen by measurement (bench/proxy_overhead.py, DESIGN's table): on the same loop it adds
-about half the per-request time of httpx. Connect failures become ``UpstreamUnreachable`` (502),
-timeouts ``UpstreamTimeout`` (504), both chained from the aiohttp error. The upstream is asked for
-an unencoded body (the proxy reads every answer it records); one it compresses anyway is decoded.
+The client was chosen by measurement (bench/proxy_overhead.py, DESIGN's table): httpx, then aiohttp,
+then the lean HTTP/1.1 pool in proxy.http1, which costs about a sixth of aiohttp's CPU per request.
+Connect failures become ``UpstreamUnreachable`` (502), timeouts ``UpstreamTimeout`` (504), both
+chained from the client's error. The upstream is asked for an unencoded body (the proxy reads every
+answer it records); one it compresses anyway is decoded.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 
-import aiohttp
 from starlette.responses import Response
-from yarl import URL
 
 from proxy.errors import UpstreamTimeout, UpstreamUnreachable
+from proxy.http1 import ConnectError, HTTPError, Pool, ReadTimeout
+from proxy.http1 import Response as UpstreamResponse
+
+__all__ = ["HTTPError", "Upstream", "UpstreamResponse", "relay_headers"]
 
 # hop-by-hop headers, and what describes the body the proxy sends rather than the one it received
 _NOT_RELAYED = frozenset({
@@ -26,58 +29,52 @@ _NOT_RELAYED = frozenset({
 class Upstream:
     def __init__(self, base_url: str, *, connect_timeout_s: float, read_timeout_s: float, connections: int) -> None:
         self.base_url = base_url.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s)
-        self._connections = connections
-        self._session: aiohttp.ClientSession | None = None
-        self._urls: dict[str, URL] = {}
+        self._options = {"connect_timeout_s": connect_timeout_s, "read_timeout_s": read_timeout_s,
+                         "limit": connections}
+        self._pool: Pool | None = None
 
     async def open(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self._connections, ttl_dns_cache=300, keepalive_timeout=30)
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, headers={"accept-encoding": "identity"},
-            skip_auto_headers=("User-Agent",),
-        )
+        self._pool = Pool(self.base_url, **self._options)  # type: ignore[arg-type]
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     async def request(
         self, method: str, path: str, *, body: bytes | None = None, headers: Mapping[str, str] | None = None,
-        timeout: aiohttp.ClientTimeout | None = None,
-    ) -> aiohttp.ClientResponse:
+        read_timeout_s: float | None = None,
+    ) -> UpstreamResponse:
         """Send a request; the caller reads (or streams) the body and must release the response."""
-        assert self._session is not None, "Upstream.open() was not called"
-        url = self._urls.get(path)
-        if url is None:  # parsed once per path, not per request
-            url = self._urls[path] = URL(self.base_url + path)
+        assert self._pool is not None, "Upstream.open() was not called"
+        headers = {**headers, "accept-encoding": "identity"} if headers else {"accept-encoding": "identity"}
         try:
-            return await self._session.request(method, url, data=body, headers=headers, timeout=timeout or self._timeout)
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeout(f"upstream timed out: {url}") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnreachable(f"upstream unreachable: {url} ({exc.__class__.__name__})") from exc
+            return await self._pool.request(method, path, body=body, headers=headers, read_timeout_s=read_timeout_s)
+        except ReadTimeout as exc:
+            raise UpstreamTimeout(f"upstream timed out: {self.base_url}{path}") from exc
+        except ConnectError as exc:
+            raise UpstreamUnreachable(f"upstream unreachable: {self.base_url}{path} ({exc})") from exc
+        except HTTPError as exc:
+            raise UpstreamUnreachable(f"upstream connection failed: {self.base_url}{path} ({exc})") from exc
 
     @staticmethod
-    async def read(response: aiohttp.ClientResponse) -> bytes:
+    async def read(response: UpstreamResponse) -> bytes:
         try:
             return await response.read()
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except ReadTimeout as exc:
             raise UpstreamTimeout("upstream timed out while sending its answer") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnreachable(f"upstream connection failed ({exc.__class__.__name__})") from exc
+        except HTTPError as exc:
+            raise UpstreamUnreachable(f"upstream connection failed ({exc})") from exc
         finally:
             response.release()
 
     @staticmethod
-    async def iter_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    def iter_chunks(response: UpstreamResponse) -> AsyncIterator[bytes]:
         """Body chunks as they arrive (no re-chunking)."""
-        async for data in response.content.iter_any():
-            yield data
+        return response.iter_chunks()
 
 
-def relay_headers(upstream: aiohttp.ClientResponse, response: Response) -> Response:
+def relay_headers(upstream: UpstreamResponse, response: Response) -> Response:
     """Add the upstream's end-to-end headers (request id, rate limits, ``retry-after``) to ``response``.
 
     Headers the proxy already set win; the upstream's own ``x-nextstate-*`` (a proxy in front of a
@@ -85,7 +82,6 @@ def relay_headers(upstream: aiohttp.ClientResponse, response: Response) -> Respo
     """
     own = {name for name, _ in response.raw_headers}
     for name, value in upstream.raw_headers:
-        name = name.lower()
         if name not in _NOT_RELAYED and name not in own and not name.startswith(b"x-nextstate-"):
             response.raw_headers.append((name, value))
     return response
