@@ -175,6 +175,7 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.response: Response | None = None
         self.received = False  # a byte of the current answer has arrived
+        self.reused = False  # the current request went out on a kept-alive connection
         self.closed = False
         self.paused = False
         self.keep_alive = False
@@ -205,7 +206,7 @@ class _Connection(asyncio.Protocol):
             response._fail(HTTPError("the connection was closed"))
         elif response.status and not self._framed(response):  # a body that ends with the connection
             response._end()
-        elif not self.received and self.pool.was_reused(self):
+        elif not self.received and self.reused:
             response._fail(_StaleConnection("the server closed the kept-alive connection"))
         else:
             response._fail(HTTPError("the server closed the connection before the answer was complete"))
@@ -277,7 +278,6 @@ class Pool:
         self.read_timeout = read_timeout_s
         self.keepalive_s = keepalive_s
         self._idle: list[_Connection] = []
-        self._reused: set[_Connection] = set()
         self._slots = asyncio.Semaphore(limit)
         self._closed = False
 
@@ -309,7 +309,6 @@ class Pool:
             await response._head(connection.read_timeout)
         except BaseException:
             connection.close()
-            self._reused.discard(connection)
             raise
         return response
 
@@ -329,7 +328,7 @@ class Pool:
         while self._idle:
             connection = self._idle.pop()
             if not connection.closed and now - connection.idle_since < self.keepalive_s:
-                self._reused.add(connection)
+                connection.reused = True
                 return connection
             connection.close()
         return None
@@ -349,12 +348,8 @@ class Pool:
             raise ConnectError(f"cannot connect to {self.authority}: {exc}") from exc
         return connection
 
-    def was_reused(self, connection: _Connection) -> bool:
-        return connection in self._reused
-
     def put_back(self, connection: _Connection) -> None:
         connection.response = None
-        self._reused.discard(connection)
         if self._closed:
             connection.close()
         else:
@@ -364,7 +359,6 @@ class Pool:
 
     def done_with(self, connection: _Connection) -> None:
         connection.response = None
-        self._reused.discard(connection)
         self._slots.release()
 
     async def close(self) -> None:
