@@ -11,6 +11,7 @@ materialised at once; an idle one is evicted (and reloaded from disk on demand),
 from __future__ import annotations
 
 import concurrent.futures
+import inspect
 import random
 import threading
 import time
@@ -81,6 +82,8 @@ class Engine:
 
     def __init__(self, model: Any, *, max_num_seqs: int = 8, max_queue: int = 64, max_loras: int = 4) -> None:
         self._base = model
+        # the key-value cache argument and output field: ``cache`` in newer transformers, ``past_key_values`` before
+        self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self._peft: PeftModel | None = None
         self._lora_layers: list[BaseTunerLayer] = []
         self._active_lora: str | None = None  # what the LoRA layers currently apply ("" = disabled)
@@ -223,11 +226,9 @@ class Engine:
         try:
             model = self._activate(seq.adapter)
             ids = seq.prompt_ids if seq.cache is None else seq.generated[-1:]
-            out = model(
-                input_ids=torch.tensor([ids], device=self.device),
-                past_key_values=seq.cache, use_cache=True, logits_to_keep=1,
-            )
-            self._advance(seq, out.logits[0, -1], out.past_key_values)
+            out = model(input_ids=torch.tensor([ids], device=self.device), use_cache=True, logits_to_keep=1,
+                        **{self._cache_kw: seq.cache})
+            self._advance(seq, out.logits[0, -1], getattr(out, self._cache_kw))
         except Exception as exc:
             self._fail(seq, exc)
 
@@ -252,12 +253,12 @@ class Engine:
             input_ids=torch.tensor([seq.generated[-1:] for seq in seqs], device=self.device),
             attention_mask=mask_B_T,
             position_ids=torch.tensor([[n] for n in lengths], device=self.device),
-            past_key_values=batch_cache, use_cache=True, logits_to_keep=1,
+            use_cache=True, logits_to_keep=1, **{self._cache_kw: batch_cache},
         )
         self.batched_steps += 1
         for row, (seq, n) in enumerate(zip(seqs, lengths, strict=True)):
             own = DynamicCache()
-            for layer, cached in enumerate(out.past_key_values.layers):
+            for layer, cached in enumerate(getattr(out, self._cache_kw).layers):
                 own.update(cached.keys[row : row + 1, :, width - n :], cached.values[row : row + 1, :, width - n :], layer)
             try:
                 self._advance(seq, out.logits[row, -1], own)
