@@ -1,12 +1,15 @@
 """What the proxy adds: the same fast local upstream hit directly and through the proxy, interleaved.
 
-Starts the fake upstream and the proxy as separate uvicorn processes (uvloop + httptools) and a
-private Redis, then measures from this process (its own loop): added p50/p99 latency at a fixed
-request rate, added streaming time-to-first-token, and peak throughput proxied vs direct. Then the
-peak once more in front of an upstream that takes ``--slow-upstream-ms`` per answer with
-``--slow-concurrency`` requests in flight (an upstream with a capacity of its own, as an LLM server has;
-the first upstream answers at once, so there the ratio measures the proxy's CPU against the upstream's).
-Run: ``.venv/bin/python -m bench.proxy_overhead [--rate 200] [--seconds 10]``.
+Starts the fake upstream, the proxy and a bare forwarder (``bench.forwarder``: the proxy's server and
+upstream client with no features, the floor under any proxy on this stack) as separate uvicorn
+processes (uvloop + httptools) and a private Redis, then measures from this process (its own loop):
+added p50/p99 latency at a fixed request rate per target (in rounds; the median over rounds is
+reported, since one run's figures move with where the scheduler puts the processes), added streaming
+time-to-first-token, and peak throughput of each path against direct. Then the peak once more in front
+of an upstream that takes ``--slow-upstream-ms`` per answer with ``--slow-concurrency`` requests in
+flight (an upstream with a capacity of its own, as an LLM server has; the first upstream answers at
+once, so there the ratio measures the proxy's CPU against the upstream's and the client's on shared cores).
+Run: ``.venv/bin/python -m bench.proxy_overhead [--rate 200] [--seconds 4] [--latency-rounds 5]``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ BODY = json.dumps({"model": "bench", "messages": [
 CAPTURE = {"logprobs": True, "return_token_ids": True}
 BODIES = {
     "direct": json.dumps({**json.loads(BODY), **CAPTURE}).encode(),
+    "forwarder": json.dumps({**json.loads(BODY), **CAPTURE}).encode(),
     "proxied": BODY,
 }
 STREAM_BODIES = {name: json.dumps({**json.loads(body), "stream": True}).encode() for name, body in BODIES.items()}
@@ -92,6 +96,21 @@ def start_proxy(stack: ExitStack, home: Path, upstream: str, workers: int = 1) -
     proxied = f"http://127.0.0.1:{proxy_port}/v1"
     _wait_http(f"{proxied}/models")
     return proxied
+
+
+def start_forwarder(stack: ExitStack, upstream: str) -> str:
+    """The bare forwarder (bench.forwarder) in front of ``upstream``; returns its base URL."""
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "FORWARD_TO": upstream}
+    forwarder = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "bench.forwarder:app", "--port", str(port), "--loop", "uvloop",
+         "--http", "httptools", "--log-level", "warning", "--no-access-log"], cwd=ROOT, env=env,
+    )
+    stack.callback(lambda: (forwarder.terminate(), forwarder.wait(10)))
+    url = f"http://127.0.0.1:{port}/v1"
+    _wait_http(f"{url}/models")
+    return url
 
 
 def start_stack(stack: ExitStack, home: Path, workers: int = 1, delay_s: float = 0.0) -> tuple[str, str]:
@@ -181,10 +200,16 @@ async def peak(targets: dict[str, str], concurrency: int, window: float, rounds:
     return {name: done[name] / spent[name] for name in targets}
 
 
+def _median_over_rounds(rounds: list[dict[str, list[float]]], name: str, q: float) -> float:
+    """Median over rounds of (``name``'s percentile ``q`` minus direct's), in ms."""
+    return statistics.median(_pct(r[name], q) - _pct(r["direct"], q) for r in rounds)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rate", type=float, default=200.0, help="requests/s per target in the fixed-rate phase")
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of the fixed-rate phase")
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of one fixed-rate round")
+    parser.add_argument("--latency-rounds", type=int, default=5, help="fixed-rate rounds (the median is reported)")
     parser.add_argument("--ttft-requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--window", type=float, default=2.0, help="seconds per peak-throughput window")
@@ -197,8 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="nextstate-bench-") as home:
         direct, proxied = start_stack(stack, Path(home) / "fast", args.workers)
-        chat = {"direct": f"{direct}/chat/completions", "proxied": f"{proxied}/chat/completions"}
-        latency = uvloop.run(fixed_rate(chat, args.rate, args.seconds))
+        forwarder = start_forwarder(stack, direct)
+        chat = {name: f"{url}/chat/completions" for name, url in
+                (("direct", direct), ("forwarder", forwarder), ("proxied", proxied))}
+        rounds = [uvloop.run(fixed_rate(chat, args.rate, args.seconds)) for _ in range(args.latency_rounds)]
         first = uvloop.run(ttft(chat, args.ttft_requests))
         throughput = uvloop.run(peak(chat, args.concurrency, args.window, args.rounds))
         stack.close()  # the slow pair runs alone
@@ -207,17 +234,26 @@ def main(argv: list[str] | None = None) -> int:
             direct, proxied = start_stack(stack, Path(home) / "slow", args.workers, args.slow_upstream_ms / 1000)
             slow_chat = {"direct": f"{direct}/chat/completions", "proxied": f"{proxied}/chat/completions"}
             slow = uvloop.run(peak(slow_chat, args.slow_concurrency, args.window, args.rounds))
-    d, p = latency["direct"], latency["proxied"]
+    pooled = {name: [v for r in rounds for v in r[name]] for name in chat}
+    d, p = pooled["direct"], pooled["proxied"]
     report = {
         "proxy_workers": args.workers,
         "rate_per_target": args.rate,
         "requests_per_target": len(d),
+        "latency_rounds": args.latency_rounds,
         "direct_p50_ms": _pct(d, 0.5), "proxied_p50_ms": _pct(p, 0.5),
         "direct_p99_ms": _pct(d, 0.99), "proxied_p99_ms": _pct(p, 0.99),
-        "added_p50_ms": _pct(p, 0.5) - _pct(d, 0.5), "added_p99_ms": _pct(p, 0.99) - _pct(d, 0.99),
+        "added_p50_ms": _median_over_rounds(rounds, "proxied", 0.5),
+        "added_p99_ms": _median_over_rounds(rounds, "proxied", 0.99),
+        "added_p50_ms_each_round": " ".join(f"{_pct(r['proxied'], 0.5) - _pct(r['direct'], 0.5):.3f}" for r in rounds),
+        "forwarder_added_p50_ms": _median_over_rounds(rounds, "forwarder", 0.5),
+        "forwarder_added_p99_ms": _median_over_rounds(rounds, "forwarder", 0.99),
         "direct_ttft_p50_ms": _pct(first["direct"], 0.5), "proxied_ttft_p50_ms": _pct(first["proxied"], 0.5),
         "added_ttft_p50_ms": _pct(first["proxied"], 0.5) - _pct(first["direct"], 0.5),
-        "direct_peak_rps": throughput["direct"], "proxied_peak_rps": throughput["proxied"],
+        "forwarder_added_ttft_p50_ms": _pct(first["forwarder"], 0.5) - _pct(first["direct"], 0.5),
+        "direct_peak_rps": throughput["direct"], "forwarder_peak_rps": throughput["forwarder"],
+        "proxied_peak_rps": throughput["proxied"],
+        "forwarder_peak_ratio": throughput["forwarder"] / throughput["direct"],
         "peak_ratio": throughput["proxied"] / throughput["direct"],
         **({f"slow_upstream_{args.slow_upstream_ms:g}ms_direct_peak_rps": slow["direct"],
             f"slow_upstream_{args.slow_upstream_ms:g}ms_proxied_peak_rps": slow["proxied"],

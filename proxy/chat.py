@@ -10,14 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import redis
 import structlog
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from proxy import fastjson
 from proxy.accumulate import SSESplitter, event_data
@@ -28,7 +32,7 @@ from proxy.recorder import Exchange
 from proxy.routing import route
 from proxy.sessions import last_assistant_index, message_digest, opening_fingerprint, session_identity
 from proxy.state import ProxyState
-from proxy.upstream import HTTPError, Upstream, UpstreamResponse, relay_headers
+from proxy.upstream import HTTPError, Upstream, UpstreamResponse, relay_headers, relayed
 
 log = structlog.get_logger("proxy.chat")
 
@@ -36,18 +40,37 @@ _OFF = frozenset({"off", "0", "false", "no"})
 _TRUE = frozenset({"1", "true", "yes", "on"})
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
+class ClientGone(Exception):
+    """The client closed its connection before its request body had arrived (nothing to answer)."""
+
+
+async def receive_body(receive: Receive, declared: bytes | str | None, limit: int) -> bytes:
+    """The request body from ASGI ``receive``, refused with 413 past ``limit`` bytes (declared or sent)."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"request body is larger than {limit} bytes")
-    parts: list[bytes] = []
-    size = 0
-    async for part in request.stream():
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body"):  # the usual case: the whole body in one message
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        if len(body) > limit:
+            raise BodyTooLarge(f"request body is larger than {limit} bytes")
+        return body
+    parts, size = [body], len(body)
+    while message.get("more_body"):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        part = message.get("body", b"")
         size += len(part)
         if size > limit:
             raise BodyTooLarge(f"request body is larger than {limit} bytes")
         parts.append(part)
     return b"".join(parts)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    return await receive_body(request.receive, request.headers.get("content-length"), limit)
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -87,18 +110,43 @@ _NOT_FORWARDED = frozenset({
 })
 # the client's credentials, replaced by NEXTSTATE_UPSTREAM_API_KEY when that is set
 _CREDENTIALS = frozenset({b"authorization", b"api-key", b"x-api-key"})
+# the request headers the chat handler reads (collected while the others are picked for the upstream)
+_CONTROLS = frozenset({
+    b"content-length", b"authorization", b"x-session-id", b"x-turn-type", b"x-session-done", b"x-nextstate-record",
+    b"x-nextstate-policy", b"x-nextstate-canary",
+})
+_JSON = (b"content-type", b"application/json")
 
 
-def upstream_headers(request: Request, api_key: str | None) -> dict[str, str]:
-    """The client's end-to-end headers (auth, organisation, provider-specific ones), JSON content type."""
-    headers = {"content-type": "application/json"}
-    for name, value in request.scope["headers"]:
+def forward_headers(raw: Iterable[tuple[bytes, bytes]], api_key: str | None,
+                    controls: dict[bytes, str] | None = None) -> list[tuple[bytes, bytes]]:
+    """The client's end-to-end headers (auth, organisation, provider-specific ones) for the upstream, JSON
+    content type first; in the same pass the first value of each of the proxy's controls goes into ``controls``."""
+    out = [_JSON]
+    for name, value in raw:
+        if controls is not None and name in _CONTROLS and name not in controls:
+            controls[name] = value.decode("latin-1")
         if name in _NOT_FORWARDED or name.startswith(b"x-nextstate-") or (api_key and name in _CREDENTIALS):
             continue
-        headers[name.decode("latin-1")] = value.decode("latin-1")
+        out.append((name, value))
     if api_key:
-        headers["authorization"] = f"Bearer {api_key}"
-    return headers
+        out.append((b"authorization", f"Bearer {api_key}".encode("latin-1")))
+    return out
+
+
+def upstream_headers(request: Request, api_key: str | None) -> list[tuple[bytes, bytes]]:
+    return forward_headers(request.scope["headers"], api_key)
+
+
+_UNSAFE_IN_HEADER = re.compile(r"[^\x20-\x7e\x80-\xff\t]")
+
+
+def header_value(text: str) -> bytes:
+    """``text`` as a response header value; percent-encoded when it holds what a header cannot (a ``user``
+    field with line breaks or characters beyond Latin-1)."""
+    if _UNSAFE_IN_HEADER.search(text):
+        return quote(text, safe="").encode()
+    return text.encode("latin-1")
 
 
 async def _find_session(state: ProxyState, history: list[dict[str, Any]]) -> str:
@@ -127,7 +175,7 @@ def _rewrite_event(event: bytes, wants: Wants) -> bytes:
 
 
 async def _send_upstream(state: ProxyState, raw: bytes, body: dict[str, Any], model: str | None,
-                         headers: dict[str, str], record: bool) -> tuple[UpstreamResponse, bool]:
+                         headers: list[tuple[bytes, bytes]], record: bool) -> tuple[UpstreamResponse, bool]:
     """Forward the request; if the upstream refuses the capture fields, retry once without them."""
     capture = record and state.settings.capture_tokens and state.capture_supported is not False
     response = await state.upstream.request(
@@ -149,22 +197,42 @@ async def _send_upstream(state: ProxyState, raw: bytes, body: dict[str, Any], mo
     return response, capture
 
 
-async def chat_completions(request: Request) -> Response:
-    state: ProxyState = request.state.proxy
+@dataclass(frozen=True)
+class Reply:
+    """A whole answer to send: status, raw headers, body (the hot path's response, without a Response object)."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+async def chat_completions(scope: Scope, receive: Receive) -> Reply | Response:
+    """``POST /v1/chat/completions`` as an answer to send: a ``Reply``, a streaming response or an error.
+
+    Reads the ASGI scope and body directly (no Starlette request); raises ``ClientGone`` when the client
+    left before its body arrived.
+    """
+    state: ProxyState = scope["state"]["proxy"]
+    settings = state.settings
     t0 = time.perf_counter()
     started_at = time.time()
-    fields: dict[str, Any] = request.scope.setdefault("nextstate.log", {})
+    fields: dict[str, Any] = scope.setdefault("nextstate.log", {})
+    controls: dict[bytes, str] = {}
+    forwarded = forward_headers(scope["headers"], settings.upstream_api_key, controls)
     try:
-        raw = await read_body(request, state.settings.max_body_bytes)
+        raw = await receive_body(receive, controls.get(b"content-length"), settings.max_body_bytes)
         body = parse_chat(raw)
-        headers = request.headers
         messages: list[dict[str, Any]] = body["messages"]
         record = (
-            state.settings.record
-            and headers.get("x-nextstate-record", "on").strip().lower() not in _OFF
-            and headers.get("x-turn-type", "main").strip().lower() != "side"
+            settings.record
+            and controls.get(b"x-nextstate-record", "on").strip().lower() not in _OFF
+            and controls.get(b"x-turn-type", "main").strip().lower() != "side"
         )
-        session_id, routing_key = session_identity(headers.get("x-session-id"), body.get("user"), messages)
+        session_id, routing_key = session_identity(controls.get(b"x-session-id"), body.get("user"), messages)
         lookup = None
         fingerprinted = not session_id
         if fingerprinted:
@@ -177,16 +245,14 @@ async def chat_completions(request: Request) -> Response:
             else:
                 session_id = f"fp-{new_id()}"
         decision = route(
-            state.routing.table, pin_header=headers.get("x-nextstate-policy"),
-            canary_header=headers.get("x-nextstate-canary"), requested_model=body.get("model"),
+            state.routing.table, pin_header=controls.get(b"x-nextstate-policy"),
+            canary_header=controls.get(b"x-nextstate-canary"), requested_model=body.get("model"),
             session_key=routing_key or "",
         )
-        model = decision.upstream_model or state.settings.upstream_model
+        model = decision.upstream_model or settings.upstream_model
         t_up = time.perf_counter()
         try:
-            response, captured = await _send_upstream(
-                state, raw, body, model, upstream_headers(request, state.settings.upstream_api_key), record,
-            )
+            response, captured = await _send_upstream(state, raw, body, model, forwarded, record)
         except BaseException as exc:
             if lookup is not None:
                 lookup.cancel()
@@ -203,11 +269,11 @@ async def chat_completions(request: Request) -> Response:
         return error_response(exc)
 
     turn_id = new_id()
-    out_headers = {"x-nextstate-session-id": session_id, "x-nextstate-arm": decision.arm}
+    out_headers = [(b"x-nextstate-session-id", header_value(session_id)), (b"x-nextstate-arm", decision.arm.encode())]
     if record:
-        out_headers["x-nextstate-turn-id"] = turn_id
+        out_headers.append((b"x-nextstate-turn-id", turn_id.encode()))
     if decision.version:
-        out_headers["x-nextstate-version"] = decision.version
+        out_headers.append((b"x-nextstate-version", decision.version.encode()))
     fields.update(session_id=session_id, turn_id=turn_id if record else None, arm=decision.arm,
                   version=decision.version, upstream_status=response.status)
     wants = client_wants(body)
@@ -215,15 +281,15 @@ async def chat_completions(request: Request) -> Response:
     exchange = Exchange(
         turn_id=turn_id, session_id=session_id, body=body, stream=bool(body.get("stream")), decision=decision,
         upstream_model=model or body.get("model"), started_at=started_at, chained=fingerprinted,
-        done=headers.get("x-session-done", "").strip().lower() in _TRUE,
-        client_key_hash=key_hash(headers.get("authorization")),
+        done=controls.get(b"x-session-done", "").strip().lower() in _TRUE,
+        client_key_hash=key_hash(controls.get(b"authorization")),
     )
 
     if response.status >= 400 or "text/event-stream" not in content_type:
         try:
             data = await Upstream.read(response)
         except ProxyError as exc:
-            return error_response(exc, out_headers)
+            return error_response(exc, {k.decode(): v.decode("latin-1") for k, v in out_headers})
         upstream_s = time.perf_counter() - t_up
         exchange.completion, exchange.stream = data, False  # an upstream may answer a stream request whole
         if response.status < 400 and captured and not wants.everything:
@@ -231,26 +297,28 @@ async def chat_completions(request: Request) -> Response:
                 exchange.parsed = fastjson.loads(data)  # parsed once: the recorder reuses it
                 data = fastjson.dumps(strip_copy(exchange.parsed, wants))
         overhead_s = time.perf_counter() - t0 - upstream_s
-        out_headers["x-nextstate-overhead-ms"] = f"{overhead_s * 1000:.3f}"
         state.metrics.overhead.labels("chat").observe(overhead_s)
         fields.update(overhead_ms=round(overhead_s * 1000, 3), upstream_ms=round(upstream_s * 1000, 3))
         if record and response.status < 400:
             exchange.timings.upstream_ms = upstream_s * 1000
             exchange.timings.overhead_ms = overhead_s * 1000
             exchange.timings.total_ms = (time.perf_counter() - t0) * 1000
-            # only a queue put: the recorder task runs once this handler has written the response, and
-            # queueing now keeps the order with the client's next request
+            # only a queue put: the recorder task runs once the response has been written, and queueing
+            # now keeps the order with the client's next request
             state.recorder.submit(exchange)
-        return relay_headers(response, Response(data, status_code=response.status, headers=out_headers,
-                                                media_type=content_type))
+        headers = [(b"content-type", content_type.encode("latin-1")), (b"content-length", b"%d" % len(data)),
+                   *out_headers, (b"x-nextstate-overhead-ms", b"%.3f" % (overhead_s * 1000))]
+        headers += relayed(response, headers)
+        return Reply(response.status, headers, data)
 
     before_s = (t_up - t0) + (time.perf_counter() - t_headers)
-    out_headers["x-nextstate-overhead-ms"] = f"{before_s * 1000:.3f}"
-    out_headers["cache-control"] = "no-cache"
-    return relay_headers(response, StreamingResponse(
+    streaming = StreamingResponse(
         _relay(state, response, exchange, wants, captured, record, t0, t_up, before_s, fields),
-        status_code=response.status, headers=out_headers, media_type=content_type,
-    ))
+        status_code=response.status, media_type=content_type,
+    )
+    streaming.raw_headers += [*out_headers, (b"x-nextstate-overhead-ms", b"%.3f" % (before_s * 1000)),
+                              (b"cache-control", b"no-cache")]
+    return relay_headers(response, streaming)
 
 
 async def _relay(state: ProxyState, response: UpstreamResponse, exchange: Exchange, wants: Wants,

@@ -17,7 +17,7 @@ import asyncio
 import collections
 import ssl
 import zlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from urllib.parse import urlsplit
 
 import httptools
@@ -40,6 +40,14 @@ class ReadTimeout(HTTPError, TimeoutError):
 
 class _StaleConnection(HTTPError):
     """A kept-alive connection was closed before any byte of the answer arrived."""
+
+
+class _Expired(Exception):
+    """The read timeout of one wait ran out (turned into ``ReadTimeout``)."""
+
+
+HeaderPairs = Iterable[tuple[bytes, bytes]]
+"""Request headers as (name, value) byte pairs, e.g. an ASGI scope's, in the order they are sent."""
 
 
 def _decoder(encoding: str) -> zlib._Decompress | None:
@@ -114,14 +122,24 @@ class Response:
 
     # -- used by the caller -------------------------------------------------------------------------
     async def _wait(self, timeout: float | None) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
+        # a future and a timer rather than asyncio.wait_for, which wraps every wait in a task of its own
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, self._expire, waiter) if timeout is not None else None
         try:
-            await asyncio.wait_for(self._waiter, timeout)
-        except TimeoutError:
+            await waiter
+        except _Expired:
             self._connection.close()
             raise ReadTimeout(f"no data from the server for {timeout} s") from None
         finally:
             self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    @staticmethod
+    def _expire(waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            waiter.set_exception(_Expired())
 
     async def _head(self, timeout: float | None) -> None:
         while not self.status and self._error is None:
@@ -282,9 +300,10 @@ class Pool:
         self._closed = False
 
     async def request(self, method: str, path: str, *, body: bytes | None = None,
-                      headers: Mapping[str, str] | None = None, read_timeout_s: float | None = None) -> Response:
+                      headers: Mapping[str, str] | HeaderPairs | None = None,
+                      read_timeout_s: float | None = None) -> Response:
         """Send a request and wait for the status and headers; the caller reads the body and releases it."""
-        head = self._head(method, path, body, headers or {})
+        head = self._head(method, path, body, headers or ())
         await self._slots.acquire()
         try:
             try:
@@ -312,16 +331,17 @@ class Pool:
             raise
         return response
 
-    def _head(self, method: str, path: str, body: bytes | None, headers: Mapping[str, str]) -> bytes:
-        lines = [f"{method} {self.prefix}{path} HTTP/1.1", f"host: {self.authority}"]
-        for name, value in headers.items():
-            if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
+    def _head(self, method: str, path: str, body: bytes | None, headers: Mapping[str, str] | HeaderPairs) -> bytes:
+        parts = [f"{method} {self.prefix}{path} HTTP/1.1\r\nhost: {self.authority}\r\n".encode("latin-1")]
+        pairs = ((n.encode("latin-1"), v.encode("latin-1")) for n, v in headers.items()) if isinstance(headers, Mapping) else headers
+        for name, value in pairs:
+            if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name:
                 raise ValueError(f"header {name!r} holds a line break")
-            lines.append(f"{name}: {value}")
+            parts += (name, b": ", value, b"\r\n")
         if body is not None or method in ("POST", "PUT", "PATCH"):
-            lines.append(f"content-length: {len(body or b'')}")
-        lines.append("\r\n")
-        return "\r\n".join(lines).encode("latin-1")
+            parts.append(b"content-length: %d\r\n" % len(body or b""))
+        parts.append(b"\r\n")
+        return b"".join(parts)
 
     def _take_idle(self) -> _Connection | None:
         now = asyncio.get_running_loop().time()

@@ -122,13 +122,15 @@ def build_entry(exchange: Exchange) -> Entry | None:
 
 class Recorder:
     def __init__(self, store: Store, spool: Spool, metrics: Metrics, *, replay_interval_s: float = 1.0,
-                 orphans: list[Spool] | None = None) -> None:
+                 orphans: list[Spool] | None = None, gather_s: float = 0.0) -> None:
         self.store = store
         self.spool = spool
         self.orphans = list(orphans or [])
         """Spools left by processes that are gone; replayed before this process's own."""
         self.metrics = metrics
         self.replay_interval_s = replay_interval_s
+        self.gather_s = gather_s
+        """Wait this long after the first queued item before handling a batch (0 = at once)."""
         self.queue: asyncio.Queue[Exchange | Entry | asyncio.Future[None]] = asyncio.Queue()
         self.pending_turns: set[str] = set()
         self._next_replay = 0.0
@@ -245,6 +247,8 @@ class Recorder:
             except TimeoutError:
                 await self.replay()
                 continue
+            if self.gather_s > 0:  # let the client take its answer first; what arrives meanwhile joins the batch
+                await asyncio.sleep(self.gather_s)
             while len(items) < max_batch and not self.queue.empty():
                 items.append(self.queue.get_nowait())
             barriers = [item for item in items if isinstance(item, asyncio.Future)]

@@ -7,6 +7,7 @@ environment (command-line values are passed on as ``NEXTSTATE_*`` variables) and
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 from collections.abc import Callable
 
@@ -27,11 +28,27 @@ _UVICORN = {"loop": "uvloop", "http": "httptools", "access_log": False, "log_lev
 MountsFactory = Callable[[ProxySettings], list[tuple[str, ASGIApp]]]
 
 
+def settle_gc() -> None:
+    """Keep the cyclic garbage collector off the hot path once start-up is over.
+
+    ``gc.freeze`` moves what start-up created (modules, the app: ~70k objects) out of every later
+    collection, and a larger first-generation threshold makes collections rare: request-scoped objects
+    die by reference count, so there is little for them to find. Measured at peak (bench/proxy_overhead.py's
+    load, 2 cores): collections took ~60 µs of CPU per request before (a full one, 23 ms, every ~600
+    requests), ~2 µs after.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+
+
 def app_from_env(mounts: MountsFactory | None = None) -> ASGIApp:
     """Factory each worker process calls (``uvicorn --factory proxy.server:app_from_env``)."""
     settings = ProxySettings()
     configure_logging(settings.log_level, settings.log_json)
-    return create_app(settings, mounts=mounts(settings) if mounts else None)
+    app = create_app(settings, mounts=mounts(settings) if mounts else None)
+    settle_gc()
+    return app
 
 
 def main(argv: list[str], *, mounts: MountsFactory | None = None,
@@ -48,6 +65,7 @@ def main(argv: list[str], *, mounts: MountsFactory | None = None,
     configure_logging(settings.log_level, settings.log_json)
     if settings.workers <= 1:
         app = create_app(settings, mounts=mounts(settings) if mounts else None)
+        settle_gc()
         uvicorn.run(app, host=settings.host, port=settings.port, **_UVICORN)  # type: ignore[arg-type]
         return 0
     # one embedded Redis for all workers, started here; workers find it through NEXTSTATE_REDIS_URL

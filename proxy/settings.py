@@ -50,6 +50,7 @@ class ProxySettings(CommonSettings):
     sweep_interval_s: float = Field(default=5.0, description="How often idle sessions are looked for.")
     routing_refresh_s: float = Field(default=1.0, description="How often the routing table is reloaded from Redis.")
     redis_timeout_s: float = Field(default=1.0, description="Timeout of every Redis call the proxy makes.")
+    record_gather_ms: float = Field(default=2.0, description="Records are written this long after the first of a batch arrives (the client's answer goes first; one Redis round trip serves what arrives meanwhile).")
     replay_interval_s: float = Field(default=1.0, description="How often replaying the spool is retried while Redis is down.")
     spool_dir: Path | None = Field(default=None, description="Spool directory; unset = <home>/spool.")
 

@@ -17,9 +17,10 @@ from proxy.errors import UpstreamTimeout, UpstreamUnreachable
 from proxy.http1 import ConnectError, HTTPError, Pool, ReadTimeout
 from proxy.http1 import Response as UpstreamResponse
 
-__all__ = ["HTTPError", "Upstream", "UpstreamResponse", "relay_headers"]
+__all__ = ["HTTPError", "Upstream", "UpstreamResponse", "relay_headers", "relayed"]
 
 # hop-by-hop headers, and what describes the body the proxy sends rather than the one it received
+_IDENTITY = (b"accept-encoding", b"identity")
 _NOT_RELAYED = frozenset({
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-connection", b"te", b"trailer",
     b"transfer-encoding", b"upgrade", b"content-length", b"content-encoding", b"date", b"server",
@@ -42,14 +43,19 @@ class Upstream:
             self._pool = None
 
     async def request(
-        self, method: str, path: str, *, body: bytes | None = None, headers: Mapping[str, str] | None = None,
-        read_timeout_s: float | None = None,
+        self, method: str, path: str, *, body: bytes | None = None,
+        headers: Mapping[str, str] | list[tuple[bytes, bytes]] | None = None, read_timeout_s: float | None = None,
     ) -> UpstreamResponse:
-        """Send a request; the caller reads (or streams) the body and must release the response."""
+        """Send a request; the caller reads (or streams) the body and must release the response.
+
+        ``headers`` is a mapping or a list of byte pairs (see ``proxy.chat.forward_headers``).
+        """
         assert self._pool is not None, "Upstream.open() was not called"
-        headers = {**headers, "accept-encoding": "identity"} if headers else {"accept-encoding": "identity"}
+        pairs = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers.items()] if isinstance(headers, Mapping) \
+            else list(headers or ())
+        pairs.append(_IDENTITY)
         try:
-            return await self._pool.request(method, path, body=body, headers=headers, read_timeout_s=read_timeout_s)
+            return await self._pool.request(method, path, body=body, headers=pairs, read_timeout_s=read_timeout_s)
         except ReadTimeout as exc:
             raise UpstreamTimeout(f"upstream timed out: {self.base_url}{path}") from exc
         except ConnectError as exc:
@@ -74,14 +80,18 @@ class Upstream:
         return response.iter_chunks()
 
 
-def relay_headers(upstream: UpstreamResponse, response: Response) -> Response:
-    """Add the upstream's end-to-end headers (request id, rate limits, ``retry-after``) to ``response``.
+def relayed(upstream: UpstreamResponse, own: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The upstream's end-to-end headers (request id, rate limits, ``retry-after``) to add to ``own``.
 
     Headers the proxy already set win; the upstream's own ``x-nextstate-*`` (a proxy in front of a
     proxy) are not repeated.
     """
-    own = {name for name, _ in response.raw_headers}
-    for name, value in upstream.raw_headers:
-        if name not in _NOT_RELAYED and name not in own and not name.startswith(b"x-nextstate-"):
-            response.raw_headers.append((name, value))
+    names = {name for name, _ in own}
+    return [(name, value) for name, value in upstream.raw_headers
+            if name not in _NOT_RELAYED and name not in names and not name.startswith(b"x-nextstate-")]
+
+
+def relay_headers(upstream: UpstreamResponse, response: Response) -> Response:
+    """``response`` with the upstream's end-to-end headers added (see ``relayed``)."""
+    response.raw_headers += relayed(upstream, response.raw_headers)
     return response
