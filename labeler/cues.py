@@ -46,6 +46,8 @@ NEGATIVE = [
         r"(?:doesn'?t|does not|didn'?t|did not|won'?t|can'?t) (?:work|run|compile|count|help|make sense|match|load|build|start|open|handle|cover|include|answer|fit|parse|exist)",
         r"(?:returns|does|shows|prints|outputs|gives me) nothing", r"[a-z]+error", r"exception", r"traceback", r"not working",
         r"still (?:wrong|broken|not|failing|doesn'?t)", r"try again", r"once more", r"redo", r"retry", r"start over",
+        r"(?:i'?ll |let me )?rephras(?:e|ing)(?: (?:it|that|the question))?", r"(?:let me|i'?ll|i will) (?:ask|try) (?:it |that )?again",
+        r"(?:^|(?<=[.!?]\s))again:",
         r"useless", r"unhelpful", r"not helpful", r"makes no sense", r"confusing", r"too (?:long|short|wordy|verbose|much|many|complicated|technical)",
         r"way too", r"\w+,\s+not\s+\w+", r"trop", r"zu (?:lang|kurz|viel)", r"demasiado", r"troppo", r"muito (?:longo|curto)", r"(?:syntax )?error", r"key ?error", r"crash(?:ed|es)?", r"fails?", r"failed", r"broken", r"gone",
         r"again[.!?]*$", r"i (?:don'?t|do not) (?:like|want|need)", r"not enough", r"not (?:how|the way) i",

@@ -118,6 +118,17 @@ def cue_vote(text: str) -> int | None:
     return None
 
 
+_CLAUSES = re.compile(r"(?<=[.!?。！？:])\s+|\n+")
+
+
+def _asks(request: str) -> list[str]:
+    """The request, and each question in it of two content words or more: a message that thanks for
+    the last answer and asks the next question ("Cool, thanks! Another one: how many ...?") is asked
+    again through its question alone (thanks repeated later are not a rephrasing)."""
+    clauses = [c for c in _CLAUSES.split(request) if _QUESTION.search(c) and len(_tokens(c)) >= 2]
+    return [request, *clauses] if clauses and clauses != [request] else [request]
+
+
 def move_vote(request: str, text: str) -> int | None:
     """Rephrased request or corrective directive -1; a new question or task +1; else abstain.
 
@@ -126,7 +137,8 @@ def move_vote(request: str, text: str) -> int | None:
     pieces = [p for p in _PIECES.split(text) if p.strip()]
     if not pieces:
         return None
-    if any(rephrases(request, p) for p in [text, *pieces]):
+    said = [text, *pieces, *(c for c in _CLAUSES.split(text) if c.strip())]
+    if any(rephrases(asked, p) for asked in _asks(request) for p in said):
         return -1
     found = directives(text)
     if any(d.corrective for d in found):

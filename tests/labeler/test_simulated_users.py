@@ -21,9 +21,10 @@ def reactions(n: int = 150, seed: int = 7) -> list[tuple[str, int, str, str]]:
     personas = list(prefbench.PERSONAS.values())
     out = []
     for _ in range(n):
-        asked, following = rng.sample(facts, 2)
+        asked, following, third = rng.sample(facts, 3)
         question = asked.question(rng.randrange(8))
         next_question = following.question(rng.randrange(8))
+        third_question = third.question(rng.randrange(8))
         persona = rng.choice(personas)
         move_on = rng.choice(prefbench.MOVE_ON).format(q=next_question)
         directive = rng.choice(persona.directives)
@@ -35,6 +36,11 @@ def reactions(n: int = 150, seed: int = 7) -> list[tuple[str, int, str, str]]:
             ("directive", -1, question, directive),
             ("complaint", -1, question, rng.choice(persona.complaints + prefbench.GENERIC_COMPLAINTS)),
             ("rephrase", -1, question, rng.choice(prefbench.REPHRASINGS).format(q=question)),
+            # later in a session the request also thanks for the answer before it and moves on
+            ("rephrase_after_moving_on", -1, f"{rng.choice(prefbench.THANKS)} {move_on}",
+             rng.choice(prefbench.REPHRASINGS).format(q=next_question)),
+            ("thanks_after_moving_on", 1, f"{rng.choice(prefbench.THANKS)} {move_on}",
+             f"{rng.choice(prefbench.THANKS)} {rng.choice(prefbench.MOVE_ON).format(q=third_question)}"),
         ]
     return out
 
@@ -49,6 +55,8 @@ def test_simulated_reactions_are_judged_and_directives_become_hints() -> None:
         if kind == "directive":
             hints.append(select_hint(verdict.hints))
     rates = {kind: sum(v) / len(v) for kind, v in right.items()}
+    # first scores of the two "after moving on" kinds, before the judge compared clauses of the request:
+    # rephrase 0.480, thanks 0.980
     print(rates)
     assert all(rate >= 0.9 for rate in rates.values()), rates
     assert sum(h is not None for h in hints) / len(hints) >= 0.9
