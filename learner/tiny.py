@@ -1,6 +1,6 @@
 """``builtin:tiny-chat``: a byte-level Qwen2-style chat model built locally and deterministically.
 
-``python -m learner build-model`` builds it (tokenizer with a ChatML template, ~1.7 M parameters,
+``python -m learner build-model`` builds it (tokenizer with a ChatML template, 0.83 M parameters,
 a short pretraining on ``learner.tinycorpus``) into a cache directory keyed by a fingerprint of this
 builder's code and configuration, so a changed builder rebuilds and an unchanged one is reused.
 """
@@ -36,8 +36,21 @@ NAME = "tiny-chat"
 INFO_FILE = "nextstate_tiny.json"
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
-# ChatML, as Qwen2 models use it; tools are listed in the system turn as JSON, one per line.
+HISTORY_WINDOW = 3
+"""Earlier exchanges the model reads before the newest user message. It is pretrained on conversations of
+up to four exchanges and answers garbage past them (measured on PrefBench-like sessions, fact accuracy
+after 0..6 earlier exchanges: 0.93, 0.84, 0.82, 0.89, 0.74, 0.27, 0.18; with the window 0.79, 0.81, 0.86 for
+4..6), so its chat template keeps the system prompt and the conversation from the fourth-last user message
+on: the server, the learner and the gate all render prompts through it, so they see the same tokens."""
+
+# ChatML, as Qwen2 models use it; tools are listed in the system turn as JSON, one per line. Only the
+# system prompt and the messages from the (HISTORY_WINDOW + 1)-th last user message on are rendered.
 CHAT_TEMPLATE = (
+    "{%- set ns = namespace(start=0, users=0) %}"
+    "{%- for i in range(messages | length - 1, -1, -1) %}"
+    "{%- if messages[i].role == 'user' %}{%- set ns.users = ns.users + 1 %}"
+    "{%- if ns.users == " + str(HISTORY_WINDOW + 1) + " %}{%- set ns.start = i %}{%- endif %}{%- endif %}"
+    "{%- endfor %}"
     "{%- if tools %}"
     "{{- '<|im_start|>system\\n' }}"
     "{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}"
@@ -47,8 +60,8 @@ CHAT_TEMPLATE = (
     "{%- elif messages[0].role == 'system' %}"
     "{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}"
     "{%- endif %}"
-    "{%- for message in messages %}"
-    "{%- if message.role == 'system' and loop.first %}"
+    "{%- for message in messages[ns.start:] %}"
+    "{%- if message.role == 'system' and loop.first and ns.start == 0 %}"
     "{%- elif message.role == 'assistant' %}"
     "{{- '<|im_start|>assistant\\n' + (message.content or '') }}"
     "{%- for call in (message.tool_calls or []) %}"
@@ -73,7 +86,9 @@ class TinyConfig:
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
     max_position_embeddings: int = 2048
-    steps: int = 1300
+    # 1600 steps (1300 before): one-word answers state the right fact 0.89 of the time instead of 0.72, which a
+    # user who prefers them otherwise pays for; build 363 s instead of 303 s on 2 cores
+    steps: int = 1600
     batch_size: int = 16
     lr: float = 3e-3
     warmup_steps: int = 30
