@@ -46,11 +46,19 @@ class TrainConfig:
     eps_high: float = 0.28
     kl_coef: float = 0.0  # weight of the k3 KL(pi_theta || pi_base) penalty per token
 
-    # retain set (learner.retain): the parent's sampled answers to explicit instructions stay likely
+    # retain set (learner.retain): the base model's (or the parent's) answers to explicit instructions stay likely
     w_retain: float = 1.0  # weight of their mean per-token NLL in every step (0 = off)
-    retain_samples: int = 32  # answers sampled from the parent per round
+    retain_from: Literal["base", "parent"] = "base"
+    retain_samples: int = 32  # answers sampled per round
     retain_temperature: float = 1.0
     retain_max_tokens: int = 64
+
+    # hint demonstrations (learner.demos): the hinted teacher answers every context of a hinted conversation
+    hint_demos: int = 0  # teacher answers sampled per context (0 = off)
+    w_demo: float = 1.0  # weight of their mean per-token NLL in every step
+    demo_temperature: float = 1.0
+    demo_max_tokens: int = 64
+    demo_scope: Literal["conversation", "batch"] = "conversation"  # which contexts a hint is demonstrated on
 
     # collapse guard: a candidate outside these bounds is not published
     # nats per token, mean over response tokens after training (the tiny model sits near 0.05-0.1)
@@ -88,12 +96,19 @@ class TrainConfig:
         Top-8 distillation: the teacher's distribution at each position, not only the log-ratio of the
         sampled token, so a hint says which answer to give, not only which one not to (measured: 8 avoid
         samples, most with a hint, moved held-out bullet answers 0.25 -> 0.88; the log-ratio alone 0.25 -> 0.19).
+        Hint demonstrations (learner.demos): two hinted-teacher answers per context of the batch (``batch``
+        scope: on a laptop every conversation is the one user's). The retain set is sampled from the base
+        model with weight 2 (learner.retain).
         """
-        return cls(**{"topk": 8, **overrides})
+        return cls(**{"topk": 8, "hint_demos": 2, "demo_scope": "batch", "w_retain": 2.0, **overrides})
 
     @classmethod
     def gpu(cls, **overrides: Any) -> TrainConfig:
-        """One-GPU defaults for a 4–8B model: bf16, gradient checkpointing, rank 16, small micro-batches."""
+        """One-GPU defaults for a 4–8B model: bf16, gradient checkpointing, rank 16, small micro-batches.
+
+        Hint demonstrations stay off (not measured on a GPU); a shared deployment that turns them on should
+        keep the ``conversation`` scope, so one user's hint is never demonstrated on another user's question.
+        """
         base: dict[str, Any] = dict(
             lora_r=16, lora_alpha=32, lr=1e-4, batch_size=16, micro_batch_size=2, steps_per_batch=2, retain_samples=16,
             max_prompt_tokens=4096, max_response_tokens=1024, dtype="bfloat16", gradient_checkpointing=True,

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from labeler.records import SAMPLES_STREAM
 from learner.config import METHODS, TrainConfig
 from learner.data import Entry, SampleReader, Selection, build_item, lineage_sample_ids, select
+from learner.demos import sample_demos
 from learner.modeling import load_model, pick_device, resolve_model
 from learner.retain import DEFAULT_RETAIN, load_prompts, sample_retain
 from learner.train import TrainResult, attach_adapter, train
@@ -46,7 +47,7 @@ def log() -> Any:
 
 EXIT_PUBLISHED, EXIT_ERROR, EXIT_NOTHING, EXIT_REFUSED, EXIT_GATE_FAILED = 0, 1, 3, 4, 5
 CONFIG_FIELDS = ("method", "w_rl", "w_opd", "lr", "batch_size", "steps_per_batch", "kl_coef", "topk", "seed",
-                 "w_retain", "retain_samples")
+                 "w_retain", "retain_samples", "hint_demos", "w_demo")
 
 
 class LearnerSettings(RegistrySettings):
@@ -65,6 +66,9 @@ class LearnerSettings(RegistrySettings):
     seed: int | None = None
     w_retain: float | None = Field(default=None, description="Weight of the retain set in every step (0 = off).")
     retain_samples: int | None = Field(default=None, description="Parent answers sampled from the retain set per round.")
+    hint_demos: int | None = Field(default=None, description="Hinted-teacher answers per context of a hinted "
+                                   "conversation (0 = off); see learner/demos.py.")
+    w_demo: float | None = Field(default=None, description="Weight of the hint demonstrations in every step.")
     retain_file: Path = Field(default=DEFAULT_RETAIN, description="Retain set: instruction prompts (JSONL) whose "
                               "answers stay the parent's; see learner/retain.py.")
     learner_group: str = Field(default="learner", description="Consumer group on the samples stream.")
@@ -183,8 +187,11 @@ class Learner:
         model = attach_adapter(self.base, self.config, parent_dir)
         self.rounds += 1
         retain = sample_retain(model, self.tokenizer, self.retain_prompts, self.config, self.config.seed + self.rounds)
-        log().info("training", parent=parent, samples=len(items), retain=len(retain), method=self.config.method,
-                   device=self.device)
+        demos = sample_demos(model, self.tokenizer, [e.sample for e in selection.train if e.sample],
+                             [it.prompt_ids for it in items], self.config, self.config.seed + self.rounds) \
+            if self.config.uses_opd else []
+        log().info("training", parent=parent, samples=len(items), retain=len(retain), demos=len(demos),
+                   method=self.config.method, device=self.device)
         steps = -(-len(items) // self.config.batch_size) * self.config.steps_per_batch
         with tqdm(total=steps, desc="training", unit="step", disable=None if progress else True, file=sys.stderr) as bar:
             def on_step(n: int, m: dict[str, float]) -> None:
@@ -193,7 +200,7 @@ class Learner:
                 log().debug("train_step", step=n, loss=m["loss"], entropy=m["entropy"])
 
             result = train(model, items, self.config, pad_id=self.pad_id, progress=on_step, parent_dir=parent_dir,
-                           retain=retain)
+                           retain=retain, demos=demos)
         try:
             outcome = self._finish(model, selection, parent, result)
         finally:
@@ -251,6 +258,8 @@ def summary(outcome: RoundOutcome, config: TrainConfig) -> str:
             f"  likelihood  prefer {m.get('logp_delta_prefer', 0.0):+.4f}, avoid {m.get('logp_delta_avoid', 0.0):+.4f} nats/token",
             f"  retain      {m.get('retain_samples', 0.0):.0f} parent answers, NLL {m.get('retain_nll_first', 0.0):.3f} -> "
             f"{m.get('retain_nll_final', 0.0):.3f} nats/token",
+            f"  demos       {m.get('demo_samples', 0.0):.0f} hinted-teacher answers, NLL {m.get('demo_nll_first', 0.0):.3f} -> "
+            f"{m.get('demo_nll_final', 0.0):.3f} nats/token",
             f"  pi_old      {r.pi_old_sources}; token ids {r.token_methods}",
         ]
     if outcome.version:
@@ -330,6 +339,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--topk", type=int, help="top-K distillation variant (0 = off)")
     p.add_argument("--seed", type=int)
     p.add_argument("--w-retain", type=float, dest="w_retain", help="weight of the retain set (0 = off)")
+    p.add_argument("--hint-demos", type=int, dest="hint_demos", help="hinted-teacher answers per context (0 = off)")
+    p.add_argument("--w-demo", type=float, dest="w_demo", help="weight of the hint demonstrations")
     p.add_argument("--retain-file", type=Path, dest="retain_file", help="retain set JSONL (default: bundled)")
     p.add_argument("--preset", choices=("tiny", "gpu", "auto"))
     p.add_argument("--device")

@@ -1,16 +1,21 @@
-"""What personalisation must not change: the parent's answers to explicit instructions.
+"""What personalisation must not change: the base model's answers to explicit instructions.
 
 Learning a user's default answer style must not break an explicit request ("Answer in one word."),
 which is what the sacred gate checks — and a few samples trained hard enough do break it, most of
-all through avoid samples, whose probability mass goes anywhere. So each round samples the parent's
-own answers to a retain set of instruction prompts (before any update) and adds ``w_retain`` times
-their mean per-token negative log-likelihood to every optimiser step: an unbiased Monte-Carlo
-gradient of the forward KL(parent ‖ candidate) on those prompts, i.e. the candidate is pulled back
-to the parent's behaviour there and nowhere else.
+all through avoid samples, whose probability mass goes anywhere. So each round samples answers to a
+retain set of instruction prompts (before any update) and adds ``w_retain`` times their mean per-token
+negative log-likelihood to every optimiser step: an unbiased Monte-Carlo gradient of the forward
+KL(reference ‖ candidate) on those prompts, i.e. the candidate is pulled back to the reference's
+behaviour there and nowhere else. The reference is the frozen base model (``retain_from="base"``,
+adapter disabled) by default: pulled towards its parent instead, each version of a chain kept what
+its parent had already lost, and the losses added up (PrefBench samples replayed offline, sacred-suite
+pass rate after 24 samples, bullets / lowercase / one-word personas: 0.66 / 0.76 / 0.65 towards the
+parent, 0.88 / 0.85 / 0.78 towards the base with ``w_retain`` 2).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from dataclasses import dataclass
@@ -18,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from learner.config import TrainConfig
+from learner.logprobs import adapter_disabled
 from learner.modeling import render_prompt_ids, sample_answers
 
 DEFAULT_RETAIN = Path(__file__).parent / "retain" / "instructions.jsonl"
@@ -48,7 +54,8 @@ def load_prompts(path: Path) -> list[list[dict[str, Any]]]:
 
 def sample_retain(model: Any, tokenizer: Any, conversations: list[list[dict[str, Any]]], config: TrainConfig,
                   seed: int) -> list[RetainItem]:
-    """``config.retain_samples`` answers of ``model`` (the parent) to prompts drawn from ``conversations``."""
+    """``config.retain_samples`` answers to prompts drawn from ``conversations``: the base model's (the adapter
+    of ``model`` disabled) or, with ``retain_from="parent"``, those of ``model`` as it is (the parent)."""
     if config.w_retain <= 0 or config.retain_samples <= 0 or not conversations:
         return []
     order = list(range(len(conversations)))
@@ -57,7 +64,8 @@ def sample_retain(model: Any, tokenizer: Any, conversations: list[list[dict[str,
     was_training = model.training
     model.eval()
     try:
-        answers = sample_answers(model, tokenizer, drawn, 1, config.retain_temperature, config.retain_max_tokens, seed)
+        with adapter_disabled(model) if config.retain_from == "base" else contextlib.nullcontext():
+            answers = sample_answers(model, tokenizer, drawn, 1, config.retain_temperature, config.retain_max_tokens, seed)
     finally:
         model.train(was_training)
     items = []

@@ -3,7 +3,8 @@
 Read top to bottom: attach the adapter (the parent's, or a fresh one on the base model); compute the
 fixed quantities of every item once (pi_old, teacher and base logprobs, all without gradient); then
 for each batch take ``steps_per_batch`` optimiser steps against the same pi_old (each also pulling the
-retain set towards the parent's answers, see learner.retain); finally measure the
+retain set towards the parent's answers, see learner.retain, and the student towards the hinted teacher's
+answers in hinted conversations, see learner.demos); finally measure the
 trained adapter on the same items (KL to base and to parent, entropy) and decide whether it may ship.
 """
 
@@ -23,6 +24,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 from learner.config import TrainConfig
 from learner.data import TrainItem
+from learner.demos import DemoItem
 from learner.logprobs import adapter_disabled, batch_logprobs, topk_logprobs
 from learner.loss import combined_loss, full_kl, token_advantages, topk_reverse_kl
 from learner.retain import RetainItem
@@ -111,11 +113,27 @@ def compute_fixed(model: Any, items: Sequence[TrainItem], config: TrainConfig, p
     return fixed, sources
 
 
+def _nll_term(model: Any, pairs: Sequence[RetainItem | DemoItem], weight: float, micro_batch_size: int, pad_id: int,
+              sums: Counter[str], key: str) -> None:
+    """Backpropagate ``weight`` times the mean per-token NLL of ``pairs`` (answers to imitate); add metrics."""
+    if not pairs or weight <= 0:
+        return
+    for chunk in _chunks(pairs, micro_batch_size):
+        out = batch_logprobs(model, [r.prompt_ids for r in chunk], [r.response_ids for r in chunk], pad_id=pad_id)
+        mask = out.mask_B_T.to(out.logp_B_T.dtype)
+        nll = -(out.logp_B_T * mask).sum() / mask.sum().clamp(min=1)
+        share = len(chunk) / len(pairs)
+        (weight * nll * share).backward()
+        sums[key] += float(nll.detach()) * share
+        sums["tokens"] += sum(len(r.prompt_ids) + len(r.response_ids) for r in chunk)
+
+
 def train_step(
     model: Any, optimizer: torch.optim.Optimizer, batch: Sequence[tuple[TrainItem, Fixed]], config: TrainConfig, pad_id: int,
-    retain: Sequence[RetainItem] = (),
+    retain: Sequence[RetainItem] = (), demos: Sequence[DemoItem] = (),
 ) -> dict[str, float]:
-    """One optimiser step over ``batch`` and the retain set (micro-batches accumulate gradients); its metrics."""
+    """One optimiser step over ``batch``, the retain set and the hint demonstrations (micro-batches accumulate
+    gradients); its metrics."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
     sums: Counter[str] = Counter()
@@ -150,15 +168,8 @@ def train_step(
         sums["kl_base"] += float(loss.kl_base) * weight
         sums["topk_kl"] += float(loss.topk_kl) * weight
         sums["tokens"] += sum(len(it.prompt_ids) + len(it.response_ids) for it in items)
-    if retain and config.w_retain > 0:
-        for chunk in _chunks(retain, config.micro_batch_size):
-            out = batch_logprobs(model, [r.prompt_ids for r in chunk], [r.response_ids for r in chunk], pad_id=pad_id)
-            mask = out.mask_B_T.to(out.logp_B_T.dtype)
-            nll = -(out.logp_B_T * mask).sum() / mask.sum().clamp(min=1)
-            weight = len(chunk) / len(retain)
-            (config.w_retain * nll * weight).backward()
-            sums["retain_nll"] += float(nll.detach()) * weight
-            sums["tokens"] += sum(len(r.prompt_ids) + len(r.response_ids) for r in chunk)
+    _nll_term(model, retain, config.w_retain, config.micro_batch_size, pad_id, sums, "retain_nll")
+    _nll_term(model, demos, config.w_demo, config.micro_batch_size, pad_id, sums, "demo_nll")
     params = [p for p in model.parameters() if p.requires_grad]
     sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
     optimizer.step()
@@ -241,9 +252,10 @@ def collapse_reason(metrics: dict[str, float], config: TrainConfig) -> str | Non
 
 def train(
     model: Any, items: Sequence[TrainItem], config: TrainConfig, *, pad_id: int = 0, progress: Progress | None = None,
-    parent_dir: Path | None = None, retain: Sequence[RetainItem] = (),
+    parent_dir: Path | None = None, retain: Sequence[RetainItem] = (), demos: Sequence[DemoItem] = (),
 ) -> TrainResult:
-    """Train ``model`` (a peft model with a trainable adapter) on ``items`` (and ``retain``); measure; guard."""
+    """Train ``model`` (a peft model with a trainable adapter) on ``items`` (with ``retain`` and ``demos``); measure;
+    guard."""
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     fixed, sources = compute_fixed(model, items, config, pad_id)
@@ -255,7 +267,7 @@ def train(
     train_started = time.perf_counter()
     for batch in _chunks(pairs, config.batch_size):
         for _ in range(config.steps_per_batch):
-            history.append(train_step(model, optimizer, batch, config, pad_id, retain))
+            history.append(train_step(model, optimizer, batch, config, pad_id, retain, demos))
             if progress is not None:
                 progress(len(history), history[-1])
             if not math.isfinite(history[-1]["loss"]):
@@ -271,6 +283,9 @@ def train(
         retain_samples=float(len(retain)),
         retain_nll_first=history[0].get("retain_nll", 0.0) if history else 0.0,
         retain_nll_final=history[-1].get("retain_nll", 0.0) if history else 0.0,
+        demo_samples=float(len(demos)),
+        demo_nll_first=history[0].get("demo_nll", 0.0) if history else 0.0,
+        demo_nll_final=history[-1].get("demo_nll", 0.0) if history else 0.0,
         reward_mean=sum(rewarded) / len(rewarded) if rewarded else 0.0,
         samples=float(len(items)),
         rl_samples=float(len(rewarded)),

@@ -39,6 +39,8 @@ def reactions(n: int = 150, seed: int = 7) -> list[tuple[str, int, str, str]]:
             # later in a session the request also thanks for the answer before it and moves on
             ("rephrase_after_moving_on", -1, f"{rng.choice(prefbench.THANKS)} {move_on}",
              rng.choice(prefbench.REPHRASINGS).format(q=next_question)),
+            # a user who gives up on a question after its retries corrects and asks the next one
+            ("directive_then_moving_on", -1, question, f"{directive} {move_on}"),
             ("thanks_after_moving_on", 1, f"{rng.choice(prefbench.THANKS)} {move_on}",
              f"{rng.choice(prefbench.THANKS)} {rng.choice(prefbench.MOVE_ON).format(q=third_question)}"),
         ]
@@ -52,7 +54,7 @@ def test_simulated_reactions_are_judged_and_directives_become_hints() -> None:
     for kind, expected, question, text in reactions():
         verdict = judge.judge([{"role": "user", "content": question}], ANSWER, [{"role": "user", "content": text}])
         right.setdefault(kind, []).append(verdict.tally().reward == expected)
-        if kind == "directive":
+        if kind.startswith("directive"):
             hints.append(select_hint(verdict.hints))
     rates = {kind: sum(v) / len(v) for kind, v in right.items()}
     # first scores of the two "after moving on" kinds, before the judge compared clauses of the request:

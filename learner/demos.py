@@ -1,0 +1,85 @@
+"""Hint demonstrations: the teacher's own answers to the contexts of the conversation a hint came from.
+
+A hint ("Use bullet points.") says what the user wanted from the turn it corrected, and as a rule
+from the rest of that conversation too. The OPD term already scores the corrected turn's own answer
+with the hinted teacher; this module lets the teacher (the frozen base model, adapter disabled, the
+hint appended to the last user message, as in OPD) answer every context of the batch that comes from
+the same conversation, and the student learns those answers without the hint (mean per-token NLL,
+weight ``w_demo``). Measured on the tiny model (PrefBench samples replayed offline, 3 personas): after
+12 samples, satisfaction on fresh prompts 0.52 / 0.67 / 0.50 without and 0.73 / 0.64 / 0.56 with
+demonstrations, with fact accuracy 0.83 / 0.81 / 0.89 -> 0.89 / 0.91 / 0.86 (the student imitates
+whole answers of a model that knows the facts, rather than pushing the few answers it was shown up
+or down, which taught it to repeat them).
+
+Scope ``conversation`` demonstrates a hint only on its own conversation's contexts; scope ``batch`` on
+every context of the batch (the latest hint of the batch where a conversation has none), which learns a
+standing preference faster when every conversation is one user's (the built-in laptop set-up) but in a
+shared deployment would carry one user's hint to another user's question.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from labeler.records import SampleRecord
+from learner.config import TrainConfig
+from learner.logprobs import adapter_disabled, append_hint
+from learner.modeling import sample_answers
+
+
+@dataclass(frozen=True)
+class DemoItem:
+    """A teacher answer to learn: the student's own (un-hinted) prompt and the answer's token ids."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    hint: str
+
+
+def session_hints(samples: Sequence[SampleRecord]) -> dict[str, str]:
+    """The latest hint of each conversation in the batch (samples are in the order they were labeled)."""
+    hints: dict[str, str] = {}
+    for sample in samples:
+        if sample.hint and sample.hint.strip():
+            hints[sample.session_id] = sample.hint.strip()
+    return hints
+
+
+def demo_contexts(samples: Sequence[SampleRecord], scope: str = "conversation") -> list[tuple[int, str]]:
+    """(index of the sample, hint) for every sample whose conversation has a hint in the batch (scope
+    ``conversation``), or for every sample, with its conversation's hint else the batch's latest (``batch``). Pure."""
+    hints = session_hints(samples)
+    if scope == "batch" and hints:
+        latest = next(s.hint.strip() for s in reversed(samples) if s.hint and s.hint.strip())
+        return [(i, hints.get(s.session_id, latest)) for i, s in enumerate(samples)]
+    return [(i, hints[s.session_id]) for i, s in enumerate(samples) if s.session_id in hints]
+
+
+def sample_demos(model: Any, tokenizer: Any, samples: Sequence[SampleRecord], prompt_ids: Sequence[list[int]],
+                 config: TrainConfig, seed: int) -> list[DemoItem]:
+    """``config.hint_demos`` teacher answers per context of a hinted conversation; [] when off or none.
+
+    ``prompt_ids[i]`` is the student's prompt of ``samples[i]`` (the ids the training item uses).
+    """
+    if config.hint_demos <= 0 or config.w_demo <= 0:
+        return []
+    contexts = demo_contexts(samples, config.demo_scope)
+    if not contexts:
+        return []
+    conversations = [append_hint(samples[i].messages, hint) for i, hint in contexts]
+    was_training = model.training
+    model.eval()
+    try:
+        with adapter_disabled(model):
+            answers = sample_answers(model, tokenizer, conversations, config.hint_demos, config.demo_temperature,
+                                     config.demo_max_tokens, seed)
+    finally:
+        model.train(was_training)
+    items = []
+    for k, answer in enumerate(answers):  # n answers per context, contexts in order
+        i, hint = contexts[k // config.hint_demos]
+        if answer:
+            items.append(DemoItem(list(prompt_ids[i]), answer, hint))
+    return items
