@@ -34,6 +34,8 @@ def config_from_args(argv: list[str]) -> tuple[BenchConfig, Path]:
     parser.add_argument("--eval-prompts", type=int, help="fresh prompts per evaluation")
     parser.add_argument("--noise", type=float, default=0.0, help="share of misleading reactions")
     parser.add_argument("--silent", type=float, default=0.1, help="share of answers that get no feedback")
+    parser.add_argument("--opt-in", action=argparse.BooleanOptionalAction, dest="opt_in",
+                        help="the simulated user opts in to the canary (X-NextState-Canary: 1)")
     parser.add_argument("--canary-min-samples", type=int, help="labeled canary turns before promotion")
     parser.add_argument("--lr", type=float, help="learner learning rate")
     parser.add_argument("--steps-per-batch", type=int, help="learner optimiser steps per batch")
@@ -47,7 +49,7 @@ def config_from_args(argv: list[str]) -> tuple[BenchConfig, Path]:
         if args.quick else BenchConfig()
     changes: dict[str, object] = {"mix": FeedbackMix(silent_p=args.silent, noise_p=args.noise),
                                   "model_cache": args.model_cache or args.out / "models"}
-    for name in ("methods", "personas", "interactions", "every", "eval_prompts", "canary_min_samples", "lr",
+    for name in ("methods", "personas", "interactions", "every", "eval_prompts", "opt_in", "canary_min_samples", "lr",
                  "steps_per_batch", "batch_size", "jobs"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)

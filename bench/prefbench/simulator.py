@@ -66,8 +66,13 @@ def react(persona: Persona, answer: str, question: str, rng: random.Random, mix:
 
 
 def next_message(reaction: Reaction, next_question: str | None, rng: random.Random) -> str:
-    """The user message that follows: the reaction, and the next question when moving on."""
-    if reaction.retry or next_question is None:
+    """The user message that moves on to ``next_question``: the reaction, then the question.
+
+    Also after a reaction that asked for another try (the user gave up on that question): the new
+    question is asked, never only the complaint, or the user would judge the next answer against a
+    question the assistant was never asked.
+    """
+    if next_question is None:
         return reaction.text
     ask = rng.choice(MOVE_ON).format(q=next_question)
     return f"{reaction.text} {ask}".strip()

@@ -61,6 +61,8 @@ class SimulatedUser:
     rng: random.Random
     questions: Iterator[tuple[Fact, str]]
     run_id: str
+    opt_in: bool = False
+    """Send ``X-NextState-Canary: 1``: a user who volunteers for candidates while they are canaried."""
     questions_per_session: int = 3
     max_attempts: int = 2
     sessions: int = 0
@@ -76,7 +78,7 @@ class SimulatedUser:
     def _session(self, target: int, before_each: Callable[[], None], after_each: Callable[[Interaction], None]) -> None:
         self.sessions += 1
         session_id = f"{self.run_id}-s{self.sessions}"
-        headers = {"X-Session-Id": session_id}
+        headers = {"X-Session-Id": session_id, **({"X-NextState-Canary": "1"} if self.opt_in else {})}
         messages: list[dict[str, str]] = []
         _, question = next(self.questions)
         pending = question

@@ -79,7 +79,10 @@ def test_next_message_carries_the_reaction_and_the_next_question() -> None:
     message = next_message(thanks, "What color is snow?", rng)
     assert message.startswith(thanks.text) and message.endswith("What color is snow?")
     retry = react(TERSE, render_answer(FRANCE, "bullets"), "q?", rng, FeedbackMix(silent_p=0.0))
-    assert next_message(retry, "What color is snow?", rng) == retry.text
+    assert retry.retry  # a user who gives up on a question after its retries still asks the next one
+    message = next_message(retry, "What color is snow?", rng)
+    assert message.startswith(retry.text) and message.endswith("What color is snow?")
+    assert next_message(retry, None, rng) == retry.text
 
 
 def test_pools_hold_out_fresh_prompts_with_fixed_seeds() -> None:
