@@ -17,7 +17,7 @@ _USELESS = frozenset({"try", "redo", "retry", "start", "fix", "check"})  # "try 
 _FILLER = re.compile(
     r"^(?:(?:no+[,.!]|nope|ugh|hmm+|ok(?:ay)?|actually|well|but|and|so|again|please|pls|plz|oh|wait|sorry|thanks|thank you|"
     r"great|perfect|i said|i told you|next time|listen|look|seriously|also|now|next|then)(?:[\s,.:;!-]+|$))+", re.IGNORECASE)
-_MOVE_ON = re.compile(r"^(?:ok(?:ay)?[\s,]+)?(?:now|next|also|then|and now)\b|\b(?:too|as well)[.!?]*$|\b(?:another one|for my other)\b",
+_MOVE_ON = re.compile(r"^(?:ok(?:ay)?[\s,]+)?(?:now|next(?! time)|also|then|and now)\b|\b(?:too|as well)[.!?]*$|\b(?:another one|for my other)\b",
                       re.IGNORECASE)
 _MODAL = re.compile(r"^(?:can|could|would|will|can't|couldn't) (?:you|u) (?:please |just )?", re.IGNORECASE)
 _WANT = re.compile(r"^i(?:'d| would)? (?:like|want|need|prefer|rather have|rather)(?:ed)?\s+(?:(it|the answer|your answer|answers|the response)\s+)?(.+)$",
@@ -30,6 +30,9 @@ _FOREIGN = re.compile(
     r"responde|antworte|rispondi|responda|\b(?:kürzer|más corto|plus court|più breve)\b", re.IGNORECASE)
 _POLITE = re.compile(r"\b(?:please|pls|plz)\b", re.IGNORECASE)
 _TRAILING_POLITE = re.compile(r"[\s,]*(?:please|pls|plz|thanks|thank you)\s*[.!?]*$", re.IGNORECASE)
+# "just one word next time": the hint says what the corrected answer should have been, not when
+_TRAILING_TIME = re.compile(r"[\s,]*(?:next time|from now on|in (?:the )?future|going forward|from here on(?: out)?)\s*[.!?]*$",
+                            re.IGNORECASE)
 _SENTENCES = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])|\n+|;\s+|\s+[—–]\s+")
 _CLAUSES = re.compile(r",?\s+but\s+|,\s+|[，、]", re.IGNORECASE)
 _QUOTED = re.compile(r"(?<!\w)'[^']+'(?!\w)|\"[^\"]*\"")
@@ -54,6 +57,7 @@ class Directive:
 
 def _finish(text: str) -> str:
     text = " ".join(text.split()).strip(" ,:;-")
+    text = _TRAILING_TIME.sub("", _TRAILING_POLITE.sub("", text)).rstrip(" ,")
     text = _TRAILING_POLITE.sub("", text).rstrip(" ,")
     if not text:
         return ""

@@ -42,7 +42,9 @@ ANSWER = {"role": "assistant", "content": "The capital of France is Paris, a cit
 @pytest.mark.parametrize(("text", "reward", "hint"), [
     ("Please answer in one word.", -1, "Answer in one word."),
     ("Too long. Please answer in one word.", -1, "Answer in one word."),
-    ("Thanks, but answer in one word next time.", -1, "Answer in one word next time."),
+    ("Thanks, but answer in one word next time.", -1, "Answer in one word."),
+    ("Next time, answer in one word.", -1, "Answer in one word."),  # "next time" is no new task
+    ("Just one word from now on.", -1, "Just one word."),  # a hint says what the answer should be, not when
     ("Can you answer in French?", -1, "Answer in French."),
     ("Use bullet points.", -1, "Use bullet points."),
     ("I'd like the answer in all caps.", -1, "Answer in all caps."),
