@@ -103,8 +103,11 @@ def main(argv: list[str]) -> int:
     print(f"loop: {json.dumps(run.progress['events'])}; stable at the end: {run.progress['stable'] or 'base'}")
     print(f"curve: {png}")
     print("where to look next:")
-    print(f"  NEXTSTATE_HOME={home} nextstate registry history    # every decision with its evidence")
-    print(f"  {home}/logs/                                        # each component's log")
-    print(f"  {root / 'results.json'}                             # every point and interaction")
-    print("  python -m bench.prefbench                                # all methods, 3 seeds x 3 personas")
+    pointers = [(f"NEXTSTATE_HOME={home} nextstate registry history", "every decision with its evidence"),
+                (f"{home}/logs/", "each component's log"),
+                (f"{root / 'results.json'}", "every point and interaction"),
+                ("python -m bench.prefbench", "all methods, 3 seeds x 3 personas")]
+    width = max(len(where) for where, _ in pointers)
+    for where, what in pointers:
+        print(f"  {where.ljust(width)}  # {what}")
     return 0

@@ -144,3 +144,15 @@ def test_reasoning_content_is_recorded(client, fake, redis_client) -> None:
     list(client.chat.completions.create(model="m", messages=USER, stream=True))
     records = turns(redis_client, 2)
     assert [r["response"]["message"].get("reasoning_content") for r in records] == ["think first", "think first"]
+
+
+def test_a_session_named_by_user_is_percent_encoded_in_its_header(client, redis_client) -> None:
+    """The body's ``user`` names the session; one with characters a header cannot hold is percent-encoded in
+    ``x-nextstate-session-id`` (the record keeps it as sent)."""
+    raw = client.chat.completions.with_raw_response.create(model="m", messages=USER, user="ユーザー 7\nb")
+    assert raw.http_response.status_code == 200
+    assert raw.headers["x-nextstate-session-id"] == "user%3A%E3%83%A6%E3%83%BC%E3%82%B6%E3%83%BC%207%0Ab"
+    [turn] = turns(redis_client, 1)
+    assert turn["session_id"] == "user:ユーザー 7\nb"
+    plain = client.chat.completions.with_raw_response.create(model="m", messages=USER, user="alice")
+    assert plain.headers["x-nextstate-session-id"] == "user:alice"
