@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 import structlog
 from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
@@ -85,11 +86,10 @@ def _watch(state: ProxyState, name: str, task: asyncio.Task[None]) -> None:
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
-    # e.g. vLLM's runtime LoRA endpoints: never reachable through the public port
     return error_response(NotFound(f"no route {request.url.path}"))
 
 
-async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+async def _method_not_allowed(request: Request, exc: Exception | None) -> Response:
     return error_response(MethodNotAllowed(f"method {request.method} not allowed on {request.url.path}"))
 
 
@@ -115,18 +115,32 @@ class _ChatRoute:
         await serve_chat(scope, receive, send)
 
 
+# the API's resources, also served without the ``/v1`` prefix (a client whose base URL lacks it)
+_RESOURCES = frozenset({"chat", "completions", "models", "embeddings", "responses", "moderations", "audio", "images",
+                        "files", "uploads", "batches", "feedback"})
+
+
 class ChatFastPath:
     """``POST /v1/chat/completions`` straight to its handler; every other request goes through the app.
 
     The hot path skips Starlette's error and exception middlewares, its router and its request and
     response objects (about a tenth of the proxy's CPU per chat request in a profile at 300 req/s).
+    A path to one of the API's resources without the ``/v1`` prefix is served as if it had it.
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/v1/chat/completions" or scope["method"] != "POST":
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if not path.startswith("/v1/") and path.split("/", 2)[1] in _RESOURCES:
+            path = scope["path"] = "/v1" + path
+            if scope.get("raw_path"):
+                scope["raw_path"] = b"/v1" + scope["raw_path"]
+        if path != "/v1/chat/completions" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         await serve_chat(scope, receive, send)
@@ -141,6 +155,19 @@ ROUTES = [
     Route("/readyz", routes.readyz, methods=["GET"]),
     Route("/metrics", routes.metrics, methods=["GET"]),
 ]
+_OWN = frozenset(route.path for route in ROUTES)
+
+
+async def _passthrough(request: Request) -> Response:
+    """Every other ``/v1/…`` path goes upstream; one of the proxy's own with another method is a 405."""
+    if request.url.path in _OWN:
+        return await _method_not_allowed(request, None)
+    return await routes.passthrough(request)
+
+
+_EXPOSED = ("x-nextstate-turn-id", "x-nextstate-session-id", "x-nextstate-version", "x-nextstate-arm",
+            "x-nextstate-overhead-ms", "x-request-id", "retry-after")
+PASSTHROUGH = Route("/v1/{path:path}", _passthrough, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
 
 
 def create_app(settings: ProxySettings, *, mounts: list[tuple[str, ASGIApp]] | None = None) -> ASGIApp:
@@ -192,8 +219,14 @@ def create_app(settings: ProxySettings, *, mounts: list[tuple[str, ASGIApp]] | N
     for prefix, mounted in mounts or []:
         app_routes.append(Mount(prefix, app=AdminGuard(mounted, settings.admin_token)))
         prefixes.append(prefix)
+    app_routes.append(PASSTHROUGH)
     app = Starlette(routes=app_routes, lifespan=lifespan, exception_handlers={
         404: _not_found, 405: _method_not_allowed,
     })
     paths = {route.path for route in ROUTES}
-    return CanonicalLog(ChatFastPath(app), metrics, paths, tuple(prefixes))
+    served: ASGIApp = ChatFastPath(app)
+    origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
+    if origins:  # a browser client: preflights answered, the proxy's own response headers readable
+        served = CORSMiddleware(served, allow_origins=origins, allow_methods=["*"], allow_headers=["*"],
+                                expose_headers=_EXPOSED, max_age=600)
+    return CanonicalLog(served, metrics, paths, tuple(prefixes))

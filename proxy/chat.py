@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import re
 import time
+import zlib
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 from proxy import fastjson
 from proxy.accumulate import SSESplitter, event_data
 from proxy.capture import Wants, client_wants, forward_body, strip, strip_copy
-from proxy.errors import BadRequest, BodyTooLarge, ProxyError, error_body, error_response
+from proxy.errors import BadRequest, BodyTooLarge, ProxyError, UnsupportedEncoding, error_body, error_response
 from proxy.ids import new_id
 from proxy.recorder import Exchange
 from proxy.routing import route
@@ -73,6 +74,28 @@ async def read_body(request: Request, limit: int) -> bytes:
     return await receive_body(request.receive, request.headers.get("content-length"), limit)
 
 
+def decode_body(raw: bytes, encoding: str, limit: int) -> bytes:
+    """A request body sent with ``Content-Encoding`` (gzip or deflate), decoded; still at most ``limit`` bytes."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return raw
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise UnsupportedEncoding(f"request bodies encoded as {encoding!r} are not supported (gzip, deflate)")
+    # gzip has its header; deflate is zlib-wrapped by the standard, raw from some clients
+    attempts = (16 + zlib.MAX_WBITS,) if encoding != "deflate" else (zlib.MAX_WBITS, -zlib.MAX_WBITS)
+    for wbits in attempts:
+        decoder = zlib.decompressobj(wbits)
+        try:
+            data = decoder.decompress(raw, limit + 1)
+        except zlib.error:
+            continue
+        if len(data) > limit:
+            raise BodyTooLarge(f"request body is larger than {limit} bytes once decoded")
+        if decoder.eof:
+            return data
+    raise BadRequest(f"request body is not valid {encoding} data")
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     try:
         body = fastjson.loads(raw)
@@ -105,27 +128,35 @@ def key_hash(authorization: str | None) -> str | None:
 # not forwarded: hop-by-hop headers, what describes the proxy's own connection or body, the proxy's controls
 _NOT_FORWARDED = frozenset({
     b"connection", b"keep-alive", b"proxy-authorization", b"proxy-connection", b"te", b"trailer",
-    b"transfer-encoding", b"upgrade", b"host", b"content-length", b"content-type", b"accept-encoding", b"expect",
+    b"transfer-encoding", b"upgrade", b"host", b"content-length", b"content-type", b"content-encoding",
+    b"accept-encoding", b"expect",
     b"cookie", b"x-session-id", b"x-turn-type", b"x-session-done",
 })
 # the client's credentials, replaced by NEXTSTATE_UPSTREAM_API_KEY when that is set
 _CREDENTIALS = frozenset({b"authorization", b"api-key", b"x-api-key"})
 # the request headers the chat handler reads (collected while the others are picked for the upstream)
 _CONTROLS = frozenset({
-    b"content-length", b"authorization", b"x-session-id", b"x-turn-type", b"x-session-done", b"x-nextstate-record",
-    b"x-nextstate-policy", b"x-nextstate-canary",
+    b"content-length", b"content-encoding", b"authorization", b"x-session-id", b"x-turn-type", b"x-session-done",
+    b"x-nextstate-record", b"x-nextstate-policy", b"x-nextstate-canary",
 })
 _JSON = (b"content-type", b"application/json")
+_BODY_TYPE = frozenset({b"content-type", b"content-encoding"})
 
 
 def forward_headers(raw: Iterable[tuple[bytes, bytes]], api_key: str | None,
-                    controls: dict[bytes, str] | None = None) -> list[tuple[bytes, bytes]]:
+                    controls: dict[bytes, str] | None = None, *, as_sent: bool = False) -> list[tuple[bytes, bytes]]:
     """The client's end-to-end headers (auth, organisation, provider-specific ones) for the upstream, JSON
-    content type first; in the same pass the first value of each of the proxy's controls goes into ``controls``."""
-    out = [_JSON]
+    content type first; in the same pass the first value of each of the proxy's controls goes into ``controls``.
+
+    ``as_sent``: the body goes upstream as the client sent it, so its own content type and encoding go too.
+    """
+    out = [] if as_sent else [_JSON]
     for name, value in raw:
         if controls is not None and name in _CONTROLS and name not in controls:
             controls[name] = value.decode("latin-1")
+        if as_sent and name in _BODY_TYPE:
+            out.append((name, value))
+            continue
         if name in _NOT_FORWARDED or name.startswith(b"x-nextstate-") or (api_key and name in _CREDENTIALS):
             continue
         out.append((name, value))
@@ -134,8 +165,8 @@ def forward_headers(raw: Iterable[tuple[bytes, bytes]], api_key: str | None,
     return out
 
 
-def upstream_headers(request: Request, api_key: str | None) -> list[tuple[bytes, bytes]]:
-    return forward_headers(request.scope["headers"], api_key)
+def upstream_headers(request: Request, api_key: str | None, *, as_sent: bool = False) -> list[tuple[bytes, bytes]]:
+    return forward_headers(request.scope["headers"], api_key, as_sent=as_sent)
 
 
 _UNSAFE_IN_HEADER = re.compile(r"[^\x20-\x7e\x80-\xff\t]")
@@ -225,6 +256,8 @@ async def chat_completions(scope: Scope, receive: Receive) -> Reply | Response:
     forwarded = forward_headers(scope["headers"], settings.upstream_api_key, controls)
     try:
         raw = await receive_body(receive, controls.get(b"content-length"), settings.max_body_bytes)
+        if (encoding := controls.get(b"content-encoding")) is not None:
+            raw = decode_body(raw, encoding, settings.max_body_bytes)
         body = parse_chat(raw)
         messages: list[dict[str, Any]] = body["messages"]
         record = (

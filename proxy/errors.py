@@ -8,6 +8,7 @@ Exceptions::
     ├── NotFound              404 (unknown route, version or turn; not retryable)
     ├── MethodNotAllowed      405 (not retryable)
     ├── BodyTooLarge          413 (not retryable)
+    ├── UnsupportedEncoding   415 (a request body compressed in a way the proxy does not read)
     └── UpstreamError         (retryable: the upstream may come back)
         ├── UpstreamUnreachable   502
         └── UpstreamTimeout       504 (also TimeoutError)
@@ -61,6 +62,12 @@ class BodyTooLarge(ProxyError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class UnsupportedEncoding(ProxyError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_content_encoding"
 
 
 class UpstreamError(ProxyError):

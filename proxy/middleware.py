@@ -50,7 +50,7 @@ class CanonicalLog:
         for prefix in self.prefixes:
             if path == prefix or path.startswith(prefix + "/"):
                 return prefix
-        return "other"
+        return "/v1/*" if path.startswith("/v1/") else "other"  # sent on to the upstream as it came
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

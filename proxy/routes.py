@@ -1,4 +1,5 @@
-"""The proxy's other routes: completions and models pass-through, feedback, health, readiness, metrics."""
+"""The proxy's other routes: completions, models and every other ``/v1`` path passed through; feedback,
+health, readiness, metrics."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from proxy.chat import key_hash, parse_json_object, read_body, upstream_headers
+from proxy.chat import decode_body, key_hash, parse_json_object, read_body, upstream_headers
 from proxy.errors import BadRequest, NotFound, ProxyError, error_response
 from proxy.recorder import REDIS_DOWN, Entry
 from proxy.records import FeedbackRecord, turn_key
@@ -34,23 +35,51 @@ async def _stream(response: UpstreamResponse) -> AsyncIterator[bytes]:
             response.close()
 
 
-async def completions(request: Request) -> Response:
-    """``POST /v1/completions``: forwarded unchanged (streamed when the upstream streams), not recorded."""
+async def _forward(request: Request, path: str, *, method: str = "POST", check_json: bool = False) -> Response:
+    """``request`` sent on to the upstream's ``path`` with its body as sent; the answer comes back streamed
+    when the upstream streams it (an event stream, or a body of unknown length), else whole. Not recorded."""
     state: ProxyState = request.state.proxy
     try:
         raw = await read_body(request, state.settings.max_body_bytes)
-        parse_json_object(raw)
+        if check_json:  # then sent on as JSON, decoded
+            raw = decode_body(raw, request.headers.get("content-encoding", ""), state.settings.max_body_bytes)
+            parse_json_object(raw)
         response = await state.upstream.request(
-            "POST", "/completions", body=raw, headers=upstream_headers(request, state.settings.upstream_api_key),
+            method, path, body=raw if raw or method in ("POST", "PUT", "PATCH") else None,
+            headers=upstream_headers(request, state.settings.upstream_api_key, as_sent=not check_json),
         )
         content_type = response.headers.get("content-type", "application/json")
-        if response.status < 400 and "text/event-stream" in content_type:
+        if response.status < 400 and ("text/event-stream" in content_type or "content-length" not in response.headers):
             return relay_headers(response, StreamingResponse(_stream(response), status_code=response.status,
                                                              media_type=content_type))
         data = await Upstream.read(response)
     except ProxyError as exc:
         return error_response(exc)
     return relay_headers(response, Response(data, status_code=response.status, media_type=content_type))
+
+
+async def completions(request: Request) -> Response:
+    """``POST /v1/completions``: forwarded unchanged (streamed when the upstream streams), not recorded."""
+    return await _forward(request, "/completions", check_json=True)
+
+
+def _private(path: str) -> bool:
+    """vLLM's runtime LoRA endpoints (``/v1/load_lora_adapter``, …): never reachable through the public port."""
+    return "lora" in path.lower()
+
+
+async def passthrough(request: Request) -> Response:
+    """Any other ``/v1/…`` request (embeddings, responses, moderations, audio, rerank, a provider's own
+    endpoints): sent on as it came — method, query, body and content type — and relayed, not recorded."""
+    raw_path = request.scope.get("raw_path") or request.url.path.encode()
+    path = raw_path.decode("latin-1").removeprefix("/v1")
+    if _private(request.url.path):
+        return error_response(NotFound(f"no route {request.url.path}"))
+    query = request.scope.get("query_string", b"")
+    if query:
+        path += "?" + query.decode("latin-1")
+    # HEAD goes up as GET (the server drops the body)
+    return await _forward(request, path, method="GET" if request.method == "HEAD" else request.method)
 
 
 async def models(request: Request) -> Response:

@@ -41,6 +41,7 @@ class ProxySettings(CommonSettings):
     connect_timeout_s: float = Field(default=5.0, description="Upstream connect timeout.")
     read_timeout_s: float = Field(default=300.0, description="Upstream read timeout (first byte and between stream chunks).")
     upstream_connections: int = Field(default=256, description="Upstream connection pool size.")
+    cors_origins: str = Field(default="", description="Comma-separated origins that may call the proxy from a browser ('*' for any); empty = no CORS headers.")
     max_body_bytes: int = Field(default=16 * 1024 * 1024, description="Largest request body accepted (413 above).")
     capture_tokens: bool = Field(default=True, description="Ask the upstream for logprobs and token ids (vLLM) to store on each turn.")
     record: bool = Field(default=True, description="Record turns at all (requests may still opt out with X-NextState-Record: off).")

@@ -74,6 +74,8 @@ class FakeUpstream:
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
+            Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+            Route("/v1/{rest:path}", self.other, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         ])
 
     def push(self, *replies: Reply) -> None:
@@ -221,6 +223,33 @@ class FakeUpstream:
                 piece = dict(answer, choices=[{"index": 0, "text": text[start:start + 4], "finish_reason": None}])
                 yield b"data: " + json.dumps(piece).encode() + b"\n\n"
             yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+
+    async def embeddings(self, request: Request) -> Response:
+        """One vector per input: its length, and the code point of its first character."""
+        body = json.loads(await request.body())
+        self.requests.append({"path": "/v1/embeddings", "headers": dict(request.headers), "body": body})
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [{"object": "embedding", "index": i, "embedding": [float(len(text)), float(ord(text[0]) if text else 0)]}
+                for i, text in enumerate(inputs)]
+        return JSONResponse({"object": "list", "data": data, "model": body.get("model") or self.model,
+                             "usage": {"prompt_tokens": sum(map(len, inputs)), "total_tokens": sum(map(len, inputs))}})
+
+    async def other(self, request: Request) -> Response:
+        """Any other ``/v1`` path: says what it received (``?stream=1``: as three server-sent events)."""
+        raw = await request.body()
+        seen = {"object": "echo", "method": request.method, "path": request.url.path, "query": request.url.query,
+                "content_type": request.headers.get("content-type"), "body_bytes": len(raw)}
+        self.requests.append({"path": request.url.path, "headers": dict(request.headers), "body": raw})
+        if request.query_params.get("stream") != "1":
+            return JSONResponse(seen, headers={"x-request-id": "req-echo"})
+
+        async def events() -> AsyncIterator[bytes]:
+            for index in range(3):
+                yield b"data: " + json.dumps(dict(seen, index=index)).encode() + b"\n\n"
+                await asyncio.sleep(0.05)
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
