@@ -127,3 +127,13 @@ def test_browser_clients_get_cors_headers_only_from_the_origins_allowed(start_pr
     assert chat.headers["x-nextstate-turn-id"]
     stranger = http.options(f"{url}/v1/chat/completions", headers={**preflight, "origin": "http://evil.example"})
     assert stranger.status_code == 400
+
+
+def test_the_proxy_s_own_paths_with_a_trailing_slash_are_still_its_own(proxy_url, fake, http, redis_client) -> None:
+    chat = http.post(f"{proxy_url}/v1/chat/completions/", json={"model": "m", "messages": USER})
+    assert chat.status_code == 200
+    assert chat.json()["choices"][0]["message"]["content"] == "echo: hello there"
+    assert chat.headers["x-nextstate-turn-id"]
+    assert len(turns(redis_client, 1)) == 1
+    assert http.get(f"{proxy_url}/models/").json()["data"][0]["id"] == "fake-model"
+    assert [r["path"] for r in fake.requests] == ["/v1/chat/completions", "/v1/models"]
