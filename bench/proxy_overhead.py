@@ -37,11 +37,8 @@ BODY = json.dumps({"model": "bench", "messages": [
 # Direct requests ask the upstream for what the proxy asks it for (token ids and logprobs), so both
 # paths cost the upstream the same and the difference is the proxy's alone.
 CAPTURE = {"logprobs": True, "return_token_ids": True}
-BODIES = {
-    "direct": json.dumps({**json.loads(BODY), **CAPTURE}).encode(),
-    "forwarder": json.dumps({**json.loads(BODY), **CAPTURE}).encode(),
-    "proxied": BODY,
-}
+CAPTURED = json.dumps({**json.loads(BODY), **CAPTURE}).encode()
+BODIES = {"direct": CAPTURED, "forwarder": CAPTURED, "proxied": BODY}  # the forwarder adds nothing to the body
 STREAM_BODIES = {name: json.dumps({**json.loads(body), "stream": True}).encode() for name, body in BODIES.items()}
 
 
@@ -66,20 +63,28 @@ def _wait_http(url: str, timeout: float = 30.0) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def start_upstream(stack: ExitStack, delay_s: float = 0.0) -> str:
-    """A fake upstream process (answers at once, or after ``delay_s``); returns its base URL."""
+def _uvicorn(stack: ExitStack, app: list[str], env: dict[str, str]) -> str:
+    """``uvicorn <app>`` as a process (uvloop, httptools, ``env`` added); returns its ``/v1`` base URL."""
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "FAKE_UPSTREAM_DELAY_S": str(delay_s)}
-    upstream = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "tests.support.fake_upstream:create_app", "--port",
-         str(port), "--loop", "uvloop", "--http", "httptools", "--log-level", "warning", "--no-access-log"],
-        cwd=ROOT, env=env,
+    full = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), **env}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", *app, "--port", str(port), "--loop", "uvloop", "--http", "httptools",
+         "--log-level", "warning", "--no-access-log"], cwd=ROOT, env=full,
     )
-    stack.callback(lambda: (upstream.terminate(), upstream.wait(10)))
+    stack.callback(lambda: (process.terminate(), process.wait(10)))
     url = f"http://127.0.0.1:{port}/v1"
     _wait_http(f"{url}/models")
     return url
+
+
+def start_upstream(stack: ExitStack, delay_s: float = 0.0) -> str:
+    """A fake upstream process (answers at once, or after ``delay_s``); returns its base URL."""
+    return _uvicorn(stack, ["--factory", "tests.support.fake_upstream:create_app"], {"FAKE_UPSTREAM_DELAY_S": str(delay_s)})
+
+
+def start_forwarder(stack: ExitStack, upstream: str) -> str:
+    """The bare forwarder (bench.forwarder) in front of ``upstream``; returns its base URL."""
+    return _uvicorn(stack, ["bench.forwarder:app"], {"FORWARD_TO": upstream})
 
 
 def start_proxy(stack: ExitStack, home: Path, upstream: str, workers: int = 1) -> str:
@@ -96,21 +101,6 @@ def start_proxy(stack: ExitStack, home: Path, upstream: str, workers: int = 1) -
     proxied = f"http://127.0.0.1:{proxy_port}/v1"
     _wait_http(f"{proxied}/models")
     return proxied
-
-
-def start_forwarder(stack: ExitStack, upstream: str) -> str:
-    """The bare forwarder (bench.forwarder) in front of ``upstream``; returns its base URL."""
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "FORWARD_TO": upstream}
-    forwarder = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "bench.forwarder:app", "--port", str(port), "--loop", "uvloop",
-         "--http", "httptools", "--log-level", "warning", "--no-access-log"], cwd=ROOT, env=env,
-    )
-    stack.callback(lambda: (forwarder.terminate(), forwarder.wait(10)))
-    url = f"http://127.0.0.1:{port}/v1"
-    _wait_http(f"{url}/models")
-    return url
 
 
 def start_stack(stack: ExitStack, home: Path, workers: int = 1, delay_s: float = 0.0) -> tuple[str, str]:

@@ -57,6 +57,7 @@ class Directive:
 
 def _finish(text: str) -> str:
     text = " ".join(text.split()).strip(" ,:;-")
+    # "one word, please, next time" and "one word next time, please": courtesy on either side of the time
     text = _TRAILING_TIME.sub("", _TRAILING_POLITE.sub("", text)).rstrip(" ,")
     text = _TRAILING_POLITE.sub("", text).rstrip(" ,")
     if not text:

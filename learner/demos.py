@@ -25,7 +25,7 @@ from typing import Any
 
 from labeler.records import SampleRecord
 from learner.config import TrainConfig
-from learner.logprobs import adapter_disabled, append_hint
+from learner.logprobs import append_hint, sampling
 from learner.modeling import sample_answers
 
 
@@ -69,14 +69,9 @@ def sample_demos(model: Any, tokenizer: Any, samples: Sequence[SampleRecord], pr
     if not contexts:
         return []
     conversations = [append_hint(samples[i].messages, hint) for i, hint in contexts]
-    was_training = model.training
-    model.eval()
-    try:
-        with adapter_disabled(model):
-            answers = sample_answers(model, tokenizer, conversations, config.hint_demos, config.demo_temperature,
-                                     config.demo_max_tokens, seed)
-    finally:
-        model.train(was_training)
+    with sampling(model, base=True):
+        answers = sample_answers(model, tokenizer, conversations, config.hint_demos, config.demo_temperature,
+                                 config.demo_max_tokens, seed)
     items = []
     for k, answer in enumerate(answers):  # n answers per context, contexts in order
         i, hint = contexts[k // config.hint_demos]

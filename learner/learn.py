@@ -65,12 +65,12 @@ class LearnerSettings(RegistrySettings):
     topk: int | None = None
     seed: int | None = None
     w_retain: float | None = Field(default=None, description="Weight of the retain set in every step (0 = off).")
-    retain_samples: int | None = Field(default=None, description="Parent answers sampled from the retain set per round.")
+    retain_samples: int | None = Field(default=None, description="Answers sampled from the retain set per round.")
     hint_demos: int | None = Field(default=None, description="Hinted-teacher answers per context of a hinted "
                                    "conversation (0 = off); see learner/demos.py.")
     w_demo: float | None = Field(default=None, description="Weight of the hint demonstrations in every step.")
     retain_file: Path = Field(default=DEFAULT_RETAIN, description="Retain set: instruction prompts (JSONL) whose "
-                              "answers stay the parent's; see learner/retain.py.")
+                              "answers stay the base model's; see learner/retain.py.")
     learner_group: str = Field(default="learner", description="Consumer group on the samples stream.")
     learner_consumer: str = Field(default="learner-1", description="Consumer name (a restart resumes its backlog).")
     learner_claim_idle_ms: int = Field(default=600_000, description="Take over another consumer's entries idle this long.")
@@ -187,9 +187,10 @@ class Learner:
         model = attach_adapter(self.base, self.config, parent_dir)
         self.rounds += 1
         retain = sample_retain(model, self.tokenizer, self.retain_prompts, self.config, self.config.seed + self.rounds)
-        demos = sample_demos(model, self.tokenizer, [e.sample for e in selection.train if e.sample],
-                             [it.prompt_ids for it in items], self.config, self.config.seed + self.rounds) \
-            if self.config.uses_opd else []
+        samples = [e.sample for e in selection.train if e.sample is not None]  # select() keeps parsed ones only
+        assert len(samples) == len(items)  # sample i and item i are the same context
+        demos = sample_demos(model, self.tokenizer, samples, [it.prompt_ids for it in items], self.config,
+                             self.config.seed + self.rounds) if self.config.uses_opd else []
         log().info("training", parent=parent, samples=len(items), retain=len(retain), demos=len(demos),
                    method=self.config.method, device=self.device)
         steps = -(-len(items) // self.config.batch_size) * self.config.steps_per_batch
@@ -256,7 +257,7 @@ def summary(outcome: RoundOutcome, config: TrainConfig) -> str:
             f"  loss        {m['loss']:+.4f} (final {m['final_loss']:+.4f}), reward mean {m['reward_mean']:+.3f}",
             f"  KL          to base {m['kl_base']:.4f}, to parent {m['kl_parent']:.4f} nats/token; entropy {m['entropy']:.3f}; clip {m['clip_fraction']:.3f}",
             f"  likelihood  prefer {m.get('logp_delta_prefer', 0.0):+.4f}, avoid {m.get('logp_delta_avoid', 0.0):+.4f} nats/token",
-            f"  retain      {m.get('retain_samples', 0.0):.0f} parent answers, NLL {m.get('retain_nll_first', 0.0):.3f} -> "
+            f"  retain      {m.get('retain_samples', 0.0):.0f} reference answers, NLL {m.get('retain_nll_first', 0.0):.3f} -> "
             f"{m.get('retain_nll_final', 0.0):.3f} nats/token",
             f"  demos       {m.get('demo_samples', 0.0):.0f} hinted-teacher answers, NLL {m.get('demo_nll_first', 0.0):.3f} -> "
             f"{m.get('demo_nll_final', 0.0):.3f} nats/token",

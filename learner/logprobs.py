@@ -57,6 +57,18 @@ def adapter_disabled(model: Any) -> Iterator[Any]:
         yield model
 
 
+@contextlib.contextmanager
+def sampling(model: Any, *, base: bool) -> Iterator[Any]:
+    """``model`` in eval mode for sampling (its mode restored after); with ``base``, as its base model."""
+    was_training = model.training
+    model.eval()
+    try:
+        with adapter_disabled(model) if base else contextlib.nullcontext(model):
+            yield model
+    finally:
+        model.train(was_training)
+
+
 def model_device(model: Any) -> torch.device:
     return next(model.parameters()).device
 

@@ -35,7 +35,7 @@ Choices, all of them:
   tokens plus one tail bin holding the remaining mass of each distribution. Weighted by w_opd and
   token-mean per sample like the surrogate; the RL term is unchanged.
 - Two imitation terms are added outside this module, in the training step (learner.train): the retain
-  set (learner.retain: the parent's answers to explicit instructions, weight ``w_retain``) and the hint
+  set (learner.retain: the base model's answers to explicit instructions, weight ``w_retain``) and the hint
   demonstrations (learner.demos: the hinted teacher's own answers to the contexts of a hinted
   conversation, learned without the hint, weight ``w_demo``), each a mean per-token NLL.
 - Simplified: no importance correction for a sampling temperature other than 1 in the captured

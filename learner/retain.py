@@ -16,7 +16,6 @@ and 0.91 / 0.95 / 0.80 towards the base with ``w_retain`` 2, the tiny preset).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from learner.config import TrainConfig
-from learner.logprobs import adapter_disabled
+from learner.logprobs import sampling
 from learner.modeling import render_prompt_ids, sample_answers
 
 DEFAULT_RETAIN = Path(__file__).parent / "retain" / "instructions.jsonl"
@@ -62,13 +61,8 @@ def sample_retain(model: Any, tokenizer: Any, conversations: list[list[dict[str,
     order = list(range(len(conversations)))
     random.Random(seed).shuffle(order)
     drawn = [conversations[order[i % len(order)]] for i in range(config.retain_samples)]
-    was_training = model.training
-    model.eval()
-    try:
-        with adapter_disabled(model) if config.retain_from == "base" else contextlib.nullcontext():
-            answers = sample_answers(model, tokenizer, drawn, 1, config.retain_temperature, config.retain_max_tokens, seed)
-    finally:
-        model.train(was_training)
+    with sampling(model, base=config.retain_from == "base"):
+        answers = sample_answers(model, tokenizer, drawn, 1, config.retain_temperature, config.retain_max_tokens, seed)
     items = []
     for messages, answer in zip(drawn, answers, strict=True):
         if answer:

@@ -3,7 +3,7 @@
 Read top to bottom: attach the adapter (the parent's, or a fresh one on the base model); compute the
 fixed quantities of every item once (pi_old, teacher and base logprobs, all without gradient); then
 for each batch take ``steps_per_batch`` optimiser steps against the same pi_old (each also pulling the
-retain set towards the parent's answers, see learner.retain, and the student towards the hinted teacher's
+retain set towards the base model's answers, see learner.retain, and the student towards the hinted teacher's
 answers in hinted conversations, see learner.demos); finally measure the
 trained adapter on the same items (KL to base and to parent, entropy) and decide whether it may ship.
 """

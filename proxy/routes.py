@@ -45,7 +45,7 @@ async def _forward(request: Request, path: str, *, method: str = "POST", check_j
             raw = decode_body(raw, request.headers.get("content-encoding", ""), state.settings.max_body_bytes)
             parse_json_object(raw)
         response = await state.upstream.request(
-            method, path, body=raw if raw or method in ("POST", "PUT", "PATCH") else None,
+            method, path, body=raw or None,  # an empty POST still says content-length: 0
             headers=upstream_headers(request, state.settings.upstream_api_key, as_sent=not check_json),
         )
         content_type = response.headers.get("content-type", "application/json")

@@ -9,12 +9,12 @@ answer it records); one it compresses anyway is decoded.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 
 from starlette.responses import Response
 
 from proxy.errors import UpstreamTimeout, UpstreamUnreachable
-from proxy.http1 import ConnectError, HTTPError, Pool, ReadTimeout
+from proxy.http1 import ConnectError, HeaderPairs, HTTPError, Pool, ReadTimeout
 from proxy.http1 import Response as UpstreamResponse
 
 __all__ = ["HTTPError", "Upstream", "UpstreamResponse", "relay_headers", "relayed"]
@@ -43,19 +43,17 @@ class Upstream:
             self._pool = None
 
     async def request(
-        self, method: str, path: str, *, body: bytes | None = None,
-        headers: Mapping[str, str] | list[tuple[bytes, bytes]] | None = None, read_timeout_s: float | None = None,
+        self, method: str, path: str, *, body: bytes | None = None, headers: HeaderPairs = (),
+        read_timeout_s: float | None = None,
     ) -> UpstreamResponse:
         """Send a request; the caller reads (or streams) the body and must release the response.
 
-        ``headers`` is a mapping or a list of byte pairs (see ``proxy.chat.forward_headers``).
+        ``headers`` are byte pairs (see ``proxy.chat.forward_headers``).
         """
         assert self._pool is not None, "Upstream.open() was not called"
-        pairs = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers.items()] if isinstance(headers, Mapping) \
-            else list(headers or ())
-        pairs.append(_IDENTITY)
         try:
-            return await self._pool.request(method, path, body=body, headers=pairs, read_timeout_s=read_timeout_s)
+            return await self._pool.request(method, path, body=body, headers=[*headers, _IDENTITY],
+                                            read_timeout_s=read_timeout_s)
         except ReadTimeout as exc:
             raise UpstreamTimeout(f"upstream timed out: {self.base_url}{path}") from exc
         except ConnectError as exc:
