@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import io
 import json
 import os
 import shlex
@@ -95,7 +96,11 @@ def redis_ready(url: str) -> Callable[[], bool]:
 
 
 def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it if the supervisor dies (Linux only)."""
+    """Runs in the child before exec: SIGTERM it if the supervisor dies (Linux only).
+
+    The kernel sends it when the *thread* that started the child ends, so the thread that restarts
+    children (``Supervisor._watch``) lives until every child is stopped.
+    """
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
@@ -109,6 +114,7 @@ class _Child:
     restarts: int = 0
     quick_crashes: int = 0
     restart_at: float | None = None
+    pump: threading.Thread | None = None
 
 
 class StartupError(RuntimeError):
@@ -131,7 +137,8 @@ class Supervisor:
         self.events: list[str] = []  # what happened (starts, crashes, restarts), for reports and tests
         self._lock = threading.RLock()
         self._write_lock = threading.Lock()
-        self._stopping = threading.Event()
+        self._stopping = threading.Event()  # no more starts or restarts
+        self._stopped = threading.Event()  # every child stopped: the watcher may end
         self._monitor: threading.Thread | None = None
         self._width = max([len(s.name) for s in specs] + [2])
 
@@ -150,8 +157,9 @@ class Supervisor:
                 self.out.flush()
 
     def _pump(self, child: _Child, stream: TextIO) -> None:
-        for raw in stream:
-            self._emit(child.spec.name, raw.rstrip("\n"), child.log_path)
+        with stream:  # closes the pipe once the child's output ends
+            for raw in stream:
+                self._emit(child.spec.name, raw.rstrip("\n"), child.log_path)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def _launch(self, child: _Child) -> None:
@@ -162,8 +170,9 @@ class Supervisor:
         )
         child.process, child.started_at, child.restart_at = process, time.monotonic(), None
         assert process.stdout is not None
-        text = open(process.stdout.fileno(), encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115 - closed with the pipe
-        threading.Thread(target=self._pump, args=(child, text), daemon=True, name=f"log-{child.spec.name}").start()
+        text = io.TextIOWrapper(process.stdout, encoding="utf-8", errors="replace")
+        child.pump = threading.Thread(target=self._pump, args=(child, text), daemon=True, name=f"log-{child.spec.name}")
+        child.pump.start()
         verb = "restarted" if child.restarts else "started"
         self.say(f"{child.spec.name} {verb} (pid {process.pid}): {shlex.join(child.spec.argv)}")
         if self.on_change:
@@ -193,8 +202,10 @@ class Supervisor:
             time.sleep(0.5)
 
     def _watch(self) -> None:
-        while not self._stopping.wait(0.2):
+        while not self._stopped.wait(0.2):
             with self._lock:
+                if self._stopping.is_set():
+                    continue
                 for child in self.children:
                     self._check(child)
 
@@ -228,15 +239,22 @@ class Supervisor:
     def stop(self) -> None:
         """SIGTERM every child's process group (dependants first, critical ones last), then SIGKILL."""
         self._stopping.set()
-        if self._monitor is not None:
-            self._monitor.join(timeout=5)
-        with self._lock:
+        with self._lock:  # once held, the watcher starts nothing more
             ordered = list(reversed(self.children))
             for tier in ([c for c in ordered if not c.spec.critical], [c for c in ordered if c.spec.critical]):
                 self._stop_tier(tier)
+            for child in self.children:  # their last lines reach the logs before the stop returns
+                if child.pump is not None:
+                    child.pump.join(timeout=2)
+        self._stopped.set()
+        if self._monitor is not None:
+            self._monitor.join(timeout=5)
 
     def _stop_tier(self, tier: list[_Child]) -> None:
         running = [c for c in tier if c.process is not None and c.process.poll() is None]
+        for child in tier:
+            if child not in running and child.restart_at is not None:
+                self.say(f"{child.spec.name} was waiting to restart; not restarted")
         for child in running:
             _signal_group(child, signal.SIGTERM)
         deadline = time.monotonic() + self.grace_s

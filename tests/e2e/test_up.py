@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from nextstate.up import backoff_delay
+from nextstate.up import ChildSpec, Supervisor, backoff_delay
 
 ROOT = Path(__file__).resolve().parents[2]
 # a child that keeps writing into Redis: proves it really runs against the stack's Redis
@@ -31,6 +32,54 @@ PINGER = (
 )
 def test_backoff_delay_doubles_up_to_the_cap(crashes: int, expected: float) -> None:
     assert backoff_delay(crashes, base=0.5, cap=30.0) == expected
+
+
+def test_a_child_waiting_to_restart_is_not_restarted_by_the_stop(tmp_path: Path) -> None:
+    spec = ChildSpec("crasher", (sys.executable, "-c", "raise SystemExit(3)"), critical=False)
+    supervisor = Supervisor([spec], tmp_path, echo=False, out=io.StringIO(), backoff_s=60.0)
+    supervisor.start()
+    _wait(lambda: any("exited with code 3" in e for e in supervisor.events), what="the crash")
+    supervisor.stop()
+    assert supervisor.events[-1] == "crasher was waiting to restart; not restarted"
+    assert supervisor.restarts() == {"crasher": 0}
+    assert "crasher was waiting to restart" in (tmp_path / "up.log").read_text()
+
+
+# counts the SIGTERMs it gets and exits half a second after the first
+TERM_COUNTER = (
+    "import signal, sys, time\n"
+    "first = []\n"
+    "def on_term(*_):\n"
+    "    print('TERM', flush=True)\n"
+    "    first.append(first[0] if first else time.monotonic())\n"
+    "signal.signal(signal.SIGTERM, on_term)\n"
+    "print('up', flush=True)\n"
+    "while not first or time.monotonic() < first[0] + 0.5:\n"
+    "    time.sleep(0.02)\n"
+)
+
+
+def test_a_restarted_child_is_stopped_once_and_before_what_it_depends_on(tmp_path: Path) -> None:
+    specs = [ChildSpec("db", (sys.executable, "-c", TERM_COUNTER)),
+             ChildSpec("app", (sys.executable, "-c", TERM_COUNTER), critical=False)]
+    supervisor = Supervisor(specs, tmp_path, echo=False, out=io.StringIO(), backoff_s=0.1, grace_s=5)
+    supervisor.start()
+    first = supervisor.pids()
+    _wait(lambda: all(_read(tmp_path / f"{n}.log").count("up") == 1 for n in first), what="both up")
+    for pid in first.values():
+        os.kill(pid, signal.SIGKILL)
+    # both come back, started this time by the watcher thread, not by the thread that called start()
+    _wait(lambda: supervisor.restarts() == {"db": 1, "app": 1} and len(supervisor.pids()) == 2, what="restarts")
+    _wait(lambda: all(_read(tmp_path / f"{n}.log").count("up") == 2 for n in first), what="both up again")
+    supervisor.stop()
+    stops = [e for e in supervisor.events if "stopped" in e]
+    assert stops == ["app stopped (code 0)", "db stopped (code 0)"]
+    for name in first:  # one SIGTERM each, from the stop: none from the watcher thread ending first
+        assert (tmp_path / f"{name}.log").read_text().count("TERM") == 1
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
 
 
 def _alive(pid: int) -> bool:
@@ -107,6 +156,11 @@ def test_up_starts_restarts_a_killed_child_and_stops_cleanly(
                   what="redis restarted")
     assert isinstance(again, dict)
     _wait(lambda: _ping(str(first["redis_url"])), what="the restarted redis to answer")
+    # the pinger may have crashed while Redis was down: the stack recovers, it writes again
+    after = int(client.get("pings") or 0)
+    _wait(lambda: int(client.get("pings") or 0) > after + 3, what="the child to write into the restarted Redis")
+    again = _wait(lambda: (s := state()) and s, what="both children running")
+    assert isinstance(again, dict)
 
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=20) == 0
@@ -116,6 +170,7 @@ def test_up_starts_restarts_a_killed_child_and_stops_cleanly(
     text = log.read_text()
     assert "all stopped" in text and "killed after" not in text  # stopped by SIGTERM, within the grace
     # what uses Redis stops first, so it can finish its work against a live Redis
+    assert "pinger stopped" in text and "redis stopped" in text, text
     assert text.index("pinger stopped") < text.index("redis stopped")
 
 
