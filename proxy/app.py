@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy import chat, routes
+from proxy import chat, responses, routes
 from proxy.embedded_redis import resolve_redis_url
 from proxy.errors import MethodNotAllowed, NotFound, ProxyError, error_response
 from proxy.metrics import Metrics
@@ -153,6 +153,7 @@ class ChatFastPath:
 ROUTES = [
     Route("/v1/chat/completions", _ChatRoute(), methods=["POST"]),
     Route("/v1/completions", routes.completions, methods=["POST"]),
+    Route("/v1/responses", responses.responses, methods=["POST"]),
     Route("/v1/models", routes.models, methods=["GET"]),
     Route("/v1/feedback", routes.feedback, methods=["POST"]),
     Route("/healthz", routes.healthz, methods=["GET"]),

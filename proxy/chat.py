@@ -180,7 +180,7 @@ def header_value(text: str) -> bytes:
     return text.encode("latin-1")
 
 
-async def _find_session(state: ProxyState, history: list[dict[str, Any]]) -> str:
+async def find_session(state: ProxyState, history: list[dict[str, Any]]) -> str:
     """Session of a request that names none: the session whose last turn ``history`` continues."""
     # the previous turn of this conversation may still be on its way to Redis: let it land first
     with contextlib.suppress(TimeoutError):
@@ -274,7 +274,7 @@ async def chat_completions(scope: Scope, receive: Receive) -> Reply | Response:
                 routing_key = opening_fingerprint(messages)
             index = last_assistant_index(messages)
             if record and index is not None:  # looked up while the upstream works
-                lookup = asyncio.ensure_future(_find_session(state, messages[: index + 1]))
+                lookup = asyncio.ensure_future(find_session(state, messages[: index + 1]))
             else:
                 session_id = f"fp-{new_id()}"
         decision = route(
@@ -346,7 +346,7 @@ async def chat_completions(scope: Scope, receive: Receive) -> Reply | Response:
 
     before_s = (t_up - t0) + (time.perf_counter() - t_headers)
     streaming = StreamingResponse(
-        _relay(state, response, exchange, wants, captured, record, t0, t_up, before_s, fields),
+        relay(state, response, exchange, wants, captured, record, t0, t_up, before_s, fields),
         status_code=response.status, media_type=content_type,
     )
     streaming.raw_headers += [*out_headers, (b"x-nextstate-overhead-ms", b"%.3f" % (before_s * 1000)),
@@ -354,9 +354,9 @@ async def chat_completions(scope: Scope, receive: Receive) -> Reply | Response:
     return relay_headers(response, streaming)
 
 
-async def _relay(state: ProxyState, response: UpstreamResponse, exchange: Exchange, wants: Wants,
+async def relay(state: ProxyState, response: UpstreamResponse, exchange: Exchange, wants: Wants,
                  captured: bool, record: bool, t0: float, t_up: float, overhead_s: float,
-                 fields: dict[str, Any]) -> AsyncIterator[bytes]:
+                 fields: dict[str, Any], endpoint: str = "chat") -> AsyncIterator[bytes]:
     """Pass SSE through as it arrives; keep the raw chunks for the recorder."""
     splitter = SSESplitter() if captured and not wants.everything else None
     completed = False
@@ -388,7 +388,7 @@ async def _relay(state: ProxyState, response: UpstreamResponse, exchange: Exchan
             fields.setdefault("error", "client_disconnected")
         total_s = time.perf_counter() - t0
         fields.update(overhead_ms=round(overhead_s * 1000, 3), stream=True)
-        state.metrics.overhead.labels("chat").observe(overhead_s)
+        state.metrics.overhead.labels(endpoint).observe(overhead_s)
         if completed and record:
             exchange.timings.total_ms = total_s * 1000
             exchange.timings.overhead_ms = overhead_s * 1000

@@ -18,10 +18,10 @@ import redis
 import structlog
 from pydantic import BaseModel
 
-from proxy import fastjson
+from proxy import fastjson, items
 from proxy.accumulate import Accumulator
 from proxy.metrics import Metrics
-from proxy.records import FeedbackRecord, Serving, Timings, TurnRecord, TurnRequest
+from proxy.records import FeedbackRecord, ResponseContext, Serving, Timings, TurnRecord, TurnRequest
 from proxy.routing import Decision
 from proxy.sessions import message_digest, turn_index
 from proxy.spool import Spool
@@ -55,6 +55,10 @@ class Exchange:
     """``completion`` already parsed on the request path, when it had to be."""
     chunks: list[bytes] = field(default_factory=list)
     timings: Timings = field(default_factory=Timings)
+    api: Literal["chat", "responses"] = "chat"
+    """Which API served it: a Responses API answer is read as a chat completion (proxy.items)."""
+    instructions: int = 0
+    """Leading messages that are the request's ``instructions`` (not carried to the next response)."""
 
 
 class Sibling(BaseModel):
@@ -75,6 +79,7 @@ class Entry(BaseModel):
     done: bool = False
     feedback: FeedbackRecord | None = None
     siblings: list[Sibling] = []
+    context: ResponseContext | None = None
 
 
 def choice_turn_id(turn_id: str, index: int) -> str:
@@ -85,7 +90,14 @@ def choice_turn_id(turn_id: str, index: int) -> str:
 def build_entry(exchange: Exchange) -> Entry | None:
     """Parse what was served into a turn entry (one turn per choice); None when it had no choice."""
     accumulator = Accumulator()
-    if exchange.stream:
+    response_id = None
+    if exchange.api == "responses":
+        served = items.final_response(b"".join(exchange.chunks)) if exchange.stream else fastjson.loads(exchange.completion)
+        if not isinstance(served, dict):
+            return None
+        accumulator.feed_completion(items.completion(served))
+        response_id = served.get("id")
+    elif exchange.stream:
         accumulator.feed_sse(b"".join(exchange.chunks))
     else:
         parsed = exchange.parsed if exchange.parsed is not None else fastjson.loads(exchange.completion)
@@ -108,15 +120,19 @@ def build_entry(exchange: Exchange) -> Entry | None:
             turn_index=turn_index(messages), stream=exchange.stream, request=request,
             response=accumulator.response(index), tokens=accumulator.tokens(index), serving=serving,
             timings=exchange.timings, client_key_hash=exchange.client_key_hash,
-            choice_index=index, choice_of=None if index == first else exchange.turn_id,
+            choice_index=index, choice_of=None if index == first else exchange.turn_id, api=exchange.api,
         )
 
     main = turn(first)
     siblings = [Sibling(turn=(t := turn(index)), reply_digest=message_digest(t.response.message)) for index in others]
+    context = None
+    if isinstance(response_id, str) and response_id and body.get("store") is not False:  # may be continued
+        context = ResponseContext(response_id=response_id, session_id=exchange.session_id,
+                                  messages=[*messages[exchange.instructions:], main.response.message])
     return Entry(
         kind="turn", turn=main, digests=[message_digest(m) for m in messages],
         reply_digest=message_digest(main.response.message), chained=exchange.chained, done=exchange.done,
-        siblings=siblings,
+        siblings=siblings, context=context,
     )
 
 

@@ -35,6 +35,11 @@ def session_key(session_id: str) -> str:
     return f"nextstate:session:{{{session_id}}}"
 
 
+def response_context_key(response_id: str) -> str:
+    """Key of what a Responses API request naming ``response_id`` as its previous response continues."""
+    return f"nextstate:response:{{{response_id}}}"
+
+
 def record_seen_key(record_id: str) -> str:
     """Marker that a record id has been stored once already (idempotent writes)."""
     return f"nextstate:seen:{{{record_id}}}"
@@ -120,6 +125,8 @@ class TurnRecord(_Record):
     # have the id ``<first turn id>-c<index>`` and name the first one here
     choice_index: int = 0
     choice_of: str | None = None
+    api: Literal["chat", "responses"] = "chat"
+    """The API it was served on; a Responses API turn is recorded in the chat shape (proxy.items)."""
 
 
 class TransitionRecord(_Record):
@@ -147,6 +154,15 @@ class FeedbackRecord(_Record):
     rating: Literal[1, -1]
     comment: str | None = None
     client_key_hash: str | None = None
+
+
+class ResponseContext(BaseModel):
+    """What a Responses API request naming a recorded response as ``previous_response_id`` continues."""
+
+    response_id: str
+    session_id: str
+    messages: list[dict[str, Any]]
+    """The conversation through that response's reply, its request's ``instructions`` left out."""
 
 
 class RoutingTable(BaseModel):

@@ -24,10 +24,12 @@ from proxy.records import (
     TRANSITIONS_STREAM,
     TURNS_STREAM,
     FeedbackRecord,
+    ResponseContext,
     TransitionReason,
     TransitionRecord,
     TurnRecord,
     record_seen_key,
+    response_context_key,
     session_key,
     turn_key,
 )
@@ -93,6 +95,8 @@ class Work(Protocol):
     feedback: FeedbackRecord | None
     siblings: Sequence[Any]
     """The request's other choices (``n > 1``), each with ``turn`` and ``reply_digest``."""
+    context: ResponseContext | None
+    """A Responses API turn's conversation, kept for a request that continues its response."""
 
 
 def chain_key(digest: str) -> str:
@@ -226,7 +230,15 @@ class Store:
             pipe.evalsha(self._write.sha, len(keys), *keys, sibling.turn.model_dump_json(), self.ttl_s)
             if work.chained:  # a fingerprinted conversation may go on with any of the choices
                 pipe.set(chain_key(chain_hash([*work.digests, sibling.reply_digest])), sid, ex=self.session_ttl_s)
+        if work.context is not None:
+            pipe.set(response_context_key(work.context.response_id), work.context.model_dump_json(),
+                     ex=self.session_ttl_s)
         return None if work.done else new_state
+
+    async def response_context(self, response_id: str) -> ResponseContext | None:
+        """The conversation a request continues when it names ``response_id`` as its previous response."""
+        raw = await self.redis.get(response_context_key(response_id))
+        return ResponseContext.model_validate_json(raw) if raw else None
 
     async def sweep_idle(self, idle_timeout_s: float, now: float | None = None, limit: int = 200) -> int:
         """Close sessions idle for longer than the timeout; each is closed by exactly one caller."""

@@ -45,7 +45,7 @@ def test_any_other_path_keeps_its_method_query_body_and_content_type(proxy_url, 
 
 
 def test_a_streamed_answer_comes_back_as_it_is_sent(proxy_url, http) -> None:
-    with http.stream("POST", f"{proxy_url}/v1/responses?stream=1", json={"model": "m", "input": "hi"}) as response:
+    with http.stream("POST", f"{proxy_url}/v1/vendor/events?stream=1", json={"model": "m", "input": "hi"}) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
     assert [e["index"] for e in events] == [0, 1, 2]

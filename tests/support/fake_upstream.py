@@ -70,11 +70,14 @@ class FakeUpstream:
         self.requests: list[dict[str, Any]] = []
         self.disconnects = 0
         self.disconnected = threading.Event()
+        self.stored: dict[str, list[dict[str, Any]]] = {}
+        """Responses API: each stored response's conversation (its input items and output), by id."""
         self.app = Starlette(routes=[
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+            Route("/v1/responses", self.responses, methods=["POST"]),
             Route("/v1/{rest:path}", self.other, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         ])
 
@@ -236,6 +239,77 @@ class FakeUpstream:
                 for i, text in enumerate(inputs)]
         return JSONResponse({"object": "list", "data": data, "model": body.get("model") or self.model,
                              "usage": {"prompt_tokens": sum(map(len, inputs)), "total_tokens": sum(map(len, inputs))}})
+
+    async def responses(self, request: Request) -> Response:
+        """The Responses API, as OpenAI serves it: stored responses continued by ``previous_response_id``,
+        text and function calls, streamed as typed events ending with ``response.completed``."""
+        body = json.loads(await request.body())
+        self.requests.append({"path": "/v1/responses", "headers": dict(request.headers), "body": body})
+        previous = body.get("previous_response_id")
+        if previous is not None and previous not in self.stored:
+            return JSONResponse({"error": {"message": f"Previous response with id '{previous}' not found.",
+                                           "type": "invalid_request_error", "param": "previous_response_id",
+                                           "code": "previous_response_not_found"}}, status_code=400)
+        given = body.get("input")
+        new_items = [{"type": "message", "role": "user", "content": given}] if isinstance(given, str) else list(given or [])
+        history = [*self.stored.get(previous, []), *new_items]
+        users = [_text(i.get("content")) for i in history if i.get("type", "message") == "message" and i.get("role") == "user"]
+        reply = self.replies.popleft() if self.replies else Reply()
+        if reply.status != 200:
+            error = reply.error or {"error": {"message": f"scripted {reply.status}", "type": "server_error",
+                                              "param": None, "code": None}}
+            return JSONResponse(error, status_code=reply.status, headers=reply.headers)
+        text = reply.content or "" if reply.content is not None or reply.tool_calls else "echo: " + (users[-1] if users else "")
+        stamp = time.monotonic_ns()
+        output: list[dict[str, Any]] = []
+        if text:
+            output.append({"type": "message", "id": f"msg_{stamp}", "status": "completed", "role": "assistant",
+                           "content": [{"type": "output_text", "text": text, "annotations": []}]})
+        output += [{"type": "function_call", "id": f"fc_{stamp}_{i}", "call_id": c["id"], "name": c["name"],
+                    "arguments": c["arguments"], "status": "completed"} for i, c in enumerate(reply.tool_calls or [])]
+        incomplete = reply.finish_reason == "length"
+        prompt_tokens = sum(len(_text(i.get("content"))) for i in history)
+        answer: dict[str, Any] = {
+            "id": f"resp_{stamp}", "object": "response", "created_at": int(time.time()),
+            "status": "incomplete" if incomplete else "completed",
+            "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None, "error": None,
+            "model": body.get("model") or self.model, "instructions": body.get("instructions"), "output": output,
+            "parallel_tool_calls": True, "tool_choice": body.get("tool_choice", "auto"), "tools": body.get("tools", []),
+            "previous_response_id": previous,
+            "usage": {"input_tokens": prompt_tokens, "output_tokens": len(text),
+                      "total_tokens": prompt_tokens + len(text)},
+        }
+        if body.get("store", True):
+            self.stored[answer["id"]] = [*history, *output]
+        if not body.get("stream"):
+            return JSONResponse(answer, headers=reply.headers)
+
+        async def events() -> AsyncIterator[bytes]:
+            sequence = iter(range(1_000_000))
+
+            def event(kind: str, **fields: Any) -> bytes:
+                payload = {"type": kind, "sequence_number": next(sequence), **fields}
+                return f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode()
+
+            yield event("response.created", response={**answer, "status": "in_progress", "output": [], "usage": None})
+            for index, item in enumerate(output):
+                yield event("response.output_item.added", output_index=index, item={**item, "content": []}
+                            if item["type"] == "message" else item)
+                if item["type"] == "message":
+                    yield event("response.content_part.added", item_id=item["id"], output_index=index,
+                                content_index=0, part={"type": "output_text", "text": "", "annotations": []})
+                    for start in range(0, len(text), reply.chunk_chars):
+                        await asyncio.sleep(reply.chunk_delay_s)
+                        yield event("response.output_text.delta", item_id=item["id"], output_index=index,
+                                    content_index=0, delta=text[start:start + reply.chunk_chars])
+                    yield event("response.output_text.done", item_id=item["id"], output_index=index,
+                                content_index=0, text=text)
+                    yield event("response.content_part.done", item_id=item["id"], output_index=index,
+                                content_index=0, part=item["content"][0])
+                yield event("response.output_item.done", output_index=index, item=item)
+            yield event("response.incomplete" if incomplete else "response.completed", response=answer)
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers=reply.headers)
 
     async def other(self, request: Request) -> Response:
         """Any other ``/v1`` path: says what it received (``?stream=1``: as three server-sent events)."""
