@@ -1,7 +1,8 @@
 """``python -m learner serve``: the embedded OpenAI-compatible policy server (CPU or CUDA).
 
 It answers every call nextstate makes to vLLM, in vLLM's format: ``/v1/chat/completions`` and
-``/v1/completions`` (streamed or not, logprobs, ``return_token_ids``), ``/v1/models``, and vLLM's
+``/v1/completions`` (streamed or not, logprobs, ``return_token_ids``), ``/v1/responses`` (text, with
+``previous_response_id``, streamed or not), ``/v1/models``, and vLLM's
 runtime LoRA API, ``POST /v1/load_lora_adapter`` / ``POST /v1/unload_lora_adapter``; a request picks
 an adapter with ``"model": "<lora_name>"``. Generation runs on the engine thread
 (``learner.serving_engine``), never on the event loop.
@@ -16,9 +17,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,7 @@ from learner.serving_protocol import (
     usage,
 )
 from learner.serving_settings import ServeSettings
+from proxy.items import chat_tools, to_messages
 
 log = structlog.get_logger(__name__)
 
@@ -55,13 +59,21 @@ def error_response(error: ServingError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 
-async def _parse(request: Request, model: type[BaseModel]) -> Any:
+async def _json_object(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(await request.body() or b"null")
     except json.JSONDecodeError as exc:
         raise ServingError(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise ServingError("request body must be a JSON object")
+    return body
+
+
+async def _parse(request: Request, model: type[BaseModel]) -> Any:
+    return _validate(model, await _json_object(request))
+
+
+def _validate(model: type[BaseModel], body: dict[str, Any]) -> Any:
     try:
         return model.model_validate(body)
     except ValidationError as exc:
@@ -203,6 +215,105 @@ async def _completion_stream(server: PolicyServer, req: CompletionRequest, model
         yield event
 
 
+# ---- responses ----------------------------------------------------------------------------------
+RESPONSES_KEPT = 1024
+"""Stored responses a later request can continue by ``previous_response_id`` (the oldest are forgotten)."""
+
+
+async def responses(request: Request) -> Response:
+    """The Responses API (text in, text out) on the chat path: ``instructions``, ``input`` items,
+    ``previous_response_id`` naming a response this server stored, streamed as typed events."""
+    server = _server(request)
+    body = await _json_object(request)
+    kept: OrderedDict[str, list[dict[str, Any]]] = request.app.state.responses
+    previous = body.get("previous_response_id")
+    if previous is not None and previous not in kept:
+        raise NotFound(f"Previous response with id '{previous}' not found.", param="previous_response_id")
+    try:
+        conversation = [*kept.get(previous, []), *to_messages(body.get("input", []))]
+    except ValueError as exc:
+        raise ServingError(str(exc), param="input") from exc
+    instructions = body.get("instructions")
+    system = [{"role": "system", "content": instructions}] if isinstance(instructions, str) and instructions else []
+    req: ChatRequest = _validate(ChatRequest, {
+        "model": body.get("model"), "messages": [*system, *conversation], "tools": chat_tools(body.get("tools")),
+        "temperature": body.get("temperature"), "top_p": body.get("top_p"), "max_tokens": body.get("max_output_tokens"),
+        "stream": bool(body.get("stream")),
+    })
+    model_name, adapter = server.resolve(req.model)
+    try:
+        prompt_ids = render_prompt_ids(server.tokenizer, req.messages, req.tools)
+    except Exception as exc:
+        raise ServingError(f"the input could not be rendered with the chat template: {exc}", param="input") from exc
+    generation = server.start(req, prompt_ids, adapter, None)
+    store = body.get("store") is not False
+    response: dict[str, Any] = {
+        "id": new_id("resp"), "object": "response", "created_at": now(), "status": "in_progress", "model": model_name,
+        "instructions": instructions, "previous_response_id": previous, "output": [], "usage": None, "error": None,
+        "incomplete_details": None, "tools": body.get("tools") or [], "tool_choice": "auto", "parallel_tool_calls": True,
+        "temperature": req.temperature, "top_p": req.top_p, "max_output_tokens": req.max_tokens, "store": store,
+        "text": {"format": {"type": "text"}},
+    }
+    message_id = new_id("msg")
+
+    def finished(text: str, finish: str | None, produced: int) -> dict[str, Any]:
+        cut = finish == "length"
+        item = {"type": "message", "id": message_id, "status": "incomplete" if cut else "completed",
+                "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": []}]}
+        done = {**response, "status": "incomplete" if cut else "completed", "output": [item],
+                "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
+                "usage": {"input_tokens": len(prompt_ids), "output_tokens": produced,
+                          "total_tokens": len(prompt_ids) + produced, "input_tokens_details": {"cached_tokens": 0},
+                          "output_tokens_details": {"reasoning_tokens": 0}}}
+        if store:
+            kept[done["id"]] = [*conversation, {"role": "assistant", "content": text}]
+            while len(kept) > RESPONSES_KEPT:
+                kept.popitem(last=False)
+        return done
+
+    if req.stream:
+        return StreamingResponse(_response_events(response, message_id, generation, finished),
+                                 media_type="text/event-stream")
+    text, produced, finish = "", 0, None
+    async for piece in generation:
+        text, produced, finish = text + piece.text, produced + len(piece.token_ids), piece.finish or finish
+    return JSONResponse(finished(text, finish, produced))
+
+
+async def _response_events(response: dict[str, Any], message_id: str, generation: Generation,
+                           finished: Any) -> AsyncIterator[bytes]:
+    """The Responses API's stream: lifecycle events around one message's text deltas."""
+    sequence = itertools.count()
+
+    def event(kind: str, **fields: Any) -> bytes:
+        return f"event: {kind}\n".encode() + _sse({"type": kind, "sequence_number": next(sequence), **fields})
+
+    at = {"item_id": message_id, "output_index": 0, "content_index": 0}
+    yield event("response.created", response=response)
+    yield event("response.in_progress", response=response)
+    yield event("response.output_item.added", output_index=0,
+                item={"type": "message", "id": message_id, "status": "in_progress", "role": "assistant", "content": []})
+    yield event("response.content_part.added", **at, part={"type": "output_text", "text": "", "annotations": []})
+    text, produced, finish = "", 0, None
+    try:
+        async for piece in generation:
+            text, produced, finish = text + piece.text, produced + len(piece.token_ids), piece.finish or finish
+            if piece.text:
+                yield event("response.output_text.delta", **at, delta=piece.text)
+    except ServingError as exc:
+        yield event("response.failed", response={**response, "status": "failed",
+                                                 "error": {"code": "server_error", "message": exc.message}})
+        return
+    finally:
+        generation.close()
+    done = finished(text, finish, produced)
+    [item] = done["output"]
+    yield event("response.output_text.done", **at, text=text)
+    yield event("response.content_part.done", **at, part=item["content"][0])
+    yield event("response.output_item.done", output_index=0, item=item)
+    yield event("response.incomplete" if done["status"] == "incomplete" else "response.completed", response=done)
+
+
 # ---- models, adapters, health -------------------------------------------------------------------
 async def list_models(request: Request) -> Response:
     server = _server(request)
@@ -276,6 +387,7 @@ def create_app(settings: ServeSettings, model_path: Path | None = None) -> Starl
             default_max_tokens=settings.default_max_tokens, max_loras=settings.max_loras,
             stop_ids=end_of_turn_ids(model, tokenizer),
         )
+        app.state.responses = OrderedDict()  # stored responses, by id (see ``responses``)
         log.info("policy_server_ready", model=name, path=str(path), device=str(engine.device))
         try:
             yield
@@ -286,6 +398,7 @@ def create_app(settings: ServeSettings, model_path: Path | None = None) -> Starl
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/responses", responses, methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/v1/load_lora_adapter", load_lora_adapter, methods=["POST"]),
             Route("/v1/unload_lora_adapter", unload_lora_adapter, methods=["POST"]),

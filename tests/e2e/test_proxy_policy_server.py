@@ -17,7 +17,7 @@ from learner.modeling import load_model, render_prompt_ids
 from learner.serve import create_app as create_policy_server
 from learner.serving_settings import ServeSettings
 from proxy.app import create_app as create_proxy
-from proxy.records import TURNS_STREAM, TurnRecord
+from proxy.records import TRANSITIONS_STREAM, TURNS_STREAM, TurnRecord
 from proxy.settings import ProxySettings
 from tests.support.servers import serve_in_thread
 
@@ -85,3 +85,28 @@ def test_turn_records_hold_the_policy_servers_exact_tokens(
         expected = [entry["logprob"] for entry in answer["choices"][0]["logprobs"]["content"]]
         assert tokens.response_logprobs == pytest.approx(expected, abs=1e-5)
     assert records["e2e-2"].stream and not records["e2e-1"].stream
+
+
+def test_a_responses_api_client_is_served_and_recorded_for_learning(
+    proxy_url: str, redis_client: redis.Redis, tiny_model_path: Path
+) -> None:
+    _, tokenizer = load_model(tiny_model_path, device="cpu")
+    with openai.OpenAI(base_url=f"{proxy_url}/v1", api_key="sk-e2e", timeout=60, max_retries=0) as sdk:
+        first = sdk.responses.create(model="tiny-chat", instructions="Be brief.", input=QUESTION[0]["content"],
+                                     max_output_tokens=40)
+        with sdk.responses.stream(model="tiny-chat", previous_response_id=first.id, max_output_tokens=40,
+                                  instructions="Be brief.", input="Way too wordy.") as stream:
+            second = stream.get_final_response()
+    one, two = (TurnRecord.model_validate(r) for r in _turns(redis_client, 2))
+    assert one.api == two.api == "responses" and two.stream
+    assert one.response.message["content"] == first.output_text
+    assert two.request.messages == [{"role": "system", "content": "Be brief."}, *QUESTION,
+                                    {"role": "assistant", "content": first.output_text},
+                                    {"role": "user", "content": "Way too wordy."}]
+    assert two.response.message["content"] == second.output_text
+    assert two.session_id == one.session_id
+    [(_, link)] = redis_client.xrange(TRANSITIONS_STREAM)
+    assert json.loads(link[b"record"])["next_state"] == [{"role": "user", "content": "Way too wordy."}]
+    # what the learner renders from the record is the prompt the policy server answered
+    assert len(render_prompt_ids(tokenizer, two.request.messages)) == second.usage.input_tokens
+    assert one.tokens.method == "none"  # the learner tokenizes these turns itself

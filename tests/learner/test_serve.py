@@ -132,6 +132,33 @@ def test_tools_are_rendered_into_the_prompt(client: openai.OpenAI, reference: tu
     assert "get_weather" in prompt and resp.model_extra["prompt_token_ids"] == render_prompt_ids(tokenizer, MESSAGES, tools)
 
 
+def test_responses_api_answers_as_chat_does_and_continues_stored_responses(client: openai.OpenAI) -> None:
+    question = MESSAGES[0]["content"]
+    chat = client.chat.completions.create(model="tiny-chat", messages=[{"role": "system", "content": "Be brief."}, *MESSAGES],
+                                          temperature=0)
+    first = client.responses.create(model="tiny-chat", instructions="Be brief.", input=question, temperature=0)
+    assert first.status == "completed" and first.output_text == chat.choices[0].message.content
+    assert first.usage.output_tokens == chat.usage.completion_tokens
+    assert first.usage.input_tokens == chat.usage.prompt_tokens
+
+    follow_up = [{"role": "user", "content": "And of Italy?"}]
+    whole = client.chat.completions.create(model="tiny-chat", temperature=0, messages=[
+        *MESSAGES, {"role": "assistant", "content": first.output_text}, *follow_up])
+    with client.responses.stream(model="tiny-chat", previous_response_id=first.id, input=follow_up,  # type: ignore[arg-type]
+                                 temperature=0) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        second = stream.get_final_response()
+    assert second.output_text == "".join(deltas) == whole.choices[0].message.content  # the instructions do not carry over
+    assert len(deltas) > 3  # token by token
+
+    cut = client.responses.create(model="tiny-chat", input=question, max_output_tokens=2, store=False)
+    assert cut.status == "incomplete" and cut.incomplete_details.reason == "max_output_tokens"
+    with pytest.raises(openai.NotFoundError):  # not stored
+        client.responses.create(model="tiny-chat", previous_response_id=cut.id, input="more")
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(model="tiny-chat", input=[{"type": "message", "content": "no role"}])  # type: ignore[list-item]
+
+
 def test_unknown_model_is_404_in_openai_shape(client: openai.OpenAI, server_url: str) -> None:
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="no-such-model", messages=MESSAGES)
