@@ -18,6 +18,7 @@ _TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
 # a streamed response ends with one of these, carrying the whole response
 _FINAL_EVENTS = frozenset({"response.completed", "response.incomplete"})
 _FINISH = {"max_output_tokens": "length", "content_filter": "content_filter"}
+_FINISHED = frozenset({"completed", "incomplete"})
 
 
 def _content(content: Any) -> str | list[dict[str, Any]] | None:
@@ -102,8 +103,11 @@ def chat_tools(tools: Any) -> list[dict[str, Any]] | None:
     return converted or None
 
 
-def completion(response: dict[str, Any]) -> dict[str, Any]:
-    """A response object as a chat completion with one choice (what the recorder reads)."""
+def completion(response: dict[str, Any]) -> dict[str, Any] | None:
+    """A finished response object as a chat completion with one choice (what the recorder reads); None
+    for one still running (a background response answers at once, ``queued``), failed or cancelled."""
+    if response.get("status", "completed") not in _FINISHED:
+        return None
     replies = [m for m in to_messages(response.get("output") or []) if m["role"] == "assistant"]
     message = replies[0] if replies else {"role": "assistant", "content": None}
     details = response.get("incomplete_details") or {}

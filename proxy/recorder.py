@@ -93,9 +93,10 @@ def build_entry(exchange: Exchange) -> Entry | None:
     response_id = None
     if exchange.api == "responses":
         served = items.final_response(b"".join(exchange.chunks)) if exchange.stream else fastjson.loads(exchange.completion)
-        if not isinstance(served, dict):
+        answered = items.completion(served) if isinstance(served, dict) else None
+        if answered is None:
             return None
-        accumulator.feed_completion(items.completion(served))
+        accumulator.feed_completion(answered)
         response_id = served.get("id")
     elif exchange.stream:
         accumulator.feed_sse(b"".join(exchange.chunks))

@@ -149,6 +149,14 @@ def test_items_become_chat_messages() -> None:
             items.to_messages(bad)
 
 
+def test_only_a_finished_response_is_a_completion() -> None:
+    said = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Hi."}]}
+    assert items.completion({"id": "r", "status": "completed", "output": [said]})["choices"][0]["message"] == {
+        "role": "assistant", "content": "Hi."}
+    for status in ("queued", "in_progress", "failed", "cancelled"):  # a background response answers at once
+        assert items.completion({"id": "r", "status": status, "output": []}) is None
+
+
 def test_a_stream_that_never_completes_has_no_response() -> None:
     created = {"type": "response.created", "response": {"id": "r", "status": "in_progress", "output": []}}
     events = f"event: response.created\ndata: {json.dumps(created)}\n\n".encode()
