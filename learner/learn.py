@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import redis
 import structlog
@@ -35,7 +35,7 @@ from learner.train import TrainResult, attach_adapter, train
 from proxy.embedded_redis import resolve_redis_url
 from proxy.logs import configure_logging
 from registry.lineage import training_parent
-from registry.records import AuditEvent, Manifest
+from registry.records import AuditEvent, LearnerState, Manifest, learner_state_key, stream_id
 from registry.settings import RegistrySettings
 from registry.store import Registry
 
@@ -172,6 +172,19 @@ class Learner:
         )
         return parent, selection
 
+    def tell(self, state: Literal["waiting", "training"] | None, held: int = 0, seen: str = "0-0") -> None:
+        """Say in Redis what this learner is doing (None: it stopped); a failed write is only logged."""
+        key = learner_state_key(self.reader.consumer)
+        try:
+            if state is None:
+                self.reader.redis.delete(key)
+                return
+            said = LearnerState(consumer=self.reader.consumer, state=state, held=held, seen=seen)
+            # training may take long on a big model: that state stays until the round ends
+            self.reader.redis.set(key, said.model_dump_json(), ex=None if state == "training" else 60)
+        except redis.RedisError as exc:
+            log().info("learner_state_not_written", error=repr(exc))
+
     def round(self, entries: list[Entry], progress: bool = False) -> RoundOutcome:
         """Train on the trainable entries, publish a candidate, acknowledge, gate. Skipped entries are acked at once."""
         started = time.perf_counter()
@@ -299,31 +312,41 @@ def run_continuous(learner: Learner, stop: threading.Event, metrics: Metrics, ro
 
     The samples of a candidate the gate failed are not lost with it: they join the next round (up to
     ``learner_retries`` more times), so the next candidate sees them together with newer evidence.
+    After every read the learner says what it is doing (``Learner.tell``).
     """
     held, attempts = learner.held, learner.attempts  # held: delivered to this consumer, waiting for a full batch
     done = 0
-    while not stop.is_set() and (rounds is None or done < rounds):
-        held += learner.reader.read(256, block_ms=learner.settings.learner_poll_ms)
-        _, selection = learner.classify(held)
-        trainable = {e.entry_id for e in selection.train}
-        learner.reader.ack([i for i in selection.entry_ids if i not in trainable])
-        held[:] = [e for e in held if e.entry_id in trainable]
-        metrics.pending.set(len(held) + len(learner.retry))
-        if len(held) < learner.config.batch_size:
-            continue
-        retry = learner.retry  # ``round`` skips what the current parent's lineage already holds
-        outcome = learner.round(held + retry)
-        metrics.observe(outcome)
-        log().info("round", status=outcome.status, version=outcome.version, samples=len(outcome.selection.train),
-                   retried=len(retry))
-        learner.retry = []
-        if outcome.status == "gate_failed":
-            for entry in outcome.selection.train:
-                attempts[entry.entry_id] = attempts.get(entry.entry_id, 0) + 1
-                if attempts[entry.entry_id] <= learner.settings.learner_retries:
-                    learner.retry.append(entry)
-        held.clear()  # published entries are acked; refused ones stay pending until the next start
-        done += 1
+    seen = "0-0"
+    try:
+        while not stop.is_set() and (rounds is None or done < rounds):
+            read = learner.reader.read(256, block_ms=learner.settings.learner_poll_ms)
+            held += read
+            seen = max([seen, *(e.entry_id for e in read)], key=stream_id)
+            _, selection = learner.classify(held)
+            trainable = {e.entry_id for e in selection.train}
+            learner.reader.ack([i for i in selection.entry_ids if i not in trainable])
+            held[:] = [e for e in held if e.entry_id in trainable]
+            metrics.pending.set(len(held) + len(learner.retry))
+            if len(held) < learner.config.batch_size:
+                learner.tell("waiting", len(held), seen)
+                continue
+            learner.tell("training", len(held), seen)
+            retry = learner.retry  # ``round`` skips what the current parent's lineage already holds
+            outcome = learner.round(held + retry)
+            metrics.observe(outcome)
+            log().info("round", status=outcome.status, version=outcome.version, samples=len(outcome.selection.train),
+                       retried=len(retry))
+            learner.retry = []
+            if outcome.status == "gate_failed":
+                for entry in outcome.selection.train:
+                    attempts[entry.entry_id] = attempts.get(entry.entry_id, 0) + 1
+                    if attempts[entry.entry_id] <= learner.settings.learner_retries:
+                        learner.retry.append(entry)
+            held.clear()  # published entries are acked; refused ones stay pending until the next start
+            learner.tell("waiting", 0, seen)
+            done += 1
+    finally:
+        learner.tell(None)
     return EXIT_PUBLISHED
 
 

@@ -26,6 +26,17 @@ FROZEN_KEY = "nextstate:registry:frozen"  # set by `registry pin`: the controlle
 STABLE_HISTORY_KEY = "nextstate:registry:stable-history"  # list of versions that were stable, newest last
 RETIRED_KEY = "nextstate:registry:retired"  # hash: served name -> time it stopped being referenced
 LOCK_KEY = "nextstate:registry:lock"  # one registry action at a time, across processes
+
+
+def stream_id(entry_id: str) -> tuple[int, int]:
+    """A Redis stream entry id (``"<ms>-<seq>"``) as a pair that orders ids as the stream does."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def learner_state_key(consumer: str) -> str:
+    """Key of what one continuous learner (a consumer of the samples stream) is doing: a LearnerState."""
+    return f"nextstate:learner:{{{consumer}}}"
 # Upstream outcome counters per served version, maintained by the proxy: hash fields
 # "<version>:ok" / "<version>:error" (HINCRBY). The controller reads them for the error-rate bound.
 
@@ -107,3 +118,20 @@ class AuditEvent(BaseModel):
     reason: str = ""
     evidence: dict[str, Any] = Field(default_factory=dict)
     created_at: float = Field(default_factory=time.time)
+
+
+class LearnerState(BaseModel):
+    """What a continuous learner is doing, written on every poll: for operators, and for whatever paces
+    itself on the loop (PrefBench, the demo) without guessing from the stream's consumer counters."""
+
+    consumer: str
+    state: Literal["waiting", "training"]
+    held: int = 0
+    """Trainable samples delivered to it, waiting for a full batch."""
+    seen: str = "0-0"
+    """Id of the newest samples-stream entry it has read and classified."""
+    at: float = Field(default_factory=time.time)
+
+    def behind(self, delivered: str) -> bool:
+        """True while samples delivered to its group (up to id ``delivered``) are not all read and classified."""
+        return stream_id(self.seen) < stream_id(delivered)

@@ -147,7 +147,7 @@ def run_one(config: BenchConfig, method: str, persona_name: str, seed: int, home
             if method == "none":
                 return
             time.sleep(config.think_s)  # the user reads the answer; meanwhile its records reach Redis
-            if busy := pipeline.settle(config.batch_size, config.settle_timeout_s):
+            if busy := pipeline.settle(config.settle_timeout_s):
                 timeouts.append(f"{busy} at interaction {user.count}")
 
         def record(interaction: Interaction) -> None:

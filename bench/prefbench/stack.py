@@ -24,7 +24,16 @@ import redis
 from labeler.records import SAMPLES_STREAM
 from proxy.records import TRANSITIONS_STREAM, TURNS_STREAM
 from registry.lineage import pending_tip
-from registry.records import ALIASES_KEY, CANARY_KEY, EVENTS_STREAM, VERSIONS_KEY, VersionInfo
+from registry.records import (
+    ALIASES_KEY,
+    CANARY_KEY,
+    EVENTS_STREAM,
+    VERSIONS_KEY,
+    LearnerState,
+    VersionInfo,
+    learner_state_key,
+    stream_id,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -128,15 +137,11 @@ class Progress:
 class Pipeline:
     """Reads the stack's streams and registry state; ``settle`` waits for in-flight work to finish."""
 
-    def __init__(self, client: redis.Redis, poll_s: float = 1.0) -> None:
+    def __init__(self, client: redis.Redis) -> None:
         self.redis = client
-        self.poll_s = poll_s
-        """How long the learner blocks on one read of the samples stream (``learner_poll_ms``)."""
         self.progress = Progress()
         self._samples_from = "-"
         self._events_from = "-"
-        self._pending: dict[str, int] = {}
-        self._grew_at: dict[str, float] = {}
 
     def refresh(self) -> Progress:
         p = self.progress
@@ -172,32 +177,33 @@ class Pipeline:
             setattr(self, cursor_attr, last.decode() if isinstance(last, bytes) else last)
         return entries
 
-    def busy(self, batch_size: int) -> str | None:
+    def busy(self) -> str | None:
         """Why the loop is not idle yet (None = idle): unlabeled transitions, training or gating pending."""
         p = self.refresh()
         if p.samples < p.transitions:
             return "labeling"
-        for group in self._groups(SAMPLES_STREAM):
-            lag = group.get("lag")
-            if lag is not None and int(lag) > 0:
-                return "training"  # samples not read by the learner yet
-            for consumer in self._consumers(SAMPLES_STREAM, str(group["name"])):
-                # A learner holding a full batch trains it: its pending count has just grown, and then
-                # it stops polling (idle grows past its poll time). Entries a refused round left
-                # pending do neither, so they do not hold the user back.
-                key = f"{group['name']}/{consumer.get('name')}"
-                pending, idle = int(consumer.get("pending", 0)), int(consumer.get("idle", 0))
-                if pending > self._pending.get(key, 0):
-                    self._grew_at[key] = time.monotonic()
-                self._pending[key] = pending
-                recently = time.monotonic() - self._grew_at.get(key, -1e9) < self.poll_s + 1.0
-                if pending >= batch_size and (idle > (self.poll_s + 1.5) * 1000 or recently):
-                    return "training"
+        if self._learning():
+            return "training"
         if "candidate" in p.states.values():
             return "gating"
         if p.ready and not self.redis.exists(CANARY_KEY):
             return "starting a canary"  # the controller starts one on its next tick
         return None
+
+    def _learning(self) -> bool:
+        """Samples the learner has not read yet, or a learner still reading or training them (it says
+        which in its LearnerState; a batch a refused round left pending holds nobody back)."""
+        newest = self.redis.xrevrange(SAMPLES_STREAM, count=1)
+        for group in self._groups(SAMPLES_STREAM):
+            delivered = _text(group.get("last-delivered-id") or "0-0")
+            if newest and stream_id(delivered) < stream_id(_text(newest[0][0])):
+                return True  # the learner takes them on its next poll
+            for consumer in self._consumers(SAMPLES_STREAM, _text(group["name"])):
+                raw = self.redis.get(learner_state_key(_text(consumer.get("name") or "")))
+                said = LearnerState.model_validate_json(raw) if raw else None
+                if said is not None and (said.state == "training" or said.behind(delivered)):
+                    return True
+        return False
 
     def _groups(self, stream: str) -> list[dict[str, object]]:
         try:
@@ -223,11 +229,15 @@ class Pipeline:
             time.sleep(0.5)
         return True
 
-    def settle(self, batch_size: int, timeout_s: float) -> str | None:
+    def settle(self, timeout_s: float) -> str | None:
         """Wait until idle; returns what was still busy at the timeout (None = settled)."""
         deadline = time.monotonic() + timeout_s
-        while (reason := self.busy(batch_size)) is not None:
+        while (reason := self.busy()) is not None:
             if time.monotonic() > deadline:
                 return reason
             time.sleep(0.1)
         return None
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -11,6 +13,7 @@ from prometheus_client import start_http_server
 
 from labeler.records import SAMPLES_STREAM
 from learner.learn import Learner, LearnerSettings, Metrics, run_continuous
+from registry.records import LearnerState, learner_state_key
 from tests.learner.test_learn_once import push
 from tests.support.servers import free_port
 
@@ -77,3 +80,49 @@ def test_samples_of_a_gate_failed_candidate_join_the_next_round(
     assert sorted(learner.registry.manifest("v3").sample_ids) == ["Chile", "Egypt", "Kenya", "Oslo"]
     assert redis_client.xpending(SAMPLES_STREAM, "learner")["pending"] == 0
     assert metrics.registry.get_sample_value("nextstate_learner_rounds_total", {"status": "gate_failed"}) == 3
+
+
+def test_the_learner_says_what_it_is_doing(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, tiny_model_path: Path
+) -> None:
+    settings = LearnerSettings(home=tmp_path, redis_url=redis_url, base_model=str(tiny_model_path), device="cpu",
+                               batch_size=2, learner_poll_ms=50, learner_gate=False, retain_samples=4)
+    learner = Learner(settings, redis_client)
+    key = learner_state_key(learner.reader.consumer)
+    seen: list[LearnerState] = []
+
+    def newest() -> str:
+        return str(redis_client.xrevrange(SAMPLES_STREAM, count=1)[0][0].decode())
+
+    def state() -> LearnerState | None:
+        raw = redis_client.get(key)
+        said = LearnerState.model_validate_json(raw) if raw else None
+        if said is not None and (not seen or said.model_dump(exclude={"at"}) != seen[-1].model_dump(exclude={"at"})):
+            seen.append(said)
+        return said
+
+    stop = threading.Event()
+    worker = threading.Thread(target=run_continuous, args=(learner, stop, Metrics()), daemon=True)
+    worker.start()
+    try:
+        push(redis_client, "Cuba", "prefer", 1)
+        first = newest()
+        _poll(lambda: (s := state()) is not None and s.seen == first)
+        assert (seen[-1].state, seen[-1].held) == ("waiting", 1)  # one trainable sample is not a batch
+        assert seen[-1].behind(first) is False and seen[-1].behind(redis_client.xadd("other", {"x": 1}).decode())
+        push(redis_client, "Norway", "avoid", -1, hint="Answer in lowercase.")
+        second = newest()
+        _poll(lambda: (s := state()) is not None and s.state == "waiting" and s.seen == second)
+        assert [(s.state, s.held, s.seen) for s in seen[1:]] == [("training", 2, second), ("waiting", 0, second)]
+        assert [v.version for v in learner.registry.versions()] == ["v1"]
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+    assert redis_client.get(key) is None  # a stopped learner says nothing
+
+
+def _poll(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
