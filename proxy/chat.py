@@ -30,7 +30,7 @@ from proxy.capture import Wants, client_wants, forward_body, strip, strip_copy
 from proxy.errors import BadRequest, BodyTooLarge, ProxyError, UnsupportedEncoding, error_body, error_response
 from proxy.ids import new_id
 from proxy.recorder import Exchange
-from proxy.routing import route
+from proxy.routing import Decision, route
 from proxy.sessions import last_assistant_index, message_digest, opening_fingerprint, session_identity
 from proxy.state import ProxyState
 from proxy.upstream import HTTPError, Upstream, UpstreamResponse, relay_headers, relayed
@@ -194,6 +194,23 @@ async def find_session(state: ProxyState, history: list[dict[str, Any]]) -> str:
     return f"fp-{new_id()}"
 
 
+def decide(state: ProxyState, controls: dict[bytes, str], body: dict[str, Any],
+           routing_key: str | None) -> tuple[Decision, str | None]:
+    """Where a request goes (arm, version) and the model name to ask the upstream for."""
+    decision = route(
+        state.routing.table, pin_header=controls.get(b"x-nextstate-policy"),
+        canary_header=controls.get(b"x-nextstate-canary"), requested_model=body.get("model"),
+        session_key=routing_key or "",
+    )
+    return decision, decision.upstream_model or state.settings.upstream_model
+
+
+def count_outcome(state: ProxyState, decision: Decision, status: int | None) -> None:
+    """The upstream's answer (``None``: none came) to a request routed to a version: the canary's error rate."""
+    if decision.version:
+        state.outcomes[f"{decision.version}:{'ok' if status is not None and status < 500 else 'error'}"] += 1
+
+
 def _rewrite_event(event: bytes, wants: Wants) -> bytes:
     data = event_data(event)
     if data is None or data.strip() == b"[DONE]":
@@ -277,23 +294,17 @@ async def chat_completions(scope: Scope, receive: Receive) -> Reply | Response:
                 lookup = asyncio.ensure_future(find_session(state, messages[: index + 1]))
             else:
                 session_id = f"fp-{new_id()}"
-        decision = route(
-            state.routing.table, pin_header=controls.get(b"x-nextstate-policy"),
-            canary_header=controls.get(b"x-nextstate-canary"), requested_model=body.get("model"),
-            session_key=routing_key or "",
-        )
-        model = decision.upstream_model or settings.upstream_model
+        decision, model = decide(state, controls, body, routing_key)
         t_up = time.perf_counter()
         try:
             response, captured = await _send_upstream(state, raw, body, model, forwarded, record)
         except BaseException as exc:
             if lookup is not None:
                 lookup.cancel()
-            if decision.version and isinstance(exc, ProxyError):
-                state.outcomes[f"{decision.version}:error"] += 1
+            if isinstance(exc, ProxyError):
+                count_outcome(state, decision, None)
             raise
-        if decision.version:
-            state.outcomes[f"{decision.version}:{'error' if response.status >= 500 else 'ok'}"] += 1
+        count_outcome(state, decision, response.status)
         t_headers = time.perf_counter()
         if lookup is not None:
             session_id = await lookup

@@ -25,6 +25,8 @@ from proxy.capture import client_wants, forward_body
 from proxy.chat import (
     _OFF,
     _TRUE,
+    count_outcome,
+    decide,
     decode_body,
     find_session,
     forward_headers,
@@ -37,7 +39,6 @@ from proxy.chat import (
 from proxy.errors import ProxyError, error_response
 from proxy.ids import new_id
 from proxy.recorder import REDIS_DOWN, Exchange
-from proxy.routing import route
 from proxy.sessions import last_assistant_index, opening_fingerprint, session_identity
 from proxy.state import ProxyState
 from proxy.upstream import Upstream, relay_headers
@@ -113,23 +114,16 @@ async def responses(request: Request) -> Response:
             index = last_assistant_index(messages)
             session_id = await find_session(state, messages[: index + 1]) if record and index is not None \
                 else f"fp-{new_id()}"
-        decision = route(
-            state.routing.table, pin_header=controls.get(b"x-nextstate-policy"),
-            canary_header=controls.get(b"x-nextstate-canary"), requested_model=body.get("model"),
-            session_key=routing_key or "",
-        )
-        model = decision.upstream_model or settings.upstream_model
+        decision, model = decide(state, controls, body, routing_key)
         t_up = time.perf_counter()
         try:
             response = await state.upstream.request(
                 "POST", "/responses", body=forward_body(raw, body, model=model, capture=False), headers=forwarded,
             )
         except ProxyError:
-            if decision.version:
-                state.outcomes[f"{decision.version}:error"] += 1
+            count_outcome(state, decision, None)
             raise
-        if decision.version:
-            state.outcomes[f"{decision.version}:{'error' if response.status >= 500 else 'ok'}"] += 1
+        count_outcome(state, decision, response.status)
         t_headers = time.perf_counter()
     except ProxyError as exc:
         fields.update(error=exc.code or exc.type)

@@ -18,12 +18,16 @@ from tests.learner.test_learn_once import push
 from tests.support.servers import free_port
 
 
+def _ungated_learner(tmp_path: Path, redis_url: str, redis_client: redis.Redis, tiny_model_path: Path) -> Learner:
+    settings = LearnerSettings(home=tmp_path, redis_url=redis_url, base_model=str(tiny_model_path), device="cpu",
+                               batch_size=2, learner_poll_ms=50, learner_gate=False, retain_samples=4)
+    return Learner(settings, redis_client)
+
+
 def test_continuous_round_publishes_and_exports_metrics(
     tmp_path: Path, redis_url: str, redis_client: redis.Redis, tiny_model_path: Path
 ) -> None:
-    settings = LearnerSettings(home=tmp_path, redis_url=redis_url, base_model=str(tiny_model_path), device="cpu",
-                               batch_size=2, learner_poll_ms=50, learner_gate=False, retain_samples=4)
-    learner = Learner(settings, redis_client)
+    learner = _ungated_learner(tmp_path, redis_url, redis_client, tiny_model_path)
     metrics = Metrics()
     port = free_port()
     server, thread = start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
@@ -85,9 +89,7 @@ def test_samples_of_a_gate_failed_candidate_join_the_next_round(
 def test_the_learner_says_what_it_is_doing(
     tmp_path: Path, redis_url: str, redis_client: redis.Redis, tiny_model_path: Path
 ) -> None:
-    settings = LearnerSettings(home=tmp_path, redis_url=redis_url, base_model=str(tiny_model_path), device="cpu",
-                               batch_size=2, learner_poll_ms=50, learner_gate=False, retain_samples=4)
-    learner = Learner(settings, redis_client)
+    learner = _ungated_learner(tmp_path, redis_url, redis_client, tiny_model_path)
     key = learner_state_key(learner.reader.consumer)
     seen: list[LearnerState] = []
 
