@@ -25,4 +25,4 @@ fi
 # (TORCH_INDEX may name a CPU-only wheel index for machines without a GPU)
 .venv/bin/python -m pip install -q "torch==2.13.0" ${TORCH_INDEX:+--index-url "$TORCH_INDEX"}
 .venv/bin/python -m pip install -q -e ".[$extras]"
-echo "installed: $(.venv/bin/nextstate --help | head -1)"
+echo "installed: $(.venv/bin/nextstate --help | sed -n 1p)"
