@@ -27,6 +27,14 @@ STABLE_HISTORY_KEY = "nextstate:registry:stable-history"  # list of versions tha
 RETIRED_KEY = "nextstate:registry:retired"  # hash: served name -> time it stopped being referenced
 LOCK_KEY = "nextstate:registry:lock"  # one registry action at a time, across processes
 
+# Upstream outcome counters per served version, maintained by the proxy: hash fields
+# "<version>:ok" / "<version>:error" (HINCRBY). The controller reads them for the error-rate bound.
+
+VersionState = Literal[
+    "candidate", "gated_pass", "gated_fail", "canary", "promoted", "rolled_back", "rejected"
+]
+Alias = Literal["stable", "canary", "previous"]
+
 
 def stream_id(entry_id: str) -> tuple[int, int]:
     """A Redis stream entry id (``"<ms>-<seq>"``) as a pair that orders ids as the stream does."""
@@ -37,13 +45,6 @@ def stream_id(entry_id: str) -> tuple[int, int]:
 def learner_state_key(consumer: str) -> str:
     """Key of what one continuous learner (a consumer of the samples stream) is doing: a LearnerState."""
     return f"nextstate:learner:{{{consumer}}}"
-# Upstream outcome counters per served version, maintained by the proxy: hash fields
-# "<version>:ok" / "<version>:error" (HINCRBY). The controller reads them for the error-rate bound.
-
-VersionState = Literal[
-    "candidate", "gated_pass", "gated_fail", "canary", "promoted", "rolled_back", "rejected"
-]
-Alias = Literal["stable", "canary", "previous"]
 
 
 class GateVerdict(BaseModel):
