@@ -32,6 +32,7 @@ from proxy.ids import new_id
 from proxy.recorder import Exchange
 from proxy.routing import Decision, route
 from proxy.sessions import last_assistant_index, message_digest, opening_fingerprint, session_identity
+from proxy.settings import ProxySettings
 from proxy.state import ProxyState
 from proxy.upstream import HTTPError, Upstream, UpstreamResponse, relay_headers, relayed
 
@@ -180,6 +181,19 @@ def header_value(text: str) -> bytes:
     return text.encode("latin-1")
 
 
+def recorded(settings: ProxySettings, controls: dict[bytes, str]) -> bool:
+    """Is this request a main turn to record (recording on, not opted out, not a side turn)?"""
+    return (
+        settings.record
+        and controls.get(b"x-nextstate-record", "on").strip().lower() not in _OFF
+        and controls.get(b"x-turn-type", "main").strip().lower() != "side"
+    )
+
+
+def closes_session(controls: dict[bytes, str]) -> bool:
+    return controls.get(b"x-session-done", "").strip().lower() in _TRUE
+
+
 async def find_session(state: ProxyState, history: list[dict[str, Any]]) -> str:
     """Session of a request that names none: the session whose last turn ``history`` continues."""
     # the previous turn of this conversation may still be on its way to Redis: let it land first
@@ -277,11 +291,7 @@ async def chat_completions(scope: Scope, receive: Receive) -> Reply | Response:
             raw = decode_body(raw, encoding, settings.max_body_bytes)
         body = parse_chat(raw)
         messages: list[dict[str, Any]] = body["messages"]
-        record = (
-            settings.record
-            and controls.get(b"x-nextstate-record", "on").strip().lower() not in _OFF
-            and controls.get(b"x-turn-type", "main").strip().lower() != "side"
-        )
+        record = recorded(settings, controls)
         session_id, routing_key = session_identity(controls.get(b"x-session-id"), body.get("user"), messages)
         lookup = None
         fingerprinted = not session_id
@@ -325,7 +335,7 @@ async def chat_completions(scope: Scope, receive: Receive) -> Reply | Response:
     exchange = Exchange(
         turn_id=turn_id, session_id=session_id, body=body, stream=bool(body.get("stream")), decision=decision,
         upstream_model=model or body.get("model"), started_at=started_at, chained=fingerprinted,
-        done=controls.get(b"x-session-done", "").strip().lower() in _TRUE,
+        done=closes_session(controls),
         client_key_hash=key_hash(controls.get(b"authorization")),
     )
 

@@ -76,8 +76,8 @@ def to_messages(items: Any) -> list[dict[str, Any]]:
                 raise ValueError("a message item needs a role")
             if role == "assistant":
                 message = _assistant(messages)
-                text = _text(item.get("content"))
-                message["content"] = (message["content"] or "") + text if text or message["content"] else None
+                if text := _text(item.get("content")):
+                    message["content"] = (message["content"] or "") + text
             else:
                 messages.append({"role": "system" if role == "developer" else role,
                                  "content": _content(item.get("content"))})

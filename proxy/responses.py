@@ -23,8 +23,7 @@ from starlette.responses import Response, StreamingResponse
 from proxy import items
 from proxy.capture import client_wants, forward_body
 from proxy.chat import (
-    _OFF,
-    _TRUE,
+    closes_session,
     count_outcome,
     decide,
     decode_body,
@@ -34,6 +33,7 @@ from proxy.chat import (
     key_hash,
     parse_json_object,
     read_body,
+    recorded,
     relay,
 )
 from proxy.errors import ProxyError, error_response
@@ -93,38 +93,42 @@ async def responses(request: Request) -> Response:
         if (encoding := controls.get(b"content-encoding")) is not None:
             raw = decode_body(raw, encoding, settings.max_body_bytes)
         body = parse_json_object(raw)
-        record = (
-            settings.record
-            and controls.get(b"x-nextstate-record", "on").strip().lower() not in _OFF
-            and controls.get(b"x-turn-type", "main").strip().lower() != "side"
-        )
+        record = recorded(settings, controls)
         conversation, continued = await _conversation(state, body) if record else (None, None)
         instructions = body.get("instructions")
         system = [{"role": "system", "content": instructions}] if isinstance(instructions, str) and instructions else []
         messages = [*system, *(conversation or [])]
         record = record and conversation is not None and any(m["role"] != "system" for m in messages)
-        session_id, routing_key = session_identity(controls.get(b"x-session-id"), body.get("user"), messages)
-        if not session_id and continued:
-            session_id = routing_key = continued
-        chained = not controls.get(b"x-session-id") and not body.get("user")
+        named, routing_key = session_identity(controls.get(b"x-session-id"), body.get("user"), messages)
+        session_id = named or continued or ""
+        if continued and not named:
+            routing_key = continued
+        lookup = None
         if not session_id:
             table = state.routing.table
             if table is not None and table.canary and table.canary_fraction > 0:
                 routing_key = opening_fingerprint(messages)
             index = last_assistant_index(messages)
-            session_id = await find_session(state, messages[: index + 1]) if record and index is not None \
-                else f"fp-{new_id()}"
+            if record and index is not None:  # looked up while the upstream works
+                lookup = asyncio.ensure_future(find_session(state, messages[: index + 1]))
+            else:
+                session_id = f"fp-{new_id()}"
         decision, model = decide(state, controls, body, routing_key)
         t_up = time.perf_counter()
         try:
             response = await state.upstream.request(
                 "POST", "/responses", body=forward_body(raw, body, model=model, capture=False), headers=forwarded,
             )
-        except ProxyError:
-            count_outcome(state, decision, None)
+        except BaseException as exc:
+            if lookup is not None:
+                lookup.cancel()
+            if isinstance(exc, ProxyError):
+                count_outcome(state, decision, None)
             raise
         count_outcome(state, decision, response.status)
         t_headers = time.perf_counter()
+        if lookup is not None:
+            session_id = await lookup
     except ProxyError as exc:
         fields.update(error=exc.code or exc.type)
         return error_response(exc)
@@ -142,8 +146,8 @@ async def responses(request: Request) -> Response:
         turn_id=turn_id, session_id=session_id, stream=bool(body.get("stream")), decision=decision,
         body={"model": body.get("model"), "messages": messages, "tools": items.chat_tools(body.get("tools")),
               **{k: v for k, v in body.items() if k not in _NOT_PARAMS}},
-        upstream_model=model or body.get("model"), started_at=started_at, chained=chained,
-        done=controls.get(b"x-session-done", "").strip().lower() in _TRUE,
+        upstream_model=model or body.get("model"), started_at=started_at, chained=not named,
+        done=closes_session(controls),
         client_key_hash=key_hash(controls.get(b"authorization")), api="responses", instructions=len(system),
     )
     content_type = response.headers.get("content-type", "application/json")

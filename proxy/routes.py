@@ -69,7 +69,7 @@ def _private(path: str) -> bool:
 
 
 async def passthrough(request: Request) -> Response:
-    """Any other ``/v1/…`` request (embeddings, responses, moderations, audio, rerank, a provider's own
+    """Any other ``/v1/…`` request (embeddings, stored responses, moderations, audio, rerank, a provider's own
     endpoints): sent on as it came — method, query, body and content type — and relayed, not recorded."""
     raw_path = request.scope.get("raw_path") or request.url.path.encode()
     path = raw_path.decode("latin-1").removeprefix("/v1")

@@ -174,7 +174,7 @@ class Pipeline:
         entries = self.redis.xrange(stream, min=start if start == "-" else f"({start}", count=1000)
         if entries:
             last = entries[-1][0]
-            setattr(self, cursor_attr, last.decode() if isinstance(last, bytes) else last)
+            setattr(self, cursor_attr, _text(last))
         return entries
 
     def busy(self) -> str | None:
@@ -210,15 +210,14 @@ class Pipeline:
             raw = self.redis.xinfo_groups(stream)
         except redis.ResponseError:  # no such stream yet
             return []
-        return [{(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-                 for k, v in g.items()} for g in raw]
+        return [{_text(k): _text(v) if isinstance(v, bytes) else v for k, v in g.items()} for g in raw]
 
     def _consumers(self, stream: str, group: str) -> list[dict[str, object]]:
         try:
             raw = self.redis.xinfo_consumers(stream, group)
         except redis.ResponseError:
             return []
-        return [{(k.decode() if isinstance(k, bytes) else k): v for k, v in c.items()} for c in raw]
+        return [{_text(k): v for k, v in c.items()} for c in raw]
 
     def learner_ready(self, timeout_s: float) -> bool:
         """Wait until a learner reads the samples stream (a consumer of its group has polled once)."""
