@@ -13,7 +13,7 @@ import hashlib
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -181,6 +181,19 @@ def header_value(text: str) -> bytes:
     return text.encode("latin-1")
 
 
+def fingerprint_session(state: ProxyState, messages: list[dict[str, Any]],
+                        record: bool) -> tuple[str, str | None, asyncio.Future[str] | None]:
+    """For a request that names no session: (its session id, or "" while ``lookup`` finds it as the
+    upstream works; the routing key, only when a canary slice needs one; the lookup)."""
+    table = state.routing.table
+    routing_key = opening_fingerprint(messages) if table is not None and table.canary and table.canary_fraction > 0 \
+        else None
+    index = last_assistant_index(messages)
+    if record and index is not None:
+        return "", routing_key, asyncio.ensure_future(find_session(state, messages[: index + 1]))
+    return f"fp-{new_id()}", routing_key, None
+
+
 def recorded(settings: ProxySettings, controls: dict[bytes, str]) -> bool:
     """Is this request a main turn to record (recording on, not opted out, not a side turn)?"""
     return (
@@ -223,6 +236,20 @@ def count_outcome(state: ProxyState, decision: Decision, status: int | None) -> 
     """The upstream's answer (``None``: none came) to a request routed to a version: the canary's error rate."""
     if decision.version:
         state.outcomes[f"{decision.version}:{'ok' if status is not None and status < 500 else 'error'}"] += 1
+
+
+@contextlib.contextmanager
+def upstream_call(state: ProxyState, decision: Decision, lookup: asyncio.Future[str] | None) -> Iterator[None]:
+    """Around the upstream call of a request routed by ``decision``: when it fails, the session lookup
+    running beside it is cancelled and a failure without an answer is counted against the version."""
+    try:
+        yield
+    except BaseException as exc:
+        if lookup is not None:
+            lookup.cancel()
+        if isinstance(exc, ProxyError):
+            count_outcome(state, decision, None)
+        raise
 
 
 def _rewrite_event(event: bytes, wants: Wants) -> bytes:
@@ -296,24 +323,11 @@ async def chat_completions(scope: Scope, receive: Receive) -> Reply | Response:
         lookup = None
         fingerprinted = not session_id
         if fingerprinted:
-            table = state.routing.table
-            if table is not None and table.canary and table.canary_fraction > 0:  # only the slice needs it
-                routing_key = opening_fingerprint(messages)
-            index = last_assistant_index(messages)
-            if record and index is not None:  # looked up while the upstream works
-                lookup = asyncio.ensure_future(find_session(state, messages[: index + 1]))
-            else:
-                session_id = f"fp-{new_id()}"
+            session_id, routing_key, lookup = fingerprint_session(state, messages, record)
         decision, model = decide(state, controls, body, routing_key)
         t_up = time.perf_counter()
-        try:
+        with upstream_call(state, decision, lookup):
             response, captured = await _send_upstream(state, raw, body, model, forwarded, record)
-        except BaseException as exc:
-            if lookup is not None:
-                lookup.cancel()
-            if isinstance(exc, ProxyError):
-                count_outcome(state, decision, None)
-            raise
         count_outcome(state, decision, response.status)
         t_headers = time.perf_counter()
         if lookup is not None:

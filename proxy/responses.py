@@ -27,7 +27,7 @@ from proxy.chat import (
     count_outcome,
     decide,
     decode_body,
-    find_session,
+    fingerprint_session,
     forward_headers,
     header_value,
     key_hash,
@@ -35,11 +35,12 @@ from proxy.chat import (
     read_body,
     recorded,
     relay,
+    upstream_call,
 )
 from proxy.errors import ProxyError, error_response
 from proxy.ids import new_id
 from proxy.recorder import REDIS_DOWN, Exchange
-from proxy.sessions import last_assistant_index, opening_fingerprint, session_identity
+from proxy.sessions import session_identity
 from proxy.state import ProxyState
 from proxy.upstream import Upstream, relay_headers
 
@@ -105,26 +106,13 @@ async def responses(request: Request) -> Response:
             routing_key = continued
         lookup = None
         if not session_id:
-            table = state.routing.table
-            if table is not None and table.canary and table.canary_fraction > 0:
-                routing_key = opening_fingerprint(messages)
-            index = last_assistant_index(messages)
-            if record and index is not None:  # looked up while the upstream works
-                lookup = asyncio.ensure_future(find_session(state, messages[: index + 1]))
-            else:
-                session_id = f"fp-{new_id()}"
+            session_id, routing_key, lookup = fingerprint_session(state, messages, record)
         decision, model = decide(state, controls, body, routing_key)
         t_up = time.perf_counter()
-        try:
+        with upstream_call(state, decision, lookup):
             response = await state.upstream.request(
                 "POST", "/responses", body=forward_body(raw, body, model=model, capture=False), headers=forwarded,
             )
-        except BaseException as exc:
-            if lookup is not None:
-                lookup.cancel()
-            if isinstance(exc, ProxyError):
-                count_outcome(state, decision, None)
-            raise
         count_outcome(state, decision, response.status)
         t_headers = time.perf_counter()
         if lookup is not None:
