@@ -28,7 +28,8 @@ from types import FrameType
 
 import redis
 import structlog
-from rq import Worker
+from rq import SimpleWorker, Worker
+from rq.worker import BaseWorker
 
 from labeler.dispatcher import Dispatcher
 from labeler.jobs import Runtime, install
@@ -37,6 +38,37 @@ from labeler.records import LABEL_QUEUE
 from labeler.settings import LabelerSettings
 
 log = structlog.get_logger("labeler.worker")
+
+# How often an RQ worker's command listener looks up from its read to see whether it should stop.
+LISTENER_WAKE_S = 0.5
+
+
+def listen_for_commands(worker: BaseWorker) -> None:
+    """Subscribe ``worker`` to its RQ command channel, as RQ does, with a listener that stops promptly.
+
+    RQ 3 reads the channel in a thread that wakes every 60 s, and recent redis-py joins that thread without a
+    timeout when the worker unsubscribes at its stop: once the unsubscribe lands first, a warm shutdown
+    waits out the whole minute. Commands still arrive at once; only stopping depends on the wake-up.
+    """
+    worker.log.info("Worker %s: subscribing to channel %s", worker.name, worker.pubsub_channel_name)
+    worker.pubsub = worker.connection.pubsub()
+    worker.pubsub.subscribe(**{worker.pubsub_channel_name: worker.handle_payload})
+    worker.pubsub_thread = worker.pubsub.run_in_thread(sleep_time=LISTENER_WAKE_S, daemon=True,
+                                                       exception_handler=worker._pubsub_exception_handler)
+
+
+class LabelWorker(Worker):
+    """RQ's forking worker (a work horse per job) that stops within a second of being asked."""
+
+    def subscribe(self) -> None:
+        listen_for_commands(self)
+
+
+class InlineWorker(SimpleWorker):
+    """RQ's worker that runs jobs in its own process (tests, one-off runs), stopping as promptly."""
+
+    def subscribe(self) -> None:
+        listen_for_commands(self)
 
 
 def run_child(settings: LabelerSettings, url: str, burst: bool = False) -> int:
@@ -48,9 +80,9 @@ def run_child(settings: LabelerSettings, url: str, burst: bool = False) -> int:
     except JudgeError as exc:  # the judge may come up later; jobs retry until it does
         log.warning("judge_not_ready", error=str(exc)[:300])
     # maintenance also re-queues a job stranded by a worker that died while taking it (after ~1 min)
-    worker = Worker([rt.queue(LABEL_QUEUE)], connection=client, serializer=rt.queue().serializer,
-                    name=f"labeler-{socket.gethostname()}-{os.getpid()}",
-                    maintenance_interval=settings.maintenance_interval_s)
+    worker = LabelWorker([rt.queue(LABEL_QUEUE)], connection=client, serializer=rt.queue().serializer,
+                         name=f"labeler-{socket.gethostname()}-{os.getpid()}",
+                         maintenance_interval=settings.maintenance_interval_s)
     worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level.upper())
     return 0
 

@@ -19,13 +19,13 @@ import httpx
 import openai
 import pytest
 import redis
-from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 from labeler.dispatcher import Dispatcher
 from labeler.jobs import Runtime, install
 from labeler.records import LABEL_QUEUE, SAMPLES_STREAM, SampleRecord
 from labeler.settings import LabelerSettings
+from labeler.worker import InlineWorker
 from proxy.app import create_app
 from proxy.records import TRANSITIONS_STREAM
 from proxy.settings import ProxySettings
@@ -102,7 +102,7 @@ def label_recorded_turns(redis_url: str, leave_queued: int) -> int:
     dispatcher.ensure_groups()
     enqueued = dispatcher.run_once(block_ms=1)
     queue = rt.queue(LABEL_QUEUE)
-    SimpleWorker([queue], connection=rt.redis, serializer=JSONSerializer).work(burst=True, max_jobs=enqueued - leave_queued)
+    InlineWorker([queue], connection=rt.redis, serializer=JSONSerializer).work(burst=True, max_jobs=enqueued - leave_queued)
     rt.redis.close()
     return enqueued - leave_queued
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 from labeler.dispatcher import Dispatcher
 from labeler.jobs import Runtime, install
 from labeler.records import LABEL_QUEUE
 from labeler.settings import LabelerSettings
+from labeler.worker import InlineWorker
 from proxy.records import (
     FEEDBACK_STREAM,
     TRANSITIONS_STREAM,
@@ -72,4 +72,4 @@ def dispatch(rt: Runtime, consumer: str = "test") -> int:
 
 
 def work(rt: Runtime) -> None:
-    SimpleWorker([rt.queue(LABEL_QUEUE)], connection=rt.redis, serializer=JSONSerializer).work(burst=True)
+    InlineWorker([rt.queue(LABEL_QUEUE)], connection=rt.redis, serializer=JSONSerializer).work(burst=True)

@@ -16,8 +16,9 @@ import redis
 from rq import Queue, Worker
 from rq.registry import FailedJobRegistry
 
-from labeler.records import HARD_QUEUE, SampleRecord
+from labeler.records import HARD_QUEUE, LABEL_QUEUE, SampleRecord
 from labeler.samples import SampleStore
+from labeler.worker import InlineWorker, LabelWorker
 from tests.labeler.scripted_server import ScriptedJudge, cycle
 from tests.labeler.support import put_transition, put_turn
 from tests.support.servers import serve_in_thread
@@ -66,8 +67,47 @@ def stop_later() -> Iterator[list[subprocess.Popen[bytes]]]:
         proc.wait()
 
 
+def process_tree(pid: int) -> str:
+    """``pid`` and its descendants: state, kernel wait channel, command line (for a stop that hangs)."""
+    lines, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        proc = Path(f"/proc/{current}")
+        with contextlib.suppress(OSError):
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            lines.append(f"{current} {state} {(proc / 'wchan').read_text()} {cmdline}")
+        todo.extend(children_of(current))
+    return "\n".join(lines)
+
+
+def stop(proc: subprocess.Popen[bytes], log: Path) -> int:
+    """SIGTERM the supervisor and wait for it; a hang fails with its processes and log."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"not stopped after 60 s:\n{process_tree(proc.pid)}\nlog:\n{log.read_text()[-8000:]}") from None
+
+
 def samples(client: redis.Redis) -> list[SampleRecord]:
     return SampleStore(client).history()
+
+
+@pytest.mark.parametrize("worker_class", [LabelWorker, InlineWorker])
+def test_command_listener_stops_at_once_when_its_unsubscribe_landed_first(redis_client: redis.Redis,
+                                                                          worker_class: type) -> None:
+    """The order that made a warm shutdown hang for a minute: the listener thread has already seen the
+    channel unsubscribed (and gone to wait for a new subscription) when the worker stops it."""
+    worker = worker_class([Queue(LABEL_QUEUE, connection=redis_client)], connection=redis_client)
+    worker.subscribe()
+    wait_for(lambda: worker.pubsub.subscribed, what="the subscription")
+    worker.pubsub.unsubscribe()
+    wait_for(lambda: not worker.pubsub.subscribed, what="the listener to see the unsubscribe")
+    started = time.monotonic()
+    worker.unsubscribe()
+    assert not worker.pubsub_thread.is_alive()
+    assert time.monotonic() - started < 5
 
 
 @pytest.mark.slow
@@ -101,8 +141,7 @@ def test_work_horse_killed_mid_job_is_retried_and_labels_once(redis_url: str, re
             assert len(provider.prompts) == 1
             assert FailedJobRegistry("label", connection=redis_client).get_job_ids() == ["label-tr-t1"]
             assert Queue(HARD_QUEUE, connection=redis_client).get_job_ids() == ["hard-t1"]
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        assert stop(proc, tmp_path / "worker.log") == 0
     log = (tmp_path / "worker.log").read_text()
     assert "Work-horse terminated unexpectedly" in log
     assert ("enqueued for retry" in log) is bool(retries)
@@ -129,6 +168,5 @@ def test_worker_processes_are_restarted_and_stop_cleanly(redis_url: str, redis_c
              what=lambda: f"the fourth sample; log:\n{(tmp_path / 'worker.log').read_text()[-6000:]}")
     assert {s.turn_id: s.cls for s in samples(redis_client)} == {"t0": "prefer", "t1": "avoid", "t2": "avoid",
                                                                   "t9": "prefer"}
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0
+    assert stop(proc, tmp_path / "worker.log") == 0
     assert "worker_exited" in (tmp_path / "worker.log").read_text()

@@ -16,9 +16,10 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
-from rq import Queue, SimpleWorker
+from rq import Queue
 
 from labeler.records import HARD_QUEUE, LABEL_QUEUE, SAMPLES_STREAM, SampleRecord
+from labeler.worker import InlineWorker
 from proxy.records import TRANSITIONS_STREAM
 from registry.actions import Control
 from registry.exporter import build_registry
@@ -78,7 +79,7 @@ def test_exporter_reports_the_stack(redis_client: redis.Redis, registry: Registr
     label = Queue(LABEL_QUEUE, connection=redis_client)
     label.enqueue("labeler.export.parse_since", "not a date")
     label.enqueue("labeler.export.parse_since", "2026-01-01")
-    SimpleWorker([label], connection=redis_client).work(burst=True)
+    InlineWorker([label], connection=redis_client).work(burst=True)
     label.enqueue("labeler.export.parse_since", "2026-01-02")
     Queue(HARD_QUEUE, connection=redis_client).enqueue("labeler.export.parse_since", "2026-01-03")
     redis_client.hset(UPSTREAM_OUTCOMES_KEY, mapping={"v3:ok": 40, "v3:error": 2})
