@@ -13,9 +13,9 @@ import hashlib
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import redis
@@ -252,6 +252,37 @@ def upstream_call(state: ProxyState, decision: Decision, lookup: asyncio.Future[
         raise
 
 
+class Forwarded(NamedTuple):
+    """A request routed and sent upstream, with its session known and the times it left and was answered."""
+
+    session_id: str
+    decision: Decision
+    model: str | None
+    response: UpstreamResponse
+    captured: bool
+    t_up: float
+    t_headers: float
+
+
+async def forward_routed(state: ProxyState, controls: dict[bytes, str], body: dict[str, Any],
+                         messages: list[dict[str, Any]], record: bool, session_id: str, routing_key: str | None,
+                         send: Callable[[str | None], Awaitable[tuple[UpstreamResponse, bool]]]) -> Forwarded:
+    """Route a request and ``send`` it to the model chosen; one that names no session (``session_id``
+    empty) is matched to the conversation it continues while the upstream works."""
+    lookup = None
+    if not session_id:
+        session_id, routing_key, lookup = fingerprint_session(state, messages, record)
+    decision, model = decide(state, controls, body, routing_key)
+    t_up = time.perf_counter()
+    with upstream_call(state, decision, lookup):
+        response, captured = await send(model)
+    count_outcome(state, decision, response.status)
+    t_headers = time.perf_counter()
+    if lookup is not None:
+        session_id = await lookup
+    return Forwarded(session_id, decision, model, response, captured, t_up, t_headers)
+
+
 def _rewrite_event(event: bytes, wants: Wants) -> bytes:
     data = event_data(event)
     if data is None or data.strip() == b"[DONE]":
@@ -320,18 +351,10 @@ async def chat_completions(scope: Scope, receive: Receive) -> Reply | Response:
         messages: list[dict[str, Any]] = body["messages"]
         record = recorded(settings, controls)
         session_id, routing_key = session_identity(controls.get(b"x-session-id"), body.get("user"), messages)
-        lookup = None
         fingerprinted = not session_id
-        if fingerprinted:
-            session_id, routing_key, lookup = fingerprint_session(state, messages, record)
-        decision, model = decide(state, controls, body, routing_key)
-        t_up = time.perf_counter()
-        with upstream_call(state, decision, lookup):
-            response, captured = await _send_upstream(state, raw, body, model, forwarded, record)
-        count_outcome(state, decision, response.status)
-        t_headers = time.perf_counter()
-        if lookup is not None:
-            session_id = await lookup
+        session_id, decision, model, response, captured, t_up, t_headers = await forward_routed(
+            state, controls, body, messages, record, session_id, routing_key,
+            lambda model: _send_upstream(state, raw, body, model, forwarded, record))
     except ProxyError as exc:
         fields.update(error=exc.code or exc.type)
         return error_response(exc)

@@ -24,25 +24,22 @@ from proxy import items
 from proxy.capture import client_wants, forward_body
 from proxy.chat import (
     closes_session,
-    count_outcome,
-    decide,
     decode_body,
-    fingerprint_session,
     forward_headers,
+    forward_routed,
     header_value,
     key_hash,
     parse_json_object,
     read_body,
     recorded,
     relay,
-    upstream_call,
 )
 from proxy.errors import ProxyError, error_response
 from proxy.ids import new_id
 from proxy.recorder import REDIS_DOWN, Exchange
 from proxy.sessions import session_identity
 from proxy.state import ProxyState
-from proxy.upstream import Upstream, relay_headers
+from proxy.upstream import Upstream, UpstreamResponse, relay_headers
 
 log = structlog.get_logger("proxy.responses")
 
@@ -104,19 +101,14 @@ async def responses(request: Request) -> Response:
         session_id = named or continued or ""
         if continued and not named:
             routing_key = continued
-        lookup = None
-        if not session_id:
-            session_id, routing_key, lookup = fingerprint_session(state, messages, record)
-        decision, model = decide(state, controls, body, routing_key)
-        t_up = time.perf_counter()
-        with upstream_call(state, decision, lookup):
-            response = await state.upstream.request(
+
+        async def send(model: str | None) -> tuple[UpstreamResponse, bool]:
+            return await state.upstream.request(
                 "POST", "/responses", body=forward_body(raw, body, model=model, capture=False), headers=forwarded,
-            )
-        count_outcome(state, decision, response.status)
-        t_headers = time.perf_counter()
-        if lookup is not None:
-            session_id = await lookup
+            ), False
+
+        session_id, decision, model, response, _, t_up, t_headers = await forward_routed(
+            state, controls, body, messages, record, session_id, routing_key, send)
     except ProxyError as exc:
         fields.update(error=exc.code or exc.type)
         return error_response(exc)
