@@ -9,8 +9,10 @@ Exceptions::
     ├── MethodNotAllowed      405 (not retryable)
     ├── BodyTooLarge          413 (not retryable)
     ├── UnsupportedEncoding   415 (a request body compressed in a way the proxy does not read)
+    ├── HeadersTooLarge       431 (not retryable)
     └── UpstreamError         (retryable: the upstream may come back)
-        ├── UpstreamUnreachable   502
+        ├── UpstreamUnreachable   502 (also: the connection broke, the answer was too large or not HTTP)
+        ├── UpstreamBusy          503 (no pooled connection came free in time; with Retry-After)
         └── UpstreamTimeout       504 (also TimeoutError)
 """
 
@@ -70,6 +72,12 @@ class UnsupportedEncoding(ProxyError):
     code = "unsupported_content_encoding"
 
 
+class HeadersTooLarge(ProxyError):
+    status = 431
+    type = "invalid_request_error"
+    code = "request_headers_too_large"
+
+
 class UpstreamError(ProxyError):
     status = 502
     type = "upstream_error"
@@ -78,6 +86,12 @@ class UpstreamError(ProxyError):
 
 class UpstreamUnreachable(UpstreamError):
     code = "upstream_unreachable"
+
+
+class UpstreamBusy(UpstreamError):
+    status = 503
+    code = "upstream_busy"
+    retry_after_s = 1
 
 
 class UpstreamTimeout(UpstreamError, TimeoutError):
@@ -92,4 +106,6 @@ def error_body(message: str, type_: str, *, param: str | None = None, code: str 
 
 def error_response(exc: ProxyError, headers: dict[str, str] | None = None) -> Response:
     body = error_body(exc.message, exc.type, param=exc.param, code=exc.code)
+    if isinstance(exc, UpstreamBusy):
+        headers = {**(headers or {}), "retry-after": str(exc.retry_after_s)}
     return Response(body, status_code=exc.status, media_type="application/json", headers=headers)

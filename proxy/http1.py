@@ -2,25 +2,40 @@
 
 The proxy talks to one origin with small JSON requests and relays what comes back, so it needs only:
 requests with a byte body, answers framed by Content-Length, chunked or by the connection's end, read
-whole or streamed as they arrive, gzip/deflate decoded, TLS. That much costs about a sixth of the CPU
-of a general client per request (bench/proxy_overhead.py measures the whole hop).
+whole or streamed as they arrive, gzip/deflate decoded, TLS, an HTTP proxy from the environment
+(proxy.connect). That much costs about a sixth of the CPU of a general client per request
+(bench/proxy_overhead.py measures the whole hop). Every wait is bounded: a free slot in the pool
+(``pool_timeout_s``), the connection (``connect_timeout_s``), the request's bytes leaving
+(``write_timeout_s``), each piece of the answer (``read_timeout_s``); and so is the answer's size,
+counted once decoded (``max_response_bytes``).
 
-Errors: ``ConnectError`` when no connection can be made, ``ReadTimeout`` when the server is silent for
-longer than the read timeout, ``HTTPError`` when the connection breaks or the answer cannot be parsed.
-A request on a kept-alive connection that the server closed before answering is sent once more on a
-fresh connection (the server never read it).
+Errors::
+
+    HTTPError            the connection broke, or the answer was not HTTP (or was an upgrade)
+    ├── ConnectError     no connection to the server could be made
+    ├── PoolTimeout      no connection came free within the pool timeout (also TimeoutError)
+    ├── ReadTimeout      the server was silent past the read timeout (also TimeoutError)
+    ├── WriteTimeout     the server did not take the request within the write timeout (also TimeoutError)
+    └── TooLarge         the answer grew past ``max_response_bytes``
+
+An idle connection that the server has closed is noticed before it is used. A request on a
+kept-alive connection that breaks before any byte of the answer arrives is sent once more on a fresh
+connection only when its method is idempotent: the server may have read a POST and acted on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import select
 import ssl
 import zlib
 from collections.abc import AsyncIterator, Iterable, Mapping
 from urllib.parse import urlsplit
 
 import httptools
+
+from proxy.connect import proxy_for, tls_context, tunnel
 
 _HIGH_WATER = 1 << 20  # stop reading from the socket while this much body waits for the caller
 _LOW_WATER = 1 << 16
@@ -38,6 +53,18 @@ class ReadTimeout(HTTPError, TimeoutError):
     """The server sent nothing for longer than the read timeout."""
 
 
+class WriteTimeout(HTTPError, TimeoutError):
+    """The server did not take the request's bytes within the write timeout."""
+
+
+class PoolTimeout(HTTPError, TimeoutError):
+    """Every connection of the pool stayed busy for longer than the pool timeout."""
+
+
+class TooLarge(HTTPError):
+    """The answer is larger than the pool's bound (counted once decoded)."""
+
+
 class _StaleConnection(HTTPError):
     """A kept-alive connection was closed before any byte of the answer arrived."""
 
@@ -45,6 +72,8 @@ class _StaleConnection(HTTPError):
 class _Expired(Exception):
     """The read timeout of one wait ran out (turned into ``ReadTimeout``)."""
 
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 HeaderPairs = Iterable[tuple[bytes, bytes]]
 """Request headers as (name, value) byte pairs, e.g. an ASGI scope's, in the order they are sent."""
@@ -63,8 +92,8 @@ def _decoder(encoding: str) -> zlib._Decompress | None:
 class Response:
     """Status and headers once they have arrived; the body is read with ``read`` or ``iter_chunks``.
 
-    The caller must end every response with ``release`` (the connection goes back to the pool when the
-    body was read to its end) or ``close``.
+    The caller must end every response, best as ``async with response:`` (see ``__aexit__``), else with
+    ``release`` (the connection goes back to the pool when the body was read to its end) or ``close``.
     """
 
     def __init__(self, connection: _Connection) -> None:
@@ -79,6 +108,7 @@ class Response:
         self._waiter: asyncio.Future[None] | None = None
         self._decode: zlib._Decompress | None = None
         self._finished = False
+        self._left = connection.pool.max_response_bytes  # what the body may still grow by, decoded
 
     # -- fed by the connection ----------------------------------------------------------------------
     def _wake(self) -> None:
@@ -95,12 +125,19 @@ class Response:
         self._wake()
 
     def _feed(self, data: bytes) -> None:
+        if self._error is not None:
+            return
         if self._decode is not None:
-            try:
-                data = self._decode.decompress(data)
+            try:  # never inflate past the bound: a small body may decode to gigabytes
+                data = self._decode.decompress(data, self._left + 1)
             except zlib.error as exc:
                 self._fail(HTTPError(f"cannot decode the body: {exc}"))
                 return
+        self._left -= len(data)
+        if self._left < 0:
+            limit = self._connection.pool.max_response_bytes
+            self._fail(TooLarge(f"the answer is larger than {limit} bytes"))
+            return
         if data:
             self._chunks.append(data)
             self._buffered += len(data)
@@ -184,6 +221,16 @@ class Response:
         self._connection.close()
         self.release()
 
+    async def __aenter__(self) -> Response:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        """Released when the block ends normally (kept when the body was read to its end), closed otherwise."""
+        if exc_type is None:
+            self.release()
+        else:
+            self.close()
+
 
 class _Connection(asyncio.Protocol):
     def __init__(self, pool: Pool) -> None:
@@ -198,6 +245,8 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self.keep_alive = False
         self.idle_since = 0.0
+        self.drained: asyncio.Future[None] | None = None
+        """Set while the transport's write buffer is full (the server is not taking the request)."""
 
     # -- protocol -----------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -213,10 +262,21 @@ class _Connection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             response._fail(HTTPError(f"the server's answer is not valid HTTP: {exc}"))
+        except httptools.HttpParserUpgrade:
+            response._fail(HTTPError("the server switched protocols; none was asked for"))
+
+    def pause_writing(self) -> None:
+        self.drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+        self.drained = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         ours = self.closed
         self.closed = True
+        self.resume_writing()
         response = self.response
         if response is None or response._complete or response._error is not None:
             return
@@ -237,6 +297,9 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         assert self.response is not None
         status = self.parser.get_status_code()
+        if status == 101 or self.parser.should_upgrade():  # the proxy asked for no other protocol
+            self.response._fail(HTTPError(f"the server switched protocols ({status}); none was asked for"))
+            return
         if 100 <= status < 200:  # an interim answer: the real one follows
             self.response.raw_headers.clear()
             return
@@ -261,6 +324,26 @@ class _Connection(asyncio.Protocol):
     def reusable(self) -> bool:
         return self.keep_alive and not self.closed
 
+    def alive(self) -> bool:
+        """Is an idle connection still open at the server's end? (Readable while idle: EOF, or bytes unasked for.)"""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None:
+            return True
+        try:
+            readable, _, _ = select.select([sock.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
+
+    async def drain(self, timeout: float | None) -> None:
+        """Wait until the transport has handed the request to the server, at most ``timeout`` seconds."""
+        if self.drained is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self.drained), timeout)
+        except TimeoutError:
+            raise WriteTimeout(f"the server took no request bytes for {timeout} s") from None
+
     def pause(self) -> None:
         if not self.paused and self.transport is not None and not self.closed:
             self.paused = True
@@ -278,10 +361,16 @@ class _Connection(asyncio.Protocol):
 
 
 class Pool:
-    """Keep-alive connections to one origin (``http://host:port`` or ``https://…``), at most ``limit`` busy."""
+    """Keep-alive connections to one origin (``http://host:port`` or ``https://…``), at most ``limit`` busy.
+
+    ``proxy_url``: the HTTP proxy to go through ("" for none; unset = from the environment, see
+    proxy.connect); ``ssl_context``: TLS settings for an ``https`` origin (proxy.connect.tls_context).
+    """
 
     def __init__(self, base_url: str, *, connect_timeout_s: float, read_timeout_s: float | None, limit: int,
-                 keepalive_s: float = 30.0, ssl_context: ssl.SSLContext | None = None) -> None:
+                 pool_timeout_s: float | None = None, write_timeout_s: float | None = None,
+                 max_response_bytes: int = 1 << 40, keepalive_s: float = 4.0,
+                 ssl_context: ssl.SSLContext | None = None, proxy_url: str | None = None) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
@@ -291,9 +380,16 @@ class Pool:
         default_port = self.port == (443 if parts.scheme == "https" else 80)
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.authority = host if default_port else f"{host}:{self.port}"
-        self.ssl = (ssl_context or ssl.create_default_context()) if parts.scheme == "https" else None
+        self.ssl = (ssl_context or tls_context()) if parts.scheme == "https" else None
+        self.via = proxy_for(parts.scheme, self.host, proxy_url)
+        # a plain-HTTP origin behind a proxy is asked in absolute form, through the proxy
+        self.target = f"http://{self.authority}{self.prefix}" if self.via and not self.ssl else self.prefix
         self.connect_timeout = connect_timeout_s
         self.read_timeout = read_timeout_s
+        self.pool_timeout = pool_timeout_s
+        self.write_timeout = write_timeout_s
+        self.max_response_bytes = max_response_bytes
+        # below the 5 s that uvicorn (and so vLLM) keeps an idle connection: rarely one the server is closing
         self.keepalive_s = keepalive_s
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(limit)
@@ -304,15 +400,27 @@ class Pool:
                       read_timeout_s: float | None = None) -> Response:
         """Send a request and wait for the status and headers; the caller reads the body and releases it."""
         head = self._head(method, path, body, headers or ())
-        await self._slots.acquire()
+        await self._acquire()
         try:
             try:
                 return await self._exchange(head, body, read_timeout_s)
-            except _StaleConnection:
+            except _StaleConnection as exc:
+                if method not in IDEMPOTENT:  # the server may have read it and acted: never sent twice
+                    raise HTTPError("the kept-alive connection closed before an answer; "
+                                    f"a {method} is not sent again") from exc
                 return await self._exchange(head, body, read_timeout_s, fresh=True)
         except BaseException:
             self._slots.release()
             raise
+
+    async def _acquire(self) -> None:
+        if not self._slots.locked():  # a free slot: taken at once, no timer
+            await self._slots.acquire()
+            return
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self.pool_timeout)
+        except TimeoutError:
+            raise PoolTimeout(f"no connection to {self.authority} came free within {self.pool_timeout} s") from None
 
     async def _exchange(self, head: bytes, body: bytes | None, read_timeout_s: float | None,
                         fresh: bool = False) -> Response:
@@ -323,8 +431,10 @@ class Pool:
         response = connection.response = Response(connection)
         connection.received = False
         assert connection.transport is not None
-        connection.transport.write(head + body if body else head)
         try:
+            connection.transport.write(head + body if body else head)
+            if connection.drained is not None:  # the server is slow to take the body
+                await connection.drain(self.write_timeout)
             await response._head(connection.read_timeout)
         except BaseException:
             connection.close()
@@ -332,7 +442,9 @@ class Pool:
         return response
 
     def _head(self, method: str, path: str, body: bytes | None, headers: Mapping[str, str] | HeaderPairs) -> bytes:
-        parts = [f"{method} {self.prefix}{path} HTTP/1.1\r\nhost: {self.authority}\r\n".encode("latin-1")]
+        parts = [f"{method} {self.target}{path} HTTP/1.1\r\nhost: {self.authority}\r\n".encode("latin-1")]
+        if self.via is not None and self.via.authorization and not self.ssl:
+            parts.append(b"proxy-authorization: " + self.via.authorization + b"\r\n")
         pairs = ((n.encode("latin-1"), v.encode("latin-1")) for n, v in headers.items()) if isinstance(headers, Mapping) else headers
         for name, value in pairs:
             if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name:
@@ -347,7 +459,7 @@ class Pool:
         now = asyncio.get_running_loop().time()
         while self._idle:
             connection = self._idle.pop()
-            if not connection.closed and now - connection.idle_since < self.keepalive_s:
+            if not connection.closed and now - connection.idle_since < self.keepalive_s and connection.alive():
                 connection.reused = True
                 return connection
             connection.close()
@@ -356,16 +468,28 @@ class Pool:
     async def _connect(self) -> _Connection:
         if self._closed:
             raise ConnectError("the client is closed")
-        loop = asyncio.get_running_loop()
         try:
-            _, connection = await asyncio.wait_for(loop.create_connection(
-                lambda: _Connection(self), self.host, self.port, ssl=self.ssl,
-                server_hostname=self.host if self.ssl else None,
-            ), self.connect_timeout)
+            return await asyncio.wait_for(self._open(), self.connect_timeout)
         except TimeoutError:
             raise ConnectError(f"connecting to {self.authority} timed out after {self.connect_timeout} s") from None
-        except OSError as exc:  # refused, unreachable, name not found, TLS failure
+        except OSError as exc:  # refused, unreachable, name not found, TLS failure, a proxy's refusal
             raise ConnectError(f"cannot connect to {self.authority}: {exc}") from exc
+
+    async def _open(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        if self.via is None or not self.ssl:
+            host, port = (self.host, self.port) if self.via is None else (self.via.host, self.via.port)
+            _, connection = await loop.create_connection(
+                lambda: _Connection(self), host, port, ssl=self.ssl, server_hostname=self.host if self.ssl else None)
+            return connection
+        _, writer = await tunnel(self.via, f"{self.authority if ':' in self.authority else self.authority + ':443'}",
+                                 self.connect_timeout)
+        transport = await loop.start_tls(writer.transport, writer.transport.get_protocol(), self.ssl,
+                                         server_hostname=self.host)
+        assert transport is not None
+        connection = _Connection(self)
+        transport.set_protocol(connection)
+        connection.connection_made(transport)
         return connection
 
     def put_back(self, connection: _Connection) -> None:

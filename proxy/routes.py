@@ -1,79 +1,59 @@
-"""The proxy's other routes: completions, models and every other ``/v1`` path passed through; feedback,
-health, readiness, metrics."""
+"""The proxy's other routes: completions, models and the API's other resource paths passed through (adapters
+over proxy.forward); feedback, health, readiness, metrics."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
-from proxy.chat import decode_body, key_hash, parse_json_object, read_body, upstream_headers
+from proxy.body import parse_json_object, receive_body
 from proxy.errors import BadRequest, NotFound, ProxyError, error_response
+from proxy.forward import Flight, Reply
+from proxy.headers import forward_headers, key_hash
 from proxy.recorder import REDIS_DOWN, Entry
 from proxy.records import FeedbackRecord, turn_key
 from proxy.state import ProxyState
-from proxy.upstream import Upstream, UpstreamResponse, relay_headers
+from proxy.targets import extra_prefixes, passes_through
+from proxy.upstream import Upstream
 
 MAX_COMMENT_CHARS = 10_000
 
 
-async def _stream(response: UpstreamResponse) -> AsyncIterator[bytes]:
-    completed = False
-    try:
-        async for data in Upstream.iter_chunks(response):
-            yield data
-        completed = True
-    finally:
-        if completed:
-            response.release()
-        else:  # the client went away: close the upstream request too
-            response.close()
-
-
-async def _forward(request: Request, path: str, *, method: str = "POST", check_json: bool = False) -> Response:
+async def _forward(request: Request, path: str, *, method: str = "POST", check_json: bool = False) -> Reply | Response:
     """``request`` sent on to the upstream's ``path`` with its body as sent; the answer comes back streamed
     when the upstream streams it (an event stream, or a body of unknown length), else whole. Not recorded."""
-    state: ProxyState = request.state.proxy
+    flight = Flight.start(request.scope, "passthrough", as_sent=not check_json)
+    flight.stream_unsized = True
     try:
-        raw = await read_body(request, state.settings.max_body_bytes)
+        raw = await flight.read(request.receive, decode=check_json)
         if check_json:  # then sent on as JSON, decoded
-            raw = decode_body(raw, request.headers.get("content-encoding", ""), state.settings.max_body_bytes)
-            parse_json_object(raw)
-        response = await state.upstream.request(
-            method, path, body=raw or None,  # an empty POST still says content-length: 0
-            headers=upstream_headers(request, state.settings.upstream_api_key, as_sent=not check_json),
-        )
-        content_type = response.headers.get("content-type", "application/json")
-        if response.status < 400 and ("text/event-stream" in content_type or "content-length" not in response.headers):
-            return relay_headers(response, StreamingResponse(_stream(response), status_code=response.status,
-                                                             media_type=content_type))
-        data = await Upstream.read(response)
+            parse_json_object(raw, flight.limits.json_depth)
+        # an empty POST still says content-length: 0
+        await flight.send(flight.request(method, path, raw or None))
     except ProxyError as exc:
-        return error_response(exc)
-    return relay_headers(response, Response(data, status_code=response.status, media_type=content_type))
+        return flight.refuse(exc)
+    return await flight.answer()
 
 
-async def completions(request: Request) -> Response:
+async def completions(request: Request) -> Reply | Response:
     """``POST /v1/completions``: forwarded unchanged (streamed when the upstream streams), not recorded."""
     return await _forward(request, "/completions", check_json=True)
 
 
-def _private(path: str) -> bool:
-    """vLLM's runtime LoRA endpoints (``/v1/load_lora_adapter``, …): never reachable through the public port."""
-    return "lora" in path.lower()
-
-
-async def passthrough(request: Request) -> Response:
-    """Any other ``/v1/…`` request (embeddings, stored responses, moderations, audio, rerank, a provider's own
-    endpoints): sent on as it came — method, query, body and content type — and relayed, not recorded."""
+async def passthrough(request: Request) -> Reply | Response:
+    """Any other of the API's resource paths under ``/v1`` (embeddings, stored responses, moderations, audio,
+    files, …, and the ``passthrough_extra_paths`` a provider adds): sent on as it came — method, query, body
+    and content type — and relayed, not recorded. Anything else (the policy server's runtime-LoRA endpoints
+    among them) is a 404."""
     raw_path = request.scope.get("raw_path") or request.url.path.encode()
     path = raw_path.decode("latin-1").removeprefix("/v1")
-    if _private(request.url.path):
+    state: ProxyState = request.state.proxy
+    if not passes_through(request.url.path.removeprefix("/v1"), extra_prefixes(state.settings.passthrough_extra_paths)):
         return error_response(NotFound(f"no route {request.url.path}"))
     query = request.scope.get("query_string", b"")
     if query:
@@ -82,18 +62,9 @@ async def passthrough(request: Request) -> Response:
     return await _forward(request, path, method="GET" if request.method == "HEAD" else request.method)
 
 
-async def models(request: Request) -> Response:
+async def models(request: Request) -> Reply | Response:
     """``GET /v1/models``: the upstream's list."""
-    state: ProxyState = request.state.proxy
-    try:
-        response = await state.upstream.request(
-            "GET", "/models", headers=upstream_headers(request, state.settings.upstream_api_key),
-        )
-        data = await Upstream.read(response)
-    except ProxyError as exc:
-        return error_response(exc)
-    return relay_headers(response, Response(data, status_code=response.status,
-                                            media_type=response.headers.get("content-type")))
+    return await _forward(request, "/models", method="GET")
 
 
 def parse_feedback(body: dict[str, Any]) -> tuple[str, int, str | None]:
@@ -113,7 +84,8 @@ async def feedback(request: Request) -> Response:
     """``POST /v1/feedback``: thumbs up/down on a served turn, appended once to the feedback stream."""
     state: ProxyState = request.state.proxy
     try:
-        body = parse_json_object(await read_body(request, state.settings.max_body_bytes))
+        raw = await receive_body(request.receive, request.headers.get("content-length"), state.settings.max_body_bytes)
+        body = parse_json_object(raw, state.settings.max_json_depth)
         turn_id, rating, comment = parse_feedback(body)
         try:
             known = bool(await state.redis.exists(turn_key(turn_id)))
@@ -152,7 +124,7 @@ async def readyz(request: Request) -> Response:
         checks["redis"] = f"unavailable: {exc.__class__.__name__}"
     try:
         response = await state.upstream.request(
-            "GET", "/models", headers=upstream_headers(request, state.settings.upstream_api_key),
+            "GET", "/models", headers=forward_headers(request.scope["headers"], state.settings.upstream_api_key),
             read_timeout_s=2.0,
         )
         await Upstream.read(response)

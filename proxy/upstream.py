@@ -2,37 +2,60 @@
 
 The client was chosen by measurement (bench/proxy_overhead.py, DESIGN's table): httpx, then aiohttp,
 then the lean HTTP/1.1 pool in proxy.http1, which costs about a sixth of aiohttp's CPU per request.
-Connect failures become ``UpstreamUnreachable`` (502), timeouts ``UpstreamTimeout`` (504), both
-chained from the client's error. The upstream is asked for an unencoded body (the proxy reads every
+Connect failures, broken connections and answers past the size bound become ``UpstreamUnreachable``
+(502), read and write timeouts ``UpstreamTimeout`` (504), a pool that stays busy past its timeout
+``UpstreamBusy`` (503 with Retry-After), all chained from the client's error. The upstream is asked for an unencoded body (the proxy reads every
 answer it records); one it compresses anyway is decoded.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
-from starlette.responses import Response
-
-from proxy.errors import UpstreamTimeout, UpstreamUnreachable
-from proxy.http1 import ConnectError, HeaderPairs, HTTPError, Pool, ReadTimeout
+from proxy.connect import tls_context
+from proxy.errors import UpstreamBusy, UpstreamTimeout, UpstreamUnreachable
+from proxy.http1 import (
+    ConnectError,
+    HeaderPairs,
+    HTTPError,
+    Pool,
+    PoolTimeout,
+    ReadTimeout,
+    TooLarge,
+    WriteTimeout,
+)
 from proxy.http1 import Response as UpstreamResponse
 
-__all__ = ["HTTPError", "Upstream", "UpstreamResponse", "relay_headers", "relayed"]
+__all__ = ["HTTPError", "Upstream", "UpstreamResponse"]
 
-# hop-by-hop headers, and what describes the body the proxy sends rather than the one it received
 _IDENTITY = (b"accept-encoding", b"identity")
-_NOT_RELAYED = frozenset({
-    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-connection", b"te", b"trailer",
-    b"transfer-encoding", b"upgrade", b"content-length", b"content-encoding", b"date", b"server",
-})
 
 
 class Upstream:
-    def __init__(self, base_url: str, *, connect_timeout_s: float, read_timeout_s: float, connections: int) -> None:
+    """The policy server's client; ``options`` go to ``proxy.http1.Pool`` (timeouts, bounds, TLS, proxy)."""
+
+    def __init__(self, base_url: str, *, connect_timeout_s: float, read_timeout_s: float, connections: int,
+                 **options: Any) -> None:
         self.base_url = base_url.rstrip("/")
         self._options = {"connect_timeout_s": connect_timeout_s, "read_timeout_s": read_timeout_s,
-                         "limit": connections}
+                         "limit": connections, **options}
         self._pool: Pool | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Upstream:
+        """The client a ``ProxySettings`` describes."""
+        ssl_context = None
+        if settings.upstream_ca_bundle or settings.upstream_client_cert:
+            ssl_context = tls_context(settings.upstream_ca_bundle, settings.upstream_client_cert,
+                                      settings.upstream_client_key)
+        return cls(
+            settings.upstream_url, connect_timeout_s=settings.connect_timeout_s,
+            read_timeout_s=settings.read_timeout_s, connections=settings.upstream_connections,
+            pool_timeout_s=settings.pool_timeout_s, write_timeout_s=settings.write_timeout_s,
+            max_response_bytes=settings.max_response_bytes, ssl_context=ssl_context,
+            proxy_url=settings.upstream_proxy,
+        )
 
     async def open(self) -> None:
         self._pool = Pool(self.base_url, **self._options)  # type: ignore[arg-type]
@@ -54,8 +77,12 @@ class Upstream:
         try:
             return await self._pool.request(method, path, body=body, headers=[*headers, _IDENTITY],
                                             read_timeout_s=read_timeout_s)
-        except ReadTimeout as exc:
+        except PoolTimeout as exc:
+            raise UpstreamBusy(f"upstream busy: every connection to {self.base_url} is in use ({exc})") from exc
+        except (ReadTimeout, WriteTimeout) as exc:
             raise UpstreamTimeout(f"upstream timed out: {self.base_url}{path}") from exc
+        except TooLarge as exc:
+            raise UpstreamUnreachable(f"upstream answer too large ({exc})", code="upstream_response_too_large") from exc
         except ConnectError as exc:
             raise UpstreamUnreachable(f"upstream unreachable: {self.base_url}{path} ({exc})") from exc
         except HTTPError as exc:
@@ -67,6 +94,8 @@ class Upstream:
             return await response.read()
         except ReadTimeout as exc:
             raise UpstreamTimeout("upstream timed out while sending its answer") from exc
+        except TooLarge as exc:
+            raise UpstreamUnreachable(f"upstream answer too large ({exc})", code="upstream_response_too_large") from exc
         except HTTPError as exc:
             raise UpstreamUnreachable(f"upstream connection failed ({exc})") from exc
         finally:
@@ -76,20 +105,3 @@ class Upstream:
     def iter_chunks(response: UpstreamResponse) -> AsyncIterator[bytes]:
         """Body chunks as they arrive (no re-chunking)."""
         return response.iter_chunks()
-
-
-def relayed(upstream: UpstreamResponse, own: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """The upstream's end-to-end headers (request id, rate limits, ``retry-after``) to add to ``own``.
-
-    Headers the proxy already set win; the upstream's own ``x-nextstate-*`` (a proxy in front of a
-    proxy) are not repeated.
-    """
-    names = {name for name, _ in own}
-    return [(name, value) for name, value in upstream.raw_headers
-            if name not in _NOT_RELAYED and name not in names and not name.startswith(b"x-nextstate-")]
-
-
-def relay_headers(upstream: UpstreamResponse, response: Response) -> Response:
-    """``response`` with the upstream's end-to-end headers added (see ``relayed``)."""
-    response.raw_headers += relayed(upstream, response.raw_headers)
-    return response

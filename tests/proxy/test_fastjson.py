@@ -5,8 +5,8 @@ import json
 import pytest
 
 from proxy import fastjson
+from proxy.body import parse_chat
 from proxy.capture import forward_body
-from proxy.chat import parse_chat
 from proxy.errors import BadRequest
 
 

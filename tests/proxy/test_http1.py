@@ -145,12 +145,10 @@ def test_a_body_that_ends_with_the_connection_is_read_whole() -> None:
     assert len(accepted) == 2
 
 
-def test_a_kept_alive_connection_the_server_dropped_is_replaced_without_an_error() -> None:
-    def one_answer_then_drop(conn: socket.socket, n: int) -> None:
-        request = read_request(conn)
-        assert request is not None
-        conn.sendall(answer(b"ok"))
-        read_request(conn)  # the next request on this connection: closed without an answer (keep-alive race)
+def test_an_idle_connection_the_server_closed_is_replaced_without_an_error() -> None:
+    def answer_then_close(conn: socket.socket, n: int) -> None:
+        assert read_request(conn) is not None
+        conn.sendall(answer(b"ok"))  # keep-alive by default, then closed while idle (the server's idle timeout)
 
     async def main(url: str) -> list[bytes]:
         client, bodies = pool(url), []
@@ -158,12 +156,42 @@ def test_a_kept_alive_connection_the_server_dropped_is_replaced_without_an_error
             response = await client.request("POST", "/chat/completions", body=b"{}")
             bodies.append(await response.read())
             response.release()
+            await asyncio.sleep(0.05)
         await client.close()
         return bodies
 
-    with raw_server(one_answer_then_drop) as (url, accepted):
+    with raw_server(answer_then_close) as (url, accepted):
         assert asyncio.run(main(url)) == [b"ok"] * 3
     assert len(accepted) == 3
+
+
+def test_a_request_the_server_may_have_read_is_resent_only_when_idempotent() -> None:
+    seen: list[bytes] = []
+
+    def one_answer_then_drop(conn: socket.socket, n: int) -> None:
+        request = read_request(conn)
+        assert request is not None
+        conn.sendall(answer(b"ok"))
+        if (again := read_request(conn)) is not None:  # read, then closed without an answer
+            seen.append(again.split(b" ", 1)[0])
+
+    async def main(url: str, method: str) -> bytes:
+        client = pool(url)
+        async with await client.request(method, "/x", body=b"{}") as response:
+            await response.read()
+        try:
+            async with await client.request(method, "/x", body=b"{}") as response:
+                return await response.read()
+        finally:
+            await client.close()
+
+    with raw_server(one_answer_then_drop) as (url, accepted):
+        assert asyncio.run(main(url, "PUT")) == b"ok"  # idempotent: sent again on a fresh connection
+        assert len(accepted) == 2
+        with pytest.raises(HTTPError, match="not sent again"):
+            asyncio.run(main(url, "POST"))
+        time.sleep(0.1)
+    assert seen == [b"PUT", b"POST"]  # the POST reached the server once, and no more
 
 
 def test_a_connection_broken_mid_answer_is_an_error_not_a_short_body() -> None:
