@@ -3,7 +3,8 @@
 TLS verified against the system's or a given CA bundle, presenting a client certificate when given.
 
 An ``https`` server behind a proxy is reached through a ``CONNECT`` tunnel (TLS end to end); a plain
-``http`` one by sending the request to the proxy in absolute form. Loopback servers are never proxied.
+``http`` one by sending the request to the proxy in absolute form. The environment's proxy is never
+used for a loopback server.
 """
 
 from __future__ import annotations
@@ -50,10 +51,10 @@ def _loopback(host: str) -> bool:
 
 def proxy_for(scheme: str, host: str, proxy_url: str | None = None) -> Via | None:
     """The proxy to reach ``scheme://host`` through: ``proxy_url`` when given ("" for none), else the
-    environment's, unless ``NO_PROXY`` names the host; None for a loopback host or when none applies."""
-    if _loopback(host):
-        return None
+    environment's unless ``NO_PROXY`` names the host or the host is loopback; None when none applies."""
     if proxy_url is None:
+        if _loopback(host):
+            return None
         proxies = urllib.request.getproxies_environment()
         if proxies.get("no") and urllib.request.proxy_bypass_environment(host, proxies):
             return None
@@ -70,24 +71,40 @@ def proxy_for(scheme: str, host: str, proxy_url: str | None = None) -> Via | Non
     return Via(parts.hostname, parts.port or 80, authorization)
 
 
-async def tunnel(via: Via, authority: str, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A ``CONNECT`` tunnel through ``via`` to ``authority`` (``host:port``), ready for TLS.
+class _ConnectAnswer(asyncio.Protocol):
+    """Reads a proxy's answer to ``CONNECT`` (its head), then hands the transport on."""
 
-    Raises ``OSError`` when the proxy refuses or answers something else than 2xx.
-    """
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(via.host, via.port), timeout)
+    def __init__(self) -> None:
+        self.head: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.data = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+        if b"\r\n\r\n" in self.data and not self.head.done():
+            self.head.set_result(self.data.partition(b"\r\n\r\n")[0])
+        elif len(self.data) > 65536 and not self.head.done():
+            self.head.set_exception(OSError("the proxy's answer to CONNECT is too long"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.head.done():
+            self.head.set_exception(OSError("the proxy closed the connection during CONNECT"))
+
+
+async def tunnel(via: Via, authority: str) -> tuple[asyncio.Transport, asyncio.Protocol]:
+    """A ``CONNECT`` tunnel through ``via`` to ``authority`` (``host:port``), ready for TLS (the caller bounds
+    the time). Raises ``OSError`` when the proxy refuses or answers something else than 2xx."""
+    loop = asyncio.get_running_loop()
+    transport, answer = await loop.create_connection(_ConnectAnswer, via.host, via.port)
     head = f"CONNECT {authority} HTTP/1.1\r\nhost: {authority}\r\n".encode("latin-1")
     if via.authorization:
         head += b"proxy-authorization: " + via.authorization + b"\r\n"
-    writer.write(head + b"\r\n")
+    transport.write(head + b"\r\n")
     try:
-        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
-    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-        writer.close()
-        raise OSError(f"the proxy {via.host}:{via.port} did not answer CONNECT") from exc
-    status_line = answer.split(b"\r\n", 1)[0].decode("latin-1")
-    parts = status_line.split(" ", 2)
-    if len(parts) < 2 or not parts[1].startswith("2"):
-        writer.close()
-        raise OSError(f"the proxy {via.host}:{via.port} refused CONNECT {authority}: {status_line}")
-    return reader, writer
+        status_line = (await answer.head).split(b"\r\n", 1)[0].decode("latin-1")
+        parts = status_line.split(" ", 2)
+        if len(parts) < 2 or not parts[1].startswith("2"):
+            raise OSError(f"the proxy {via.host}:{via.port} refused CONNECT {authority}: {status_line}")
+    except BaseException:
+        transport.close()
+        raise
+    return transport, answer

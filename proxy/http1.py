@@ -342,6 +342,9 @@ class _Connection(asyncio.Protocol):
         try:
             await asyncio.wait_for(asyncio.shield(self.drained), timeout)
         except TimeoutError:
+            if self.transport is not None:  # what is still buffered will never go: drop it with the connection
+                self.closed = True
+                self.transport.abort()
             raise WriteTimeout(f"the server took no request bytes for {timeout} s") from None
 
     def pause(self) -> None:
@@ -482,10 +485,8 @@ class Pool:
             _, connection = await loop.create_connection(
                 lambda: _Connection(self), host, port, ssl=self.ssl, server_hostname=self.host if self.ssl else None)
             return connection
-        _, writer = await tunnel(self.via, f"{self.authority if ':' in self.authority else self.authority + ':443'}",
-                                 self.connect_timeout)
-        transport = await loop.start_tls(writer.transport, writer.transport.get_protocol(), self.ssl,
-                                         server_hostname=self.host)
+        raw, answer = await tunnel(self.via, self.authority if self.port != 443 else f"{self.authority}:443")
+        transport = await loop.start_tls(raw, answer, self.ssl, server_hostname=self.host)
         assert transport is not None
         connection = _Connection(self)
         transport.set_protocol(connection)

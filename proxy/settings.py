@@ -46,7 +46,7 @@ class ProxySettings(CommonSettings):
     upstream_ca_bundle: str | None = Field(default=None, description="CA bundle (PEM file or directory) that verifies an https upstream; unset = the system's.")
     upstream_client_cert: str | None = Field(default=None, description="Client certificate (PEM, may hold the key too) presented to an https upstream.")
     upstream_client_key: str | None = Field(default=None, description="Private key of the client certificate, when not in the certificate file.")
-    upstream_proxy: str | None = Field(default=None, description="HTTP proxy (http://[user:pass@]host:port) to reach the upstream through; unset = HTTPS_PROXY/HTTP_PROXY/ALL_PROXY and NO_PROXY from the environment; empty = none. Loopback upstreams are never proxied.")
+    upstream_proxy: str | None = Field(default=None, description="HTTP proxy (http://[user:pass@]host:port) to reach the upstream through; unset = HTTPS_PROXY/HTTP_PROXY/ALL_PROXY and NO_PROXY from the environment; empty = none. The environment's proxy is never used for a loopback upstream.")
     cors_origins: str = Field(default="", description="Comma-separated origins that may call the proxy from a browser ('*' for any); empty = no CORS headers.")
     max_body_bytes: int = Field(default=16 * 1024 * 1024, description="Largest request body accepted, as sent and once decoded (413 above).")
     max_json_depth: int = Field(default=64, description="Deepest nesting of arrays and objects in a JSON request body (400 above).")
