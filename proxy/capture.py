@@ -79,12 +79,23 @@ def strip(obj: Any, wants: Wants) -> Any:
 
 
 def chosen_logprobs(choice: dict[str, Any]) -> list[float] | None:
-    """The logprob of each generated token of a choice, or None when absent."""
+    """The logprob of each generated token of a choice (or stream delta), or None when absent.
+
+    A token without a numeric ``logprob`` makes the whole piece None: missing, never guessed (0.0 would
+    claim probability 1). The record then holds no logprobs for the turn (their count no longer matches
+    the token ids), and the learner recomputes them.
+    """
     logprobs = choice.get("logprobs")
     if not isinstance(logprobs, dict):
         return None
     content = logprobs.get("content")
     if not isinstance(content, list):
         return None
-    return [float(item.get("logprob", 0.0)) for item in content if isinstance(item, dict)]
+    values = []
+    for item in content:
+        value = item.get("logprob") if isinstance(item, dict) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        values.append(float(value))
+    return values
 

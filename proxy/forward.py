@@ -72,11 +72,12 @@ def limits(state: ProxyState) -> Limits:
                   messages=settings.max_messages, message_chars=settings.max_message_chars, tools=settings.max_tools)
 
 
-def outcome(status: int | None) -> str:
-    """How an upstream answer counts for the version it was routed to: a 404 means its adapter is missing."""
+def outcomes(status: int | None) -> tuple[str, ...]:
+    """How an upstream answer (``None``: none came) counts for the version it was routed to: a 5xx or no
+    answer is an error, and so is a 404 — the version's adapter is missing upstream (a restarted server)."""
     if status is None or status >= 500:
-        return "error"
-    return "missing" if status == 404 else "ok"
+        return ("error",)
+    return ("error", "missing") if status == 404 else ("ok",)
 
 
 @dataclass
@@ -145,7 +146,8 @@ class Flight:
 
     def _count(self, status: int | None) -> None:
         if self.decision is not None and self.decision.version:
-            self.state.outcomes[f"{self.decision.version}:{outcome(status)}"] += 1
+            for name in outcomes(status):
+                self.state.outcomes[f"{self.decision.version}:{name}"] += 1
 
     def refuse(self, exc: ProxyError) -> Response:
         """The OpenAI-shaped error for ``exc``, with the proxy's own headers so far."""

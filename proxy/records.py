@@ -21,7 +21,8 @@ TURNS_STREAM = "nextstate:turns"
 TRANSITIONS_STREAM = "nextstate:transitions"
 FEEDBACK_STREAM = "nextstate:feedback"
 ROUTING_KEY = "nextstate:routing"
-# hash "<version>:ok" / "<version>:error" -> count of upstream calls per served version (canary health)
+# hash "<version>:ok" / "<version>:error" -> count of upstream calls per served version (canary health);
+# "<version>:missing" counts the errors that were a 404 (the version's adapter is not loaded upstream)
 UPSTREAM_OUTCOMES_KEY = "nextstate:upstream:outcomes"
 
 

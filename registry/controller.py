@@ -26,7 +26,7 @@ from proxy.logs import configure_logging
 from proxy.records import TURNS_STREAM, TurnRecord
 from registry.actions import Control
 from registry.canary import ArmCounts, CanaryPolicy, Decision, Health, decide, p99
-from registry.errors import CanaryRunning, RegistryError
+from registry.errors import CanaryRunning, PolicyServerError, RegistryError
 from registry.lineage import pending_chain
 from registry.records import UPSTREAM_OUTCOMES_KEY, AuditEvent, CanaryState
 from registry.settings import RegistrySettings
@@ -167,7 +167,16 @@ class Controller:
                 self.registry.log(AuditEvent(kind="controller_error", actor="controller", reason=str(exc)))
             except redis.RedisError as exc:  # Redis is down: nothing can change, try again next tick
                 log.warning("controller_redis_unavailable", error=str(exc))
-            stop.wait(interval)
+            self._wait(interval, stop)
+
+    def _wait(self, interval: float, stop: threading.Event) -> None:
+        """Until the next tick, reload at once (every second) what the proxy finds missing upstream."""
+        deadline = time.monotonic() + interval
+        while not stop.wait(min(1.0, max(0.0, deadline - time.monotonic()))) and time.monotonic() < deadline:
+            try:
+                self.control.publisher.reload_missing(self.registry)
+            except (PolicyServerError, RegistryError, redis.RedisError) as exc:
+                log.warning("reload_missing_failed", error=str(exc))
 
 
 def start_in_thread(control: Control, policy: CanaryPolicy, interval: float, stop: threading.Event) -> threading.Thread:

@@ -4,7 +4,10 @@ Each version is loaded under its own served name (``<base>@vN``) with ``POST /v1
 and never reloaded in place. A name no alias references any more is unloaded with
 ``POST /v1/unload_lora_adapter`` only after a drain delay, so requests routed to it before the routing
 table changed can finish. (vLLM needs ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``; these endpoints must
-never be reachable from the public network.)
+never be reachable from the public network.) vLLM answers an unload of a name it does not hold with
+404 "cannot be found": that unload is done. A replica that lost its adapters (a restart) answers
+requests for ``<base>@vN`` with 404; the proxy counts those as ``vN:missing`` (and as errors), and
+``reload_missing`` loads such a version again as soon as it sees the count grow.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import httpx
 import structlog
 
 from registry.errors import PolicyServerError
-from registry.records import RETIRED_KEY
+from registry.records import RETIRED_KEY, UPSTREAM_OUTCOMES_KEY
 from registry.routing import desired_table
 from registry.store import Registry
 
@@ -38,6 +41,8 @@ class Publisher:
     drain_seconds: float = 30.0
     timeout: float = 120.0  # loading a large adapter on a busy GPU server can take a while
     client: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=120.0))
+    missing_seen: dict[str, int] = field(default_factory=dict)
+    """The proxy's ``vN:missing`` counts already acted on."""
 
     def close(self) -> None:
         self.client.close()
@@ -63,14 +68,37 @@ class Publisher:
         for url in self.urls:
             if name not in self.loaded(url):
                 continue
-            self._post(url, "unload_lora_adapter", {"lora_name": name}, ok_if="not found")
+            # gone already (vLLM: 404 "cannot be found"; the embedded server: "not found"): done
+            self._post(url, "unload_lora_adapter", {"lora_name": name}, ok_if="not found", ok_status=404)
             log.info("adapter_unloaded", name=name, replica=url)
 
-    def _post(self, url: str, endpoint: str, body: dict[str, str], ok_if: str) -> None:
+    def reload_missing(self, registry: Registry) -> list[str]:
+        """Load again, at once, every served version the proxy found missing upstream since the last call."""
+        counts = {}
+        for key, value in registry.redis.hgetall(UPSTREAM_OUTCOMES_KEY).items():
+            field_name = key.decode() if isinstance(key, bytes) else str(key)
+            if field_name.endswith(":missing"):
+                counts[field_name.removesuffix(":missing")] = int(value)
+        grown = [version for version, count in counts.items() if count > self.missing_seen.get(version, 0)]
+        self.missing_seen.update(counts)
+        if not grown or not self.urls:
+            return []
+        wanted = desired_table(registry).versions
+        reloaded = []
+        for version in grown:
+            if version in wanted:
+                self.ensure_loaded(wanted[version], registry.get(version).path)
+                reloaded.append(wanted[version])
+                log.warning("adapter_missing_reloaded", version=version, name=wanted[version])
+        return reloaded
+
+    def _post(self, url: str, endpoint: str, body: dict[str, str], ok_if: str, ok_status: int | None = None) -> None:
         try:
             response = self.client.post(f"{api_root(url)}/v1/{endpoint}", json=body, timeout=self.timeout)
         except httpx.HTTPError as exc:
             raise PolicyServerError(f"{endpoint} {body['lora_name']} on {url} failed: {exc}") from exc
+        if ok_status is not None and response.status_code == ok_status:
+            return
         if response.status_code >= 400 and ok_if not in response.text.lower():
             raise PolicyServerError(
                 f"{endpoint} {body['lora_name']} on {url}: {response.status_code} {response.text[:300]}"

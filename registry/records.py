@@ -28,7 +28,8 @@ RETIRED_KEY = "nextstate:registry:retired"  # hash: served name -> time it stopp
 LOCK_KEY = "nextstate:registry:lock"  # one registry action at a time, across processes
 
 # Upstream outcome counters per served version, maintained by the proxy: hash fields
-# "<version>:ok" / "<version>:error" (HINCRBY). The controller reads them for the error-rate bound.
+# "<version>:ok" / "<version>:error" (HINCRBY). The controller reads them for the error-rate bound;
+# "<version>:missing" (also counted in error: a 404, the adapter not loaded) makes the publisher reload it.
 
 VersionState = Literal[
     "candidate", "gated_pass", "gated_fail", "canary", "promoted", "rolled_back", "rejected"

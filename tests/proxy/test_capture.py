@@ -7,7 +7,7 @@ import json
 import pytest
 
 from proxy.accumulate import Accumulator, SSESplitter, event_data
-from proxy.capture import Wants, client_wants, forward_body, strip
+from proxy.capture import Wants, chosen_logprobs, client_wants, forward_body, strip
 
 RAW = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0.2}  \n'
 
@@ -111,3 +111,15 @@ def test_strip_copy_leaves_the_original_whole() -> None:
     original = json.loads(json.dumps(completion))
     assert strip_copy(completion, Wants(False, False)) == {"choices": [{"index": 0, "logprobs": None}]}
     assert completion == original
+
+
+def test_a_streamed_token_without_a_logprob_is_recorded_as_missing_not_as_certain() -> None:
+    accumulator = Accumulator()
+    accumulator.feed_chunk({"prompt_token_ids": [7], "choices": [{"index": 0, "delta": {"content": "a"}, "token_ids": [1],
+                                                                  "logprobs": {"content": [{"token": "a", "logprob": -0.5}]}}]})
+    accumulator.feed_chunk({"choices": [{"index": 0, "delta": {"content": "b"}, "token_ids": [2],
+                                         "logprobs": {"content": [{"token": "b"}]}}]})  # no logprob for this one
+    tokens = accumulator.tokens()
+    assert (tokens.method, tokens.response_token_ids, tokens.response_logprobs) == ("captured", [1, 2], None)
+    assert chosen_logprobs({"logprobs": {"content": [{"logprob": -1}, {"logprob": None}]}}) is None
+    assert chosen_logprobs({"logprobs": {"content": [{"logprob": -1}, {"logprob": -2.5}]}}) == [-1.0, -2.5]

@@ -92,9 +92,12 @@ def test_routing_table_in_redis_routes_and_is_recorded(proxy_url, fake, redis_cl
     # the canary's health: upstream outcomes per served version, counted off the request path
     fake.push(Reply(status=500))
     http.post(f"{proxy_url}/v1/chat/completions", json=CHAT, headers={"X-NextState-Policy": "v1"})
+    fake.push(Reply(status=404))  # the adapter is not loaded upstream (a restarted server): an error, and missing
+    http.post(f"{proxy_url}/v1/chat/completions", json=CHAT, headers={"X-NextState-Policy": "v2"})
     ok = {"v1": 2, "v2": 3}
     ok[probe_version] += 1
-    expected = {b"v1:ok": str(ok["v1"]).encode(), b"v2:ok": str(ok["v2"]).encode(), b"v1:error": b"1"}
+    expected = {b"v1:ok": str(ok["v1"]).encode(), b"v2:ok": str(ok["v2"]).encode(), b"v1:error": b"1",
+                b"v2:error": b"1", b"v2:missing": b"1"}
     deadline = time.monotonic() + 5
     while redis_client.hgetall(UPSTREAM_OUTCOMES_KEY) != expected and time.monotonic() < deadline:
         time.sleep(0.05)
