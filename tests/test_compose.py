@@ -117,6 +117,11 @@ def test_vllm_serves_runtime_lora_adapters() -> None:
     assert int(args["max-loras"]) >= 3
     assert int(args["max-lora-rank"]) >= TrainConfig.gpu().lora_r
     assert args["model"] == "Qwen/Qwen2.5-7B-Instruct"  # NEXTSTATE_BASE_MODEL from .env.example
+    # tool-calling clients: auto tool choice with the parser of the default family (Qwen2.5: hermes)
+    assert "enable-auto-tool-choice" in args and args["tool-call-parser"] == "hermes"
+    # a pinned release with return_token_ids and token ids in streamed tool calls, never `latest`
+    tag = vllm["image"].rpartition(":")[2]
+    assert re.fullmatch(r"v(\d+)\.(\d+)\.(\d+)", tag) and tuple(map(int, tag[1:].split("."))) >= (0, 14, 0), tag
     assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
     assert gpu_devices(vllm)
     mounts = {v["source"]: v for v in vllm["volumes"]}
@@ -124,8 +129,10 @@ def test_vllm_serves_runtime_lora_adapters() -> None:
 
 
 def test_base_model_comes_from_the_environment() -> None:
-    config = compose_config("gpu", NEXTSTATE_BASE_MODEL="meta-llama/Llama-3.1-8B-Instruct")
+    config = compose_config("gpu", NEXTSTATE_BASE_MODEL="meta-llama/Llama-3.1-8B-Instruct",
+                            VLLM_TOOL_CALL_PARSER="llama3_json")
     assert "--model=meta-llama/Llama-3.1-8B-Instruct" in config["services"]["vllm"]["command"]
+    assert "--tool-call-parser=llama3_json" in config["services"]["vllm"]["command"]
     assert config["services"]["learner"]["environment"]["NEXTSTATE_BASE_MODEL"] == "meta-llama/Llama-3.1-8B-Instruct"
 
 
