@@ -132,12 +132,14 @@ class FakeUpstream:
                     for c in reply.tool_calls
                 ]
             choice: dict[str, Any] = {"index": index, "message": message, "finish_reason": finish, "logprobs": None}
+            # as vLLM: every generated token has an id and a logprob, those of the tool calls' text too
+            generated = said + "".join(c["name"] + c["arguments"] for c in reply.tool_calls or [])
             if body.get("logprobs"):
                 choice["logprobs"] = {"content": [
                     {"token": c, "logprob": _logprob(i), "bytes": list(c.encode()), "top_logprobs": []}
-                    for i, c in enumerate(said)]}
+                    for i, c in enumerate(generated)]}
             if self.capture and body.get("return_token_ids"):
-                choice["token_ids"] = [ord(c) for c in said]
+                choice["token_ids"] = [ord(c) for c in generated]
             choices.append(choice)
         completion_tokens = sum(map(len, texts))
         answer: dict[str, Any] = {
@@ -186,15 +188,19 @@ class FakeUpstream:
                     if piece := texts[n][start:start + step]:
                         yield chunk({"content": piece}, piece=piece, start=start, index=n)
             for n in choices:
+                position = len(texts[n])  # tool-call deltas carry their tokens' ids and logprobs, as vLLM's do
                 for index, call in enumerate(reply.tool_calls or []):
                     yield chunk({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
-                                                 "function": {"name": call["name"], "arguments": ""}}]}, index=n)
+                                                 "function": {"name": call["name"], "arguments": ""}}]},
+                                piece=call["name"], start=position, index=n)
+                    position += len(call["name"])
                     args = call["arguments"]
                     for start in range(0, len(args), 4):
                         if reply.chunk_delay_s:
                             await asyncio.sleep(reply.chunk_delay_s)
                         yield chunk({"tool_calls": [{"index": index, "function": {"arguments": args[start:start + 4]}}]},
-                                    index=n)
+                                    piece=args[start:start + 4], start=position, index=n)
+                        position += len(args[start:start + 4])
             for n in choices:
                 yield chunk({}, finish_reason=finish, index=n)
             if (body.get("stream_options") or {}).get("include_usage"):
