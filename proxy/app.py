@@ -176,6 +176,7 @@ ROUTES = [
     Route("/healthz", routes.healthz, methods=["GET"]),
     Route("/readyz", routes.readyz, methods=["GET"]),
     Route("/metrics", routes.metrics, methods=["GET"]),
+    Route("/openapi.json", routes.openapi, methods=["GET"]),
 ]
 _OWN = frozenset(route.path for route in ROUTES)
 

@@ -15,6 +15,7 @@ from proxy.body import parse_json_object, receive_body
 from proxy.errors import BadRequest, NotFound, ProxyError, error_response
 from proxy.forward import Flight, Reply
 from proxy.headers import forward_headers, key_hash
+from proxy.openapi import document
 from proxy.recorder import REDIS_DOWN, Entry
 from proxy.records import FeedbackRecord, turn_key
 from proxy.state import ProxyState
@@ -107,6 +108,11 @@ async def feedback(request: Request) -> Response:
     state.recorder.submit(Entry(kind="feedback", feedback=record))
     return JSONResponse({"id": feedback_id, "object": "feedback", "turn_id": turn_id, "rating": rating,
                          "status": "accepted"})
+
+
+async def openapi(request: Request) -> Response:
+    """``GET /openapi.json``: the document of the proxy's own routes (proxy.openapi)."""
+    return JSONResponse(document())
 
 
 async def healthz(request: Request) -> Response:

@@ -19,7 +19,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +62,19 @@ def _logprob(position: int) -> float:
     return -0.05 - 0.1 * (position % 5)
 
 
+def _validating(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """A body the scripted answer cannot read is answered 400, as a real server's validation would."""
+
+    async def handle(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+            return JSONResponse({"error": {"message": f"invalid request: {exc!r}", "type": "invalid_request_error",
+                                           "param": None, "code": None}}, status_code=400)
+
+    return handle
+
+
 class FakeUpstream:
     def __init__(self, *, capture: bool = True, model: str = "fake-model") -> None:
         self.capture = capture
@@ -73,11 +86,11 @@ class FakeUpstream:
         self.stored: dict[str, list[dict[str, Any]]] = {}
         """Responses API: each stored response's conversation (its input items and output), by id."""
         self.app = Starlette(routes=[
-            Route("/v1/chat/completions", self.chat, methods=["POST"]),
-            Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/chat/completions", _validating(self.chat), methods=["POST"]),
+            Route("/v1/completions", _validating(self.completions), methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
-            Route("/v1/embeddings", self.embeddings, methods=["POST"]),
-            Route("/v1/responses", self.responses, methods=["POST"]),
+            Route("/v1/embeddings", _validating(self.embeddings), methods=["POST"]),
+            Route("/v1/responses", _validating(self.responses), methods=["POST"]),
             Route("/v1/{rest:path}", self.other, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         ])
 
