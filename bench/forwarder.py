@@ -12,7 +12,7 @@ import os
 
 from starlette.types import Message, Receive, Scope, Send
 
-from proxy.http1 import Pool
+from proxy.pool import Pool
 
 _pool: Pool | None = None
 

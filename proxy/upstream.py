@@ -1,4 +1,4 @@
-"""The upstream client: one keep-alive pool per app (proxy.http1), errors translated to proxy errors.
+"""The upstream client: one keep-alive pool per app (proxy.pool over proxy.http1), errors translated to proxy errors.
 
 The client was chosen by measurement (bench/proxy_overhead.py, DESIGN's table): httpx, then aiohttp,
 then the lean HTTP/1.1 pool in proxy.http1, which costs about a sixth of aiohttp's CPU per request.
@@ -19,13 +19,13 @@ from proxy.http1 import (
     ConnectError,
     HeaderPairs,
     HTTPError,
-    Pool,
     PoolTimeout,
     ReadTimeout,
     TooLarge,
     WriteTimeout,
 )
 from proxy.http1 import Response as UpstreamResponse
+from proxy.pool import Pool
 
 __all__ = ["HTTPError", "Upstream", "UpstreamResponse"]
 

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from proxy.http1 import ConnectError, HTTPError, Pool, ReadTimeout
+from proxy.http1 import ConnectError, HTTPError, ReadTimeout
+from proxy.pool import Pool
 from tests.support.servers import free_port
 
 Handler = Callable[[socket.socket, int], None]
