@@ -82,9 +82,10 @@ def start_upstream(stack: ExitStack, delay_s: float = 0.0) -> str:
     return _uvicorn(stack, ["--factory", "tests.support.fake_upstream:create_app"], {"FAKE_UPSTREAM_DELAY_S": str(delay_s)})
 
 
-def start_forwarder(stack: ExitStack, upstream: str) -> str:
-    """The bare forwarder (bench.forwarder) in front of ``upstream``; returns its base URL."""
-    return _uvicorn(stack, ["bench.forwarder:app"], {"FORWARD_TO": upstream})
+def start_forwarder(stack: ExitStack, upstream: str, client: str = "http1") -> str:
+    """The bare forwarder (bench.forwarder) in front of ``upstream`` with ``client`` as its upstream client;
+    returns its base URL."""
+    return _uvicorn(stack, ["bench.forwarder:app"], {"FORWARD_TO": upstream, "FORWARD_CLIENT": client})
 
 
 def start_proxy(stack: ExitStack, home: Path, upstream: str, workers: int = 1) -> str:
@@ -209,12 +210,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure peak throughput in front of an upstream that takes this long per answer "
                              "(0: skip)")
     parser.add_argument("--slow-concurrency", type=int, default=16)
+    parser.add_argument("--clients", default="",
+                        help="also forward through the bare forwarder with these upstream clients (comma-separated: "
+                             "aiohttp, httpcore), side by side with the proxy's own (http1)")
     args = parser.parse_args(argv)
+    clients = [c.strip() for c in args.clients.split(",") if c.strip()]
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="nextstate-bench-") as home:
         direct, proxied = start_stack(stack, Path(home) / "fast", args.workers)
         forwarder = start_forwarder(stack, direct)
         chat = {name: f"{url}/chat/completions" for name, url in
                 (("direct", direct), ("forwarder", forwarder), ("proxied", proxied))}
+        for client in clients:
+            name = f"forwarder-{client}"
+            chat[name] = f"{start_forwarder(stack, direct, client)}/chat/completions"
+            BODIES[name], STREAM_BODIES[name] = BODIES["forwarder"], STREAM_BODIES["forwarder"]
         rounds = [uvloop.run(fixed_rate(chat, args.rate, args.seconds)) for _ in range(args.latency_rounds)]
         first = uvloop.run(ttft(chat, args.ttft_requests))
         throughput = uvloop.run(peak(chat, args.concurrency, args.window, args.rounds))
@@ -250,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
             f"slow_upstream_{args.slow_upstream_ms:g}ms_peak_ratio": slow["proxied"] / slow["direct"]} if slow else {}),
         "mean_added_ms": (statistics.fmean(p) - statistics.fmean(d)) * 1000,
     }
+    for client in clients:  # the upstream client options, each in the bare forwarder, beside the proxy's own
+        name = f"forwarder-{client}"
+        report[f"{name}_added_p50_ms"] = _median_over_rounds(rounds, name, 0.5)
+        report[f"{name}_added_p99_ms"] = _median_over_rounds(rounds, name, 0.99)
+        report[f"{name}_peak_rps"] = throughput[name]
+        report[f"{name}_peak_ratio_to_http1"] = throughput[name] / throughput["forwarder"]
     width = max(map(len, report))
     for key, value in report.items():
         print(f"{key:<{width}}  {value:.3f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
