@@ -130,6 +130,13 @@ def text_chars(content: Any) -> int:
     return 0
 
 
+def check_model(body: dict[str, Any]) -> None:
+    """``model`` (what routing reads first) is a string when given."""
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise BadRequest("'model' must be a string", param="model")
+
+
 def check_tools(body: dict[str, Any], limits: Limits) -> None:
     tools = body.get("tools")
     if tools is not None and (not isinstance(tools, list) or len(tools) > limits.tools):
@@ -160,4 +167,5 @@ def parse_chat(raw: bytes, limits: Limits | None = None) -> dict[str, Any]:
             raise BadRequest(f"messages[{index}] must be an object with a 'role'", param=f"messages.[{index}]")
     check_messages(messages, limits)
     check_tools(body, limits)
+    check_model(body)
     return body

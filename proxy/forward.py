@@ -11,6 +11,7 @@ record off at the end. Chat completions, the Responses API and the pass-through 
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
@@ -114,7 +115,7 @@ class Flight:
         headers = forward_headers(scope["headers"], state.settings.upstream_api_key, controls, as_sent=as_sent)
         return cls(state, endpoint, headers, controls, scope.setdefault("nextstate.log", {}))
 
-    @property
+    @functools.cached_property
     def limits(self) -> Limits:
         return limits(self.state)
 

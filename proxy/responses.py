@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy import items
-from proxy.body import check_messages, check_tools, parse_json_object
+from proxy.body import check_messages, check_model, check_tools, parse_json_object
 from proxy.capture import forward_body
 from proxy.errors import ProxyError
 from proxy.forward import Flight, Reply
@@ -76,6 +76,7 @@ async def responses(request: Request) -> Reply | Response:
         if isinstance(body.get("input"), list):
             check_messages(body["input"], flight.limits, param="input")
         check_tools(body, flight.limits)
+        check_model(body)
         check_user(body.get("user"))
         record = recorded(flight.state.settings, controls)
         conversation, continued = await _conversation(flight.state, body) if record else (None, None)

@@ -78,6 +78,8 @@ def test_messages_message_length_and_tools_are_bounded(start_proxy, fake, http) 
     tool = {"type": "function", "function": {"name": "f", "parameters": {}}}
     assert assert_openai_error(post({**CHAT, "tools": [tool, tool]}), 400)["code"] == "too_many_tools"
     assert assert_openai_error(post({"model": "m", "input": [user] * 4}, "/v1/responses"), 400)["param"] == "input"
+    for path in ("/v1/chat/completions", "/v1/responses"):  # what routing reads must have its type
+        assert assert_openai_error(post({**CHAT, "model": ["m"]}, path), 400)["param"] == "model"
     assert fake.requests == []
     assert post({**CHAT, "messages": [user] * 3, "tools": [tool]}).status_code == 200
 
