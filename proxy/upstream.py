@@ -26,6 +26,7 @@ from proxy.http1 import (
 )
 from proxy.http1 import Response as UpstreamResponse
 from proxy.pool import Pool
+from proxy.settings import ProxySettings
 
 __all__ = ["HTTPError", "Upstream", "UpstreamResponse"]
 
@@ -43,7 +44,7 @@ class Upstream:
         self._pool: Pool | None = None
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Upstream:
+    def from_settings(cls, settings: ProxySettings) -> Upstream:
         """The client a ``ProxySettings`` describes."""
         ssl_context = None
         if settings.upstream_ca_bundle or settings.upstream_client_cert:
@@ -69,9 +70,10 @@ class Upstream:
         self, method: str, path: str, *, body: bytes | None = None, headers: HeaderPairs = (),
         read_timeout_s: float | None = None,
     ) -> UpstreamResponse:
-        """Send a request; the caller reads (or streams) the body and must release the response.
+        """Send a request; the caller reads the body with ``read`` or streams it inside ``async with response:``,
+        which hands the connection back (or closes it) however the block ends.
 
-        ``headers`` are byte pairs (see ``proxy.chat.forward_headers``).
+        ``headers`` are byte pairs (see ``proxy.headers.forward_headers``).
         """
         assert self._pool is not None, "Upstream.open() was not called"
         try:
@@ -90,16 +92,16 @@ class Upstream:
 
     @staticmethod
     async def read(response: UpstreamResponse) -> bytes:
+        """The whole body; the connection goes back to the pool (or is closed) on the way out."""
         try:
-            return await response.read()
+            async with response:
+                return await response.read()
         except ReadTimeout as exc:
             raise UpstreamTimeout("upstream timed out while sending its answer") from exc
         except TooLarge as exc:
             raise UpstreamUnreachable(f"upstream answer too large ({exc})", code="upstream_response_too_large") from exc
         except HTTPError as exc:
             raise UpstreamUnreachable(f"upstream connection failed ({exc})") from exc
-        finally:
-            response.release()
 
     @staticmethod
     def iter_chunks(response: UpstreamResponse) -> AsyncIterator[bytes]:
