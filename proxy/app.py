@@ -90,6 +90,12 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     return error_response(NotFound(f"no route {request.url.path}"))
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The client left before its body arrived: nothing to answer (the response goes nowhere)."""
+    request.scope.setdefault("nextstate.log", {})["error"] = "client_disconnected"
+    return Response(status_code=400)
+
+
 async def _method_not_allowed(request: Request, exc: Exception | None) -> Response:
     return error_response(MethodNotAllowed(f"method {request.method} not allowed on {request.url.path}"))
 
@@ -241,7 +247,7 @@ def create_app(settings: ProxySettings, *, mounts: list[tuple[str, ASGIApp]] | N
         prefixes.append(prefix)
     app_routes.append(PASSTHROUGH)
     app = Starlette(routes=app_routes, lifespan=lifespan, exception_handlers={
-        404: _not_found, 405: _method_not_allowed,
+        404: _not_found, 405: _method_not_allowed, chat.ClientGone: _client_gone,
     })
     paths = {route.path for route in ROUTES}
     served: ASGIApp = ChatFastPath(app, settings.max_header_bytes)

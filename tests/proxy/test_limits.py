@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from urllib.parse import urlsplit
 
 import pytest
@@ -97,3 +98,16 @@ def test_header_size_and_session_ids_are_bounded(start_proxy, fake, http) -> Non
     assert fake.requests == []
     answer = http.post(chat, json=CHAT, headers={"x-session-id": "s" * 200})
     assert answer.status_code == 200 and answer.headers["x-nextstate-session-id"] == "s" * 200
+
+
+def test_a_client_that_leaves_before_its_body_is_not_an_error_in_the_proxy(proxy_url, fake, http, capfd) -> None:
+    parts = urlsplit(proxy_url)
+    for path in ("/v1/responses", "/v1/embeddings", "/v1/chat/completions"):
+        with socket.create_connection((parts.hostname, parts.port), timeout=5) as sock:
+            sock.sendall(f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                         "content-length: 100\r\n\r\n{\"model\":".encode())
+        time.sleep(0.3)
+    assert http.get(f"{proxy_url}/healthz").status_code == 200
+    logged = capfd.readouterr()
+    assert logged.out.count("client_disconnected") == 3 and "Traceback" not in logged.out + logged.err
+    assert fake.requests == []
