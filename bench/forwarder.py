@@ -31,11 +31,13 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             if _CLIENT == "aiohttp":
                 import aiohttp
 
-                _other = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256), auto_decompress=False)
+                # idle connections dropped before the upstream's 5 s keep-alive ends, as proxy.pool does
+                _other = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=4),
+                                               auto_decompress=False)
             elif _CLIENT == "httpcore":
                 import httpcore
 
-                _other = httpcore.AsyncConnectionPool(max_connections=256)
+                _other = httpcore.AsyncConnectionPool(max_connections=256, keepalive_expiry=4)
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             if _pool is not None:
