@@ -196,7 +196,7 @@ class Learner:
         items = [build_item(e, self.tokenizer, method=self.config.method, parent_version=parent,
                             max_prompt_tokens=self.config.max_prompt_tokens,
                             max_response_tokens=self.config.max_response_tokens) for e in selection.train]
-        parent_dir = Path(self.registry.get(parent).path) if parent else None
+        parent_dir = self.registry.path_of(self.registry.get(parent)) if parent else None
         model = attach_adapter(self.base, self.config, parent_dir)
         self.rounds += 1
         retain = sample_retain(model, self.tokenizer, self.retain_prompts, self.config, self.config.seed + self.rounds)

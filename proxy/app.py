@@ -22,12 +22,14 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy import chat, responses, routes
+from proxy.access import ClientAccess, parse_keys
 from proxy.embedded_redis import resolve_redis_url
 from proxy.errors import MethodNotAllowed, NotFound, ProxyError, error_response
 from proxy.metrics import Metrics
 from proxy.middleware import AdminGuard, CanonicalLog
 from proxy.recorder import REDIS_DOWN, Recorder
 from proxy.records import UPSTREAM_OUTCOMES_KEY
+from proxy.redact import Redactor
 from proxy.routing import RoutingRefresher
 from proxy.settings import ProxySettings
 from proxy.spool import Spool
@@ -195,7 +197,7 @@ def create_app(settings: ProxySettings, *, mounts: list[tuple[str, ASGIApp]] | N
         spool = Spool.claim(settings.spool_path())
         orphans = Spool.orphans(settings.spool_path())
         recorder = Recorder(store, spool, metrics, replay_interval_s=settings.replay_interval_s, orphans=orphans,
-                            gather_s=settings.record_gather_ms / 1000)
+                            gather_s=settings.record_gather_ms / 1000, redactor=redactor)
         refresher = RoutingRefresher(redis_client, settings.routing_refresh_s)
         with contextlib.suppress(Exception):  # first load before serving; the refresher retries
             await refresher.refresh()
@@ -230,6 +232,9 @@ def create_app(settings: ProxySettings, *, mounts: list[tuple[str, ASGIApp]] | N
     })
     paths = {route.path for route in ROUTES}
     served: ASGIApp = ChatFastPath(app)
+    redactor = Redactor(settings.redact, settings.redact_hook)  # built at start: a bad setting stops the proxy
+    if keys := parse_keys(settings.api_keys, settings.api_key_rpm):  # read at start: a bad entry stops the proxy
+        served = ClientAccess(served, keys, tuple(prefixes))
     origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
     if origins:  # a browser client: preflights answered, the proxy's own response headers readable
         served = CORSMiddleware(served, allow_origins=origins, allow_methods=["*"], allow_headers=["*"],

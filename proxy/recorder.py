@@ -4,6 +4,7 @@ Handlers only ``submit`` (a non-blocking queue put) after the response has been 
 builds the records (parsing the response happens here, not on the hot path) and applies them to
 Redis in order, in batches of whatever has queued up. When Redis fails, the entries go to the spool, and while the spool holds anything
 every new entry goes there too, so order is kept; the same task replays the spool when Redis is back.
+Entries are redacted (``proxy.redact``) before they are written anywhere.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from proxy import fastjson, items
 from proxy.accumulate import Accumulator
 from proxy.metrics import Metrics
 from proxy.records import FeedbackRecord, ResponseContext, Serving, Timings, TurnRecord, TurnRequest
+from proxy.redact import Redactor
 from proxy.routing import Decision
 from proxy.sessions import message_digest, turn_index
 from proxy.spool import Spool
@@ -139,8 +141,10 @@ def build_entry(exchange: Exchange) -> Entry | None:
 
 class Recorder:
     def __init__(self, store: Store, spool: Spool, metrics: Metrics, *, replay_interval_s: float = 1.0,
-                 orphans: list[Spool] | None = None, gather_s: float = 0.0) -> None:
+                 orphans: list[Spool] | None = None, gather_s: float = 0.0, redactor: Redactor | None = None) -> None:
         self.store = store
+        self.redactor = redactor if redactor is not None and redactor.active else None
+        """Scrubs every entry before it is written anywhere (Redis or the spool)."""
         self.spool = spool
         self.orphans = list(orphans or [])
         """Spools left by processes that are gone; replayed before this process's own."""
@@ -224,15 +228,15 @@ class Recorder:
             spool.commit(lines[-1][0])
 
     def _entry(self, item: Exchange | Entry) -> Entry | None:
-        if isinstance(item, Entry):
-            return item
         try:
-            entry = build_entry(item)
-        except Exception as exc:  # a malformed upstream answer must not stop recording
-            log.error("record_build_failed", turn_id=item.turn_id, error=repr(exc))
-            self.metrics.records.labels("turn", "failed").inc()
+            entry = item if isinstance(item, Entry) else build_entry(item)
+            if entry is not None and self.redactor is not None and (changed := self.redactor.entry(entry)):
+                self.metrics.records.labels(entry.kind, "redacted").inc(changed)
+        except Exception as exc:  # a malformed upstream answer or a failing scrubber: never stored unscrubbed
+            log.error("record_build_failed", error=repr(exc))
+            self.metrics.records.labels(item.kind if isinstance(item, Entry) else "turn", "failed").inc()
             entry = None
-        if entry is None:
+        if entry is None and isinstance(item, Exchange):
             self.pending_turns.discard(item.turn_id)
         return entry
 

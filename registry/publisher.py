@@ -16,6 +16,7 @@ import httpx
 import structlog
 
 from registry.errors import PolicyServerError
+from registry.names import check_served_name
 from registry.records import RETIRED_KEY
 from registry.routing import desired_table
 from registry.store import Registry
@@ -53,6 +54,7 @@ class Publisher:
 
     def ensure_loaded(self, name: str, path: str) -> None:
         """Load ``name`` from ``path`` on every replica that does not have it yet."""
+        check_served_name(name)
         for url in self.urls:
             if name in self.loaded(url):
                 continue
@@ -83,7 +85,7 @@ class Publisher:
         now = time.time() if now is None else now
         wanted = desired_table(registry).versions
         for version, name in wanted.items():
-            self.ensure_loaded(name, registry.get(version).path)
+            self.ensure_loaded(name, str(registry.path_of(registry.get(version))))
         ours = {info.served_name for info in registry.versions()}
         present = set().union(*(self.loaded(url) for url in self.urls)) & ours
         unloaded, draining = [], []
