@@ -32,21 +32,34 @@ from typing import Any
 KINDS = ("secrets", "email", "phone", "card", "token")
 DEFAULT = "secrets"
 
-_SECRETS = re.compile(
-    r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|\Z)"
-    r"|(?<![A-Za-z0-9])(?:Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}"
-    r"|(?<![A-Za-z0-9_-])(?:sk-(?:ant-|proj-|live-|test-)?[A-Za-z0-9_-]{16,}|(?:ghp|gho|ghs|ghu|ghr)_[A-Za-z0-9]{30,}"
-    r"|github_pat_[A-Za-z0-9_]{30,}|glpat-[A-Za-z0-9_-]{20,}|xox[abprs]-[A-Za-z0-9-]{10,}|hf_[A-Za-z0-9]{30,}"
-    r"|(?:AKIA|ASIA)[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{35}|(?:rk|sk|pk)_(?:live|test)_[0-9A-Za-z]{16,})"
-    r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
-    r"|(?i:(?<![A-Za-z0-9])(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token|client[_-]?secret)"
-    r"\"?\s*[:=]\s*\"?)[^\s\"',;]{6,}"
+# Each rule runs only when a cheap test finds what it needs (a literal prefix, an "@", a digit): most
+# text is prose, and scanning it with the full patterns costs ten times more than serialising the record.
+_KEY_PREFIXES = ("sk-", "sk_", "rk_", "pk_", "ghp_", "gho_", "ghs_", "ghu_", "ghr_", "github_pat_", "glpat-", "xox",
+                 "hf_", "AKIA", "ASIA", "AIza")
+_ASSIGNED = ("password", "passwd", "pwd", "secret", "api_key", "api-key", "apikey", "access_token", "access-token",
+             "accesstoken", "auth_token", "auth-token", "authtoken")
+_SECRET_RULES = [
+    (("PRIVATE KEY",), re.compile(
+        r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|\Z)")),
+    (("Bearer", "Basic"), re.compile(r"(?:Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}")),
+    (_KEY_PREFIXES, re.compile(
+        r"(?:sk-(?:ant-|proj-|live-|test-)?[A-Za-z0-9_-]{16,}|(?:ghp|gho|ghs|ghu|ghr)_[A-Za-z0-9]{30,}"
+        r"|github_pat_[A-Za-z0-9_]{30,}|glpat-[A-Za-z0-9_-]{20,}|xox[abprs]-[A-Za-z0-9-]{10,}|hf_[A-Za-z0-9]{30,}"
+        r"|(?:AKIA|ASIA)[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{35}|(?:rk|sk|pk)_(?:live|test)_[0-9A-Za-z]{16,})")),
+    (("eyJ",), re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
+]
+_ASSIGNMENT = re.compile(
+    r"((?i:(?<![A-Za-z0-9])(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token|client[_-]?secret)"
+    r"\"?\s*[:=]\s*\"?))[^\s\"',;]{6,}"
 )
 _EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}")
-_PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,4}){2,4}(?![\w])"
-                    r"|(?<![\w+])\+\d{8,15}(?!\w)")
-_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
-_TOKEN = re.compile(r"(?<![A-Za-z0-9_+/=-])(?=[A-Za-z0-9_+/=-]*\d)(?=[A-Za-z0-9_+/=-]*[A-Za-z])[A-Za-z0-9_+/=-]{32,}")
+# No pattern starts with a look-behind (that stops the regex engine from skipping ahead to a possible
+# first character); what may not precede a match is checked by ``_bounded`` instead.
+_PHONE = re.compile(r"(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,4}){2,4}(?!\w)|\+\d{8,15}(?!\w)")
+_CARD = re.compile(r"\d(?:[ -]?\d){12,18}(?![\d-])")
+_TOKEN = re.compile(r"[A-Za-z0-9_+/=-]{32,}")
+_DIGITS = re.compile(r"\d[\d\s().-]{7}")  # what any phone or card number starts with
+_LONG_WORD = re.compile(r"[A-Za-z0-9_+/=-]{32}")
 
 
 def luhn_valid(digits: str) -> bool:
@@ -59,24 +72,59 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
+def _preceded(match: re.Match[str], chars: str) -> bool:
+    start = match.start()
+    return start > 0 and match.string[start - 1] in chars
+
+
+_WORD = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"
+
+
+def _key(match: re.Match[str]) -> str:
+    return match.group() if _preceded(match, _WORD + "-") else "[REDACTED:secret]"
+
+
 def _card(match: re.Match[str]) -> str:
     digits = re.sub(r"[ -]", "", match.group())
-    return "[REDACTED:card]" if 13 <= len(digits) <= 19 and luhn_valid(digits) else match.group()
+    if _preceded(match, "0123456789-") or not (13 <= len(digits) <= 19 and luhn_valid(digits)):
+        return match.group()
+    return "[REDACTED:card]"
 
 
 def _phone(match: re.Match[str]) -> str:
     digits = sum(c.isdigit() for c in match.group())
-    return "[REDACTED:phone]" if 9 <= digits <= 15 else match.group()
+    return "[REDACTED:phone]" if 9 <= digits <= 15 and not _preceded(match, _WORD + "+") else match.group()
+
+
+def _token(match: re.Match[str]) -> str:
+    text = match.group()
+    mixed = any(c.isdigit() for c in text) and any(c.isalpha() for c in text)
+    return "[REDACTED:token]" if mixed and not _preceded(match, _WORD + "+/=-") else text
+
+
+def _secrets(text: str) -> str:
+    for needles, pattern in _SECRET_RULES:
+        if any(n in text for n in needles):
+            text = pattern.sub(_key, text)
+    lowered = text.lower()
+    if any(n in lowered for n in _ASSIGNED):
+        text = _ASSIGNMENT.sub(r"\1[REDACTED:secret]", text)  # the name stays: "password=[REDACTED:secret]"
+    return text
+
+
+def _only_if(test: Callable[[str], object], pattern: re.Pattern[str],
+             replacement: Callable[[re.Match[str]], str] | str) -> Callable[[str], str]:
+    return lambda text: pattern.sub(replacement, text) if test(text) else text
 
 
 # applied in this order: secrets first (a key may look like a token), cards before phones (a grouped card
 # number also looks like a phone number)
-_RULES: dict[str, tuple[re.Pattern[str], Callable[[re.Match[str]], str] | str]] = {
-    "secrets": (_SECRETS, "[REDACTED:secret]"),
-    "card": (_CARD, _card),
-    "email": (_EMAIL, "[REDACTED:email]"),
-    "phone": (_PHONE, _phone),
-    "token": (_TOKEN, "[REDACTED:token]"),
+_RULES: dict[str, Callable[[str], str]] = {
+    "secrets": _secrets,
+    "card": _only_if(_DIGITS.search, _CARD, _card),
+    "email": _only_if(lambda t: "@" in t, _EMAIL, "[REDACTED:email]"),
+    "phone": _only_if(_DIGITS.search, _PHONE, _phone),
+    "token": _only_if(_LONG_WORD.search, _TOKEN, _token),
 }
 
 
@@ -101,24 +149,36 @@ def load_hook(path: str) -> Callable[[str], str]:
 class Redactor:
     """Scrubs text with the configured kinds and hook; ``entry`` scrubs a recorder entry in place."""
 
-    def __init__(self, kinds: str = DEFAULT, hook: str | Callable[[str], str] | None = None) -> None:
+    def __init__(self, kinds: str = DEFAULT, hook: str | Callable[[str], str] | None = None,
+                 remember: int = 4096) -> None:
         chosen = {k.strip().lower() for k in kinds.split(",") if k.strip()} - {"none"}
         unknown = chosen - set(KINDS)
         if unknown:
             raise RedactionConfigError(f"unknown redaction kinds {sorted(unknown)} (known: {', '.join(KINDS)}, none)")
         self.rules = [rule for kind, rule in _RULES.items() if kind in chosen]
         self.hook = load_hook(hook) if isinstance(hook, str) else hook
+        self.remember = remember
+        self._seen: dict[str, str] = {}
+        """Recently scrubbed texts and their result (insertion order = age)."""
 
     @property
     def active(self) -> bool:
         return bool(self.rules) or self.hook is not None
 
     def text(self, value: str) -> str:
-        for pattern, replacement in self.rules:
-            value = pattern.sub(replacement, value)
+        # a conversation sends its whole history with every request: each message is scrubbed once
+        if (known := self._seen.get(value)) is not None:
+            return known
+        scrubbed = value
+        for rule in self.rules:
+            scrubbed = rule(scrubbed)
         if self.hook is not None:
-            value = self.hook(value)
-        return value
+            scrubbed = self.hook(scrubbed)
+        if len(value) >= 64:  # short texts cost less to scrub than to remember
+            if len(self._seen) >= self.remember:
+                self._seen.pop(next(iter(self._seen)))  # the oldest first
+            self._seen[value] = scrubbed
+        return scrubbed
 
     def message(self, message: dict[str, Any]) -> bool:
         """Scrub a chat message's text (content, its parts, reasoning, tool-call arguments); True if changed."""
