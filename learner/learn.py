@@ -169,6 +169,7 @@ class Learner:
         selection = select(
             entries, method=self.config.method, lineage_ids=lineage_sample_ids(self.registry, parent),
             stored_revisions=self.reader.stored_revisions(e.sample.turn_id for e in entries if e.sample),
+            present=self.reader.present(e.entry_id for e in entries),
         )
         return parent, selection
 
