@@ -197,7 +197,8 @@ def create_app(settings: ProxySettings, *, mounts: list[tuple[str, ASGIApp]] | N
         spool = Spool.claim(settings.spool_path())
         orphans = Spool.orphans(settings.spool_path())
         recorder = Recorder(store, spool, metrics, replay_interval_s=settings.replay_interval_s, orphans=orphans,
-                            gather_s=settings.record_gather_ms / 1000, redactor=redactor)
+                            gather_s=settings.record_gather_ms / 1000, redactor=redactor,
+                            retention_s=settings.retention_days * 86400)
         refresher = RoutingRefresher(redis_client, settings.routing_refresh_s)
         with contextlib.suppress(Exception):  # first load before serving; the refresher retries
             await refresher.refresh()

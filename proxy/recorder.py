@@ -141,7 +141,10 @@ def build_entry(exchange: Exchange) -> Entry | None:
 
 class Recorder:
     def __init__(self, store: Store, spool: Spool, metrics: Metrics, *, replay_interval_s: float = 1.0,
-                 orphans: list[Spool] | None = None, gather_s: float = 0.0, redactor: Redactor | None = None) -> None:
+                 orphans: list[Spool] | None = None, gather_s: float = 0.0, redactor: Redactor | None = None,
+                 retention_s: float = 0.0) -> None:
+        self.retention_s = retention_s
+        """Spooled records older than this are dropped at replay, not written (0 = kept)."""
         self.store = store
         self.redactor = redactor if redactor is not None and redactor.active else None
         """Scrubs every entry before it is written anywhere (Redis or the spool)."""
@@ -217,12 +220,19 @@ class Recorder:
     async def _replay_one(self, spool: Spool, batch: int) -> None:
         while lines := list(itertools.islice(spool.entries(), batch)):
             entries = []
+            oldest = time.time() - self.retention_s if self.retention_s > 0 else 0.0
             for _, line in lines:
                 try:
-                    entries.append(Entry.model_validate_json(line))
+                    entry = Entry.model_validate_json(line)
                 except ValueError as exc:  # a damaged line cannot block the ones after it
                     log.error("spool_line_unreadable", spool=str(spool.path), error=repr(exc))
                     self.metrics.records.labels("unknown", "failed").inc()
+                    continue
+                record = entry.turn or entry.feedback
+                if record is not None and record.created_at < oldest:  # past retention: never stored
+                    self.metrics.records.labels(entry.kind, "expired").inc()
+                    continue
+                entries.append(entry)
             if entries:
                 self._count(entries, await self.store.apply(entries), "replayed")
             spool.commit(lines[-1][0])

@@ -21,6 +21,7 @@ class CommonSettings(BaseSettings):
     redis_url: str | None = Field(default=None, description="Redis URL; unset = start an embedded Redis under home.")
     log_level: str = Field(default="info", description="Log level.")
     log_json: bool | None = Field(default=None, description="JSON logs; unset = JSON when stderr is not a TTY.")
+    retention_days: float = Field(default=0.0, ge=0, description="Turns, transitions, feedback and samples older than this are deleted (streams and the spool); 0 = kept.")
 
     def home_dir(self) -> Path:
         path = self.home.expanduser()
