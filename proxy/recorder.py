@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -157,6 +158,8 @@ class Recorder:
         """Wait this long after the first queued item before handling a batch (0 = at once)."""
         self.queue: asyncio.Queue[Exchange | Entry | asyncio.Future[None]] = asyncio.Queue()
         self.pending_turns: set[str] = set()
+        self.dropped = 0
+        """Records neither Redis nor the spool could take (a full or unwritable disk), since start."""
         self._next_replay = 0.0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -191,10 +194,23 @@ class Recorder:
             self.metrics.records.labels(entry.kind, label).inc()
 
     def _to_spool(self, entries: list[Entry]) -> None:
+        dropped: Counter[str] = Counter()
+        error: OSError | None = None
         for entry in entries:
-            self.spool.append(entry.model_dump_json())
+            try:
+                self.spool.append(entry.model_dump_json())
+            except OSError as exc:  # disk full or unwritable: serving goes on, the loss is counted
+                error = exc
+                dropped[entry.kind] += 1
+                continue
             self.metrics.records.labels(entry.kind, "spooled").inc()
-        self.metrics.spool_pending.set(1)
+        if dropped:
+            for kind, count in dropped.items():
+                self.metrics.records.labels(kind, "dropped").inc(count)
+            self.dropped += sum(dropped.values())
+            log.error("spool_write_failed_records_dropped", dropped=sum(dropped.values()), total_dropped=self.dropped,
+                      spool=str(self.spool.path), error=repr(error))
+        self.metrics.spool_pending.set(1 if self.pending() else 0)
 
     async def replay(self, force: bool = False, batch: int = 128) -> bool:
         """Replay the spool in order, in batches; True when it is empty afterwards."""

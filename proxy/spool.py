@@ -10,6 +10,8 @@ claims a free slot and replays whatever the previous owner left there.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import os
 from collections.abc import Iterator
@@ -70,10 +72,17 @@ class Spool:
             self._lock_fd = None
 
     def append(self, line: str) -> None:
+        """Append one line whole, or raise ``OSError`` leaving the file as it was (a full or unwritable disk)."""
         data = line.encode() + b"\n"
-        written = os.write(self._fd, data)
-        if written != len(data):  # pragma: no cover - a full disk
-            raise OSError("short write to spool")
+        size = os.fstat(self._fd).st_size
+        try:
+            written = os.write(self._fd, data)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, f"short write to the spool ({written} of {len(data)} bytes)")
+        except OSError:
+            with contextlib.suppress(OSError):  # no half line left behind to hold up the replay
+                os.ftruncate(self._fd, size)
+            raise
 
     def _offset(self) -> int:
         try:
