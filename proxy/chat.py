@@ -238,6 +238,13 @@ def count_outcome(state: ProxyState, decision: Decision, status: int | None) -> 
         state.outcomes[f"{decision.version}:{'ok' if status is not None and status < 500 else 'error'}"] += 1
 
 
+def count_broken(state: ProxyState, version: str | None) -> None:
+    """An answer that began (counted ok at its headers) and broke off: it counts as an error instead."""
+    if version:
+        state.outcomes[f"{version}:ok"] -= 1
+        state.outcomes[f"{version}:error"] += 1
+
+
 @contextlib.contextmanager
 def upstream_call(state: ProxyState, decision: Decision, lookup: asyncio.Future[str] | None) -> Iterator[None]:
     """Around the upstream call of a request routed by ``decision``: when it fails, the session lookup
@@ -380,6 +387,7 @@ async def chat_completions(scope: Scope, receive: Receive) -> Reply | Response:
         try:
             data = await Upstream.read(response)
         except ProxyError as exc:
+            count_broken(state, decision.version)
             return error_response(exc, {k.decode(): v.decode("latin-1") for k, v in out_headers})
         upstream_s = time.perf_counter() - t_up
         exchange.completion, exchange.stream = data, False  # an upstream may answer a stream request whole
@@ -437,6 +445,7 @@ async def relay(state: ProxyState, response: UpstreamResponse, exchange: Exchang
     except HTTPError as exc:
         log.warning("upstream_stream_broken", error=repr(exc))
         fields.update(error="upstream_stream_broken")
+        count_broken(state, exchange.decision.version)
         yield b"data: " + error_body("upstream stream broken", "upstream_error", code="upstream_stream_broken") + b"\n\n"
     finally:
         if completed:

@@ -24,6 +24,7 @@ from proxy import items
 from proxy.capture import client_wants, forward_body
 from proxy.chat import (
     closes_session,
+    count_broken,
     decode_body,
     forward_headers,
     forward_routed,
@@ -135,6 +136,7 @@ async def responses(request: Request) -> Response:
         try:
             data = await Upstream.read(response)
         except ProxyError as exc:
+            count_broken(state, decision.version)
             return error_response(exc, out_headers)
         upstream_s = time.perf_counter() - t_up
         overhead_s = time.perf_counter() - t0 - upstream_s
