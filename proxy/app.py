@@ -32,7 +32,7 @@ from proxy.records import UPSTREAM_OUTCOMES_KEY
 from proxy.redact import Redactor
 from proxy.routing import RoutingRefresher
 from proxy.settings import ProxySettings
-from proxy.spool import Spool
+from proxy.spool import Spool, UnwritableSpool
 from proxy.state import ProxyState
 from proxy.store import Store
 from proxy.tasks import cancelling, stop
@@ -194,8 +194,12 @@ def create_app(settings: ProxySettings, *, mounts: list[tuple[str, ASGIApp]] | N
         )
         await upstream.open()
         store = Store(redis_client, ttl_s=settings.turn_ttl_s, session_ttl_s=settings.session_ttl_s)
-        spool = Spool.claim(settings.spool_path())
-        orphans = Spool.orphans(settings.spool_path())
+        try:
+            spool = Spool.claim(settings.spool_path())
+            orphans = Spool.orphans(settings.spool_path())
+        except OSError as exc:  # serve anyway: records are dropped (and counted) only while Redis is down
+            log.error("spool_unavailable", error=repr(exc))
+            spool, orphans = UnwritableSpool(settings.spool_dir or settings.home_dir() / "spool", exc), []
         recorder = Recorder(store, spool, metrics, replay_interval_s=settings.replay_interval_s, orphans=orphans,
                             gather_s=settings.record_gather_ms / 1000, redactor=redactor,
                             retention_s=settings.retention_days * 86400)

@@ -113,3 +113,32 @@ class Spool:
         if os.fstat(self._fd).st_size == self._offset():
             os.ftruncate(self._fd, 0)
             self.commit(0)
+
+
+class UnwritableSpool(Spool):
+    """Stands in when no spool can be opened (an unwritable or missing disk): every append fails, so the
+    recorder counts the records it has to drop while Redis is down; serving goes on."""
+
+    def __init__(self, directory: Path, error: OSError) -> None:  # opens nothing
+        self.path = directory / "spool.jsonl"
+        self.offset_path = directory / "spool.offset"
+        self.error = error
+        self._lock_fd = None
+
+    def close(self) -> None:
+        pass
+
+    def append(self, line: str) -> None:
+        raise OSError(self.error.errno, f"no spool: {self.error}")
+
+    def pending(self) -> bool:
+        return False
+
+    def entries(self) -> Iterator[tuple[int, str]]:
+        return iter(())
+
+    def commit(self, offset: int) -> None:
+        pass
+
+    def reset_if_drained(self) -> None:
+        pass

@@ -53,3 +53,22 @@ def test_a_full_spool_disk_drops_counted_records_and_serving_goes_on(
     figures.add(SUITE, "records dropped on a full disk, counted", int(metric))
     assert metric == REQUESTS
     assert said and max(said) == REQUESTS
+
+
+def test_an_unwritable_spool_directory_does_not_stop_the_proxy(
+        start_proxy: Callable[..., str], private_redis: RedisServer, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")  # the spool directory cannot be made under a file, whoever runs the proxy
+    url = start_proxy(redis=private_redis.url, spool_dir=blocker / "spool", redis_timeout_s=0.3)
+    figures.add(SUITE, "faults injected: spool directory unwritable at start")
+    with openai.OpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0, timeout=10) as sdk:
+        sdk.chat.completions.create(model="m", messages=[{"role": "user", "content": "recorded"}])
+        private_redis.stop()
+        sdk.chat.completions.create(model="m", messages=[{"role": "user", "content": "dropped"}])
+    for _ in range(100):
+        text = httpx.get(f"{url}/metrics", timeout=5).text
+        if 'nextstate_proxy_records_total{kind="turn",outcome="dropped"} 1.0' in text:
+            break
+        time.sleep(0.05)
+    assert 'nextstate_proxy_records_total{kind="turn",outcome="dropped"} 1.0' in text
+    assert 'nextstate_proxy_records_total{kind="turn",outcome="written"} 1.0' in text
