@@ -20,6 +20,7 @@ import hmac
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -147,14 +148,14 @@ class Bucket:
 class RateLimiter:
     """A token bucket per key (in this process)."""
 
-    clock: object = time.monotonic
+    clock: Callable[[], float] = time.monotonic
     buckets: dict[bytes, Bucket] = field(default_factory=dict)
 
     def take(self, key: ClientKey) -> float:
         """0 when the request may go now, else the seconds until it may."""
         if key.rpm <= 0:
             return 0.0
-        now = self.clock()  # type: ignore[operator]
+        now = self.clock()
         capacity = key.burst or key.rpm
         rate = key.rpm / 60.0
         bucket = self.buckets.get(key.digest)
