@@ -190,6 +190,9 @@ class ClientAccess:
         await error_response(exc, headers=headers)(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and self.keys:  # the API has no websocket; nothing goes by unchecked
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http" or not self.keys or scope["method"] == "OPTIONS" or self._open(scope["path"]):
             await self.app(scope, receive, send)
             return

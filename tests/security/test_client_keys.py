@@ -121,3 +121,13 @@ def test_the_request_carries_its_key_settings() -> None:
     key = seen[0][CLIENT]
     assert key.scope == "team-a" and key.record is False
     assert [v for n, v in seen[0]["headers"] if n == b"x-nextstate-record"] == [b"off"]  # the client cannot turn it on
+
+
+def test_a_websocket_is_refused_when_keys_are_on(start_proxy: Callable[..., str]) -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    url = start_proxy(api_keys=KEY_A).replace("http://", "ws://")
+    with pytest.raises(InvalidStatus) as refused:
+        connect(f"{url}/v1/realtime", additional_headers={"authorization": "Bearer sk-wrong"}, open_timeout=5)
+    assert refused.value.response.status_code == 403
