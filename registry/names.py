@@ -8,8 +8,8 @@ from pathlib import Path
 
 from registry.errors import RegistryError
 
-_VERSION = re.compile(r"^v[1-9][0-9]{0,8}$")
-_SERVED = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}$")
+_VERSION = re.compile(r"v[1-9][0-9]{0,8}")
+_SERVED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}")
 
 
 class UnsafeName(RegistryError, ValueError):
@@ -17,14 +17,14 @@ class UnsafeName(RegistryError, ValueError):
 
 
 def check_version(version: str) -> str:
-    if not isinstance(version, str) or not _VERSION.match(version):
+    if not isinstance(version, str) or not _VERSION.fullmatch(version):
         raise UnsafeName(f"not a version name: {version!r} (v1, v2, …)")
     return version
 
 
 def check_served_name(name: str) -> str:
     """An adapter name as the policy server knows it: letters, digits and ``._@:+-``, no ``..``."""
-    if not isinstance(name, str) or not _SERVED.match(name) or ".." in name:
+    if not isinstance(name, str) or not _SERVED.fullmatch(name) or ".." in name:
         raise UnsafeName(f"not an adapter name: {name!r}")
     return name
 

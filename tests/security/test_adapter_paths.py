@@ -28,13 +28,13 @@ def _publish(registry: Registry) -> str:
     return version
 
 
-@pytest.mark.parametrize("name", ["v0", "v01", "../v1", "v1/..", "v1/../../etc", "V1", "v", "v1 ", "", "v1\x00"])
+@pytest.mark.parametrize("name", ["v0", "v01", "../v1", "v1/..", "v1/../../etc", "V1", "v", "v1 ", "", "v1\x00", "v1\n"])
 def test_bad_version_names(name: str) -> None:
     with pytest.raises(UnsafeName):
         check_version(name)
 
 
-@pytest.mark.parametrize("name", ["../x", "a/b", "a\\b", "..", "x..y", "", " x", "a\nb", "/etc/passwd", "x" * 200])
+@pytest.mark.parametrize("name", ["../x", "a/b", "a\\b", "..", "x..y", "", " x", "a\nb", "/etc/passwd", "x" * 200, "x\n"])
 def test_bad_served_names(name: str) -> None:
     with pytest.raises(UnsafeName):
         check_served_name(name)
