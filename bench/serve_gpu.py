@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     del model, lora
     port = _free_port()
     env = dict(os.environ, NEXTSTATE_BASE_MODEL=str(work / "base"), NEXTSTATE_SERVE_PORT=str(port),
-               NEXTSTATE_HOME=str(work / "home"), NEXTSTATE_SERVED_MODEL_NAME="base")
+               NEXTSTATE_HOME=str(work / "home"), NEXTSTATE_SERVED_MODEL_NAME="base",
+               NEXTSTATE_ADAPTERS_DIR=str(work))  # the adapter below is loaded from the server's store
     server = subprocess.Popen([sys.executable, "-m", "learner", "serve"], env=env)
     summary: dict[str, object] = {"size": args.size, "cuda": torch.cuda.is_available()}
     try:

@@ -67,8 +67,11 @@ def select(
     method: str,
     lineage_ids: set[str] | frozenset[str] = frozenset(),
     stored_revisions: dict[str, int] | None = None,
+    present: set[str] | None = None,
 ) -> Selection:
-    """Pick the samples that take a batch slot; ``stored_revisions`` is turn id -> latest known revision."""
+    """Pick the samples that take a batch slot; ``stored_revisions`` is turn id -> latest known revision,
+    ``present`` the entry ids still in the stream (one deleted since it was read — forgotten, or past
+    retention — takes no slot)."""
     skipped: dict[str, list[str]] = {}
     latest: dict[str, Entry] = {}
 
@@ -77,6 +80,9 @@ def select(
 
     for entry in entries:
         s = entry.sample
+        if present is not None and entry.entry_id not in present:
+            skip("deleted", entry)
+            continue
         if s is None:
             skip("unreadable", entry)
             continue
@@ -201,6 +207,17 @@ class SampleReader:
             with contextlib.suppress(ValidationError, ValueError):
                 out[turn_id] = SampleRecord.model_validate_json(raw).revision
         return out
+
+    def present(self, entry_ids: Iterable[str]) -> set[str]:
+        """Those of ``entry_ids`` still in the stream (one round trip)."""
+        ids = list(dict.fromkeys(entry_ids))
+        if not ids:
+            return set()
+        with self.redis.pipeline(transaction=False) as pipe:
+            for entry_id in ids:
+                pipe.xrange(self.stream, min=entry_id, max=entry_id, count=1)
+            found = pipe.execute()
+        return {entry_id for entry_id, got in zip(ids, found, strict=True) if got}
 
     def ack(self, entry_ids: Sequence[str]) -> int:
         return int(self.redis.xack(self.stream, self.group, *entry_ids)) if entry_ids else 0

@@ -227,8 +227,8 @@ def evaluate(registry: Registry, version: str, base: Any, tokenizer: Any, suite:
              run: GateRun) -> GateVerdict:
     """Measure the candidate against the current stable version and return the verdict (not recorded)."""
     stable = registry.alias("stable")
-    stable_path = Path(registry.get(stable).path) if stable else None
-    policies = Policies(base, tokenizer, Path(registry.get(version).path), stable_path)
+    stable_path = registry.path_of(registry.get(stable)) if stable else None
+    policies = Policies(base, tokenizer, registry.path_of(registry.get(version)), stable_path)
     try:
         cases, examples = sacred_scores(policies, suite, run)
         replay = replay_stats(policies, held_out(registry, version, run.replay_max))

@@ -169,6 +169,7 @@ class Learner:
         selection = select(
             entries, method=self.config.method, lineage_ids=lineage_sample_ids(self.registry, parent),
             stored_revisions=self.reader.stored_revisions(e.sample.turn_id for e in entries if e.sample),
+            present=self.reader.present(e.entry_id for e in entries),
         )
         return parent, selection
 
@@ -196,7 +197,7 @@ class Learner:
         items = [build_item(e, self.tokenizer, method=self.config.method, parent_version=parent,
                             max_prompt_tokens=self.config.max_prompt_tokens,
                             max_response_tokens=self.config.max_response_tokens) for e in selection.train]
-        parent_dir = Path(self.registry.get(parent).path) if parent else None
+        parent_dir = self.registry.path_of(self.registry.get(parent)) if parent else None
         model = attach_adapter(self.base, self.config, parent_dir)
         self.rounds += 1
         retain = sample_retain(model, self.tokenizer, self.retain_prompts, self.config, self.config.seed + self.rounds)

@@ -50,6 +50,7 @@ from learner.serving_protocol import (
 )
 from learner.serving_settings import ServeSettings
 from proxy.items import chat_tools, to_messages
+from registry.names import UnsafeName, check_served_name, inside
 
 log = structlog.get_logger(__name__)
 
@@ -328,7 +329,12 @@ async def load_lora_adapter(request: Request) -> Response:
     req: LoadLoRARequest = await _parse(request, LoadLoRARequest)
     if not req.lora_name or not req.lora_path:
         raise ServingError("Both 'lora_name' and 'lora_path' must be provided.", type_="InvalidUserInput")
-    await server.load_adapter(req.lora_name, Path(req.lora_path))
+    try:  # only a registry version, never a path elsewhere on the machine (a relative one is under the store)
+        name = check_served_name(req.lora_name)
+        path = inside(request.app.state.adapters_root, request.app.state.adapters_root / req.lora_path)
+    except UnsafeName as exc:
+        raise ServingError(str(exc), type_="InvalidUserInput") from exc
+    await server.load_adapter(name, path)
     return PlainTextResponse(f"Success: LoRA adapter '{req.lora_name}' added successfully.")
 
 
@@ -394,7 +400,7 @@ def create_app(settings: ServeSettings, model_path: Path | None = None) -> Starl
         finally:
             await asyncio.to_thread(engine.stop)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/completions", completions, methods=["POST"]),
@@ -408,6 +414,8 @@ def create_app(settings: ServeSettings, model_path: Path | None = None) -> Starl
         exception_handlers={ServingError: _serving_error, QueueFull: _queue_full, 404: _not_found, Exception: _internal},
         lifespan=lifespan,
     )
+    app.state.adapters_root = settings.adapters_path()
+    return app
 
 
 def main(argv: list[str] | None = None) -> int:

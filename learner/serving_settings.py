@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
 from proxy.settings import CommonSettings
@@ -21,4 +23,8 @@ class ServeSettings(CommonSettings):
     max_queue: int = Field(default=64, ge=0, description="Requests waiting beyond max_num_seqs; more get 503 with Retry-After.")
     max_model_len: int | None = Field(default=None, description="Context length; unset = the model's max_position_embeddings.")
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads for torch in `serve`; unset = 1 for builtin:tiny-chat (its matrices are too small to split), else torch's default.")
+    adapters_dir: Path | None = Field(default=None, description="The only directory adapters are loaded from (the registry's store; same variable as the registry's); unset = <home>/adapters.")
     default_max_tokens: int = Field(default=256, ge=1, description="max_tokens when a request sets none (capped by the context).")
+
+    def adapters_path(self) -> Path:
+        return (self.adapters_dir or self.home_dir() / "adapters").expanduser()

@@ -22,15 +22,17 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy import chat, responses, routes
+from proxy.access import ClientAccess, parse_keys
 from proxy.embedded_redis import resolve_redis_url
 from proxy.errors import BadRequest, HeadersTooLarge, MethodNotAllowed, NotFound, ProxyError, error_response
 from proxy.metrics import Metrics
 from proxy.middleware import AdminGuard, CanonicalLog
 from proxy.recorder import REDIS_DOWN, Recorder
 from proxy.records import UPSTREAM_OUTCOMES_KEY
+from proxy.redact import Redactor
 from proxy.routing import RoutingRefresher
 from proxy.settings import ProxySettings
-from proxy.spool import Spool
+from proxy.spool import Spool, UnwritableSpool
 from proxy.state import ProxyState
 from proxy.store import Store
 from proxy.targets import has_dot_segment
@@ -213,10 +215,15 @@ def create_app(settings: ProxySettings, *, mounts: list[tuple[str, ASGIApp]] | N
         upstream = Upstream.from_settings(settings)
         await upstream.open()
         store = Store(redis_client, ttl_s=settings.turn_ttl_s, session_ttl_s=settings.session_ttl_s)
-        spool = Spool.claim(settings.spool_path())
-        orphans = Spool.orphans(settings.spool_path())
+        try:
+            spool = Spool.claim(settings.spool_path())
+            orphans = Spool.orphans(settings.spool_path())
+        except OSError as exc:  # serve anyway: records are dropped (and counted) only while Redis is down
+            log.error("spool_unavailable", error=repr(exc))
+            spool, orphans = UnwritableSpool(settings.spool_dir or settings.home_dir() / "spool", exc), []
         recorder = Recorder(store, spool, metrics, replay_interval_s=settings.replay_interval_s, orphans=orphans,
-                            gather_s=settings.record_gather_ms / 1000)
+                            gather_s=settings.record_gather_ms / 1000, redactor=redactor,
+                            retention_s=settings.retention_days * 86400)
         refresher = RoutingRefresher(redis_client, settings.routing_refresh_s)
         with contextlib.suppress(Exception):  # first load before serving; the refresher retries
             await refresher.refresh()
@@ -251,6 +258,9 @@ def create_app(settings: ProxySettings, *, mounts: list[tuple[str, ASGIApp]] | N
     })
     paths = {route.path for route in ROUTES}
     served: ASGIApp = ChatFastPath(app, settings.max_header_bytes)
+    redactor = Redactor(settings.redact, settings.redact_hook)  # built at start: a bad setting stops the proxy
+    if keys := parse_keys(settings.api_keys, settings.api_key_rpm):  # read at start: a bad entry stops the proxy
+        served = ClientAccess(served, keys, tuple(prefixes))
     origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
     if origins:  # a browser client: preflights answered, the proxy's own response headers readable
         served = CORSMiddleware(served, allow_origins=origins, allow_methods=["*"], allow_headers=["*"],

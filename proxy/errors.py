@@ -8,6 +8,7 @@ Exceptions::
     ├── NotFound              404 (unknown route, version or turn; not retryable)
     ├── MethodNotAllowed      405 (not retryable)
     ├── BodyTooLarge          413 (not retryable)
+    ├── RateLimited           429 (a client key over its rate; retry after the Retry-After header)
     ├── UnsupportedEncoding   415 (a request body compressed in a way the proxy does not read)
     ├── HeadersTooLarge       431 (not retryable)
     └── UpstreamError         (retryable: the upstream may come back)
@@ -64,6 +65,13 @@ class BodyTooLarge(ProxyError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class RateLimited(ProxyError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+    retryable = True
 
 
 class UnsupportedEncoding(ProxyError):

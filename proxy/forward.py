@@ -150,6 +150,13 @@ class Flight:
             for name in outcomes(status):
                 self.state.outcomes[f"{self.decision.version}:{name}"] += 1
 
+    def _broken(self) -> None:
+        """An answer that began (counted ok at its headers) and broke off: it counts as an error instead."""
+        counted_ok = self.response is not None and outcomes(self.response.status) == ("ok",)
+        if counted_ok and self.decision is not None and self.decision.version:
+            self.state.outcomes[f"{self.decision.version}:ok"] -= 1
+            self.state.outcomes[f"{self.decision.version}:error"] += 1
+
     def refuse(self, exc: ProxyError) -> Response:
         """The OpenAI-shaped error for ``exc``, with the proxy's own headers so far."""
         self.fields.update(error=exc.code or exc.type)
@@ -167,6 +174,7 @@ class Flight:
         try:
             data = await Upstream.read(response)
         except ProxyError as exc:
+            self._broken()
             return self.refuse(exc)
         clock = self.clock
         upstream_s = time.perf_counter() - clock.t_up
@@ -234,6 +242,7 @@ class Flight:
         except HTTPError as exc:
             log.warning("upstream_stream_broken", error=repr(exc))
             self.fields.update(error="upstream_stream_broken")
+            self._broken()
             yield b"data: " + error_body("upstream stream broken", "upstream_error", code="upstream_stream_broken") + b"\n\n"
         finally:
             if not completed:

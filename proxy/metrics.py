@@ -32,7 +32,7 @@ class Metrics:
             buckets=_OVERHEAD_BUCKETS, registry=self.registry,
         )
         self.records = Counter(
-            "nextstate_proxy_records", "Records by kind and outcome (written, duplicate, spooled, replayed, failed).",
+            "nextstate_proxy_records", "Records by kind and outcome (written, duplicate, spooled, replayed, redacted, expired, dropped, failed).",
             ["kind", "outcome"], registry=self.registry,
         )
         self.spool_pending = Gauge(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import time
 from typing import Any
@@ -82,32 +83,35 @@ class AdminGuard:
     """Mounted admin apps: 404 when no admin token is configured, 401 without the right token.
 
     The token is accepted as ``Authorization: Bearer <token>`` (API clients) or as the password of
-    HTTP Basic auth with any user name, so a browser can open the dashboard through its own prompt.
+    HTTP Basic auth with any user name, so a browser can open the dashboard through its own prompt or
+    as ``http://user:<token>@host/dashboard/``. Digests of the two are compared, in constant time (so
+    neither the token's content nor its length shows in the time taken).
     """
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
-        self.token = token.encode() if token else None
-        self.expected = f"Bearer {token}".encode() if token else None
+        self.digest = hashlib.sha256(token.encode()).digest() if token else None
 
     def _allowed(self, given: bytes) -> bool:
-        assert self.expected is not None and self.token is not None
-        if given[:6].lower() == b"basic ":
+        assert self.digest is not None
+        scheme, _, credential = given.strip().partition(b" ")
+        if scheme.lower() == b"basic":
             try:
-                _, _, password = base64.b64decode(given[6:].strip(), validate=True).partition(b":")
+                _, _, credential = base64.b64decode(credential.strip(), validate=True).partition(b":")
             except (ValueError, binascii.Error):
                 return False
-            return hmac.compare_digest(password, self.token)
-        return hmac.compare_digest(given, self.expected)
+        elif scheme.lower() != b"bearer":
+            return False
+        return hmac.compare_digest(hashlib.sha256(credential.strip()).digest(), self.digest)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.expected is None:
+        if self.digest is None:
             await error_response(NotFound("not found (admin routes are disabled)"))(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(b"authorization", b"")
+        given = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
         if not self._allowed(given):
             response = error_response(Unauthorized("missing or wrong admin token"),
                                       headers={"www-authenticate": 'Basic realm="nextstate admin"'})

@@ -4,6 +4,7 @@ Handlers only ``submit`` (a non-blocking queue put) after the response has been 
 builds the records (parsing the response happens here, not on the hot path) and applies them to
 Redis in order, in batches of whatever has queued up. When Redis fails, the entries go to the spool, and while the spool holds anything
 every new entry goes there too, so order is kept; the same task replays the spool when Redis is back.
+Entries are redacted (``proxy.redact``) before they are written anywhere.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,6 +24,7 @@ from proxy import fastjson, items
 from proxy.accumulate import Accumulator
 from proxy.metrics import Metrics
 from proxy.records import FeedbackRecord, ResponseContext, Serving, Timings, TurnRecord, TurnRequest
+from proxy.redact import Redactor
 from proxy.routing import Decision
 from proxy.sessions import message_digest, turn_index
 from proxy.spool import Spool
@@ -139,8 +142,13 @@ def build_entry(exchange: Exchange) -> Entry | None:
 
 class Recorder:
     def __init__(self, store: Store, spool: Spool, metrics: Metrics, *, replay_interval_s: float = 1.0,
-                 orphans: list[Spool] | None = None, gather_s: float = 0.0) -> None:
+                 orphans: list[Spool] | None = None, gather_s: float = 0.0, redactor: Redactor | None = None,
+                 retention_s: float = 0.0) -> None:
+        self.retention_s = retention_s
+        """Spooled records older than this are dropped at replay, not written (0 = kept)."""
         self.store = store
+        self.redactor = redactor if redactor is not None and redactor.active else None
+        """Scrubs every entry before it is written anywhere (Redis or the spool)."""
         self.spool = spool
         self.orphans = list(orphans or [])
         """Spools left by processes that are gone; replayed before this process's own."""
@@ -150,6 +158,8 @@ class Recorder:
         """Wait this long after the first queued item before handling a batch (0 = at once)."""
         self.queue: asyncio.Queue[Exchange | Entry | asyncio.Future[None]] = asyncio.Queue()
         self.pending_turns: set[str] = set()
+        self.dropped = 0
+        """Records neither Redis nor the spool could take (a full or unwritable disk), since start."""
         self._next_replay = 0.0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -184,10 +194,23 @@ class Recorder:
             self.metrics.records.labels(entry.kind, label).inc()
 
     def _to_spool(self, entries: list[Entry]) -> None:
+        dropped: Counter[str] = Counter()
+        error: OSError | None = None
         for entry in entries:
-            self.spool.append(entry.model_dump_json())
+            try:
+                self.spool.append(entry.model_dump_json())
+            except OSError as exc:  # disk full or unwritable: serving goes on, the loss is counted
+                error = exc
+                dropped[entry.kind] += 1
+                continue
             self.metrics.records.labels(entry.kind, "spooled").inc()
-        self.metrics.spool_pending.set(1)
+        if dropped:
+            for kind, count in dropped.items():
+                self.metrics.records.labels(kind, "dropped").inc(count)
+            self.dropped += sum(dropped.values())
+            log.error("spool_write_failed_records_dropped", dropped=sum(dropped.values()), total_dropped=self.dropped,
+                      spool=str(self.spool.path), error=repr(error))
+        self.metrics.spool_pending.set(1 if self.pending() else 0)
 
     async def replay(self, force: bool = False, batch: int = 128) -> bool:
         """Replay the spool in order, in batches; True when it is empty afterwards."""
@@ -213,26 +236,33 @@ class Recorder:
     async def _replay_one(self, spool: Spool, batch: int) -> None:
         while lines := list(itertools.islice(spool.entries(), batch)):
             entries = []
+            oldest = time.time() - self.retention_s if self.retention_s > 0 else 0.0
             for _, line in lines:
                 try:
-                    entries.append(Entry.model_validate_json(line))
+                    entry = Entry.model_validate_json(line)
                 except ValueError as exc:  # a damaged line cannot block the ones after it
                     log.error("spool_line_unreadable", spool=str(spool.path), error=repr(exc))
                     self.metrics.records.labels("unknown", "failed").inc()
+                    continue
+                record = entry.turn or entry.feedback
+                if record is not None and record.created_at < oldest:  # past retention: never stored
+                    self.metrics.records.labels(entry.kind, "expired").inc()
+                    continue
+                entries.append(entry)
             if entries:
                 self._count(entries, await self.store.apply(entries), "replayed")
             spool.commit(lines[-1][0])
 
     def _entry(self, item: Exchange | Entry) -> Entry | None:
-        if isinstance(item, Entry):
-            return item
         try:
-            entry = build_entry(item)
-        except Exception as exc:  # a malformed upstream answer must not stop recording
-            log.error("record_build_failed", turn_id=item.turn_id, error=repr(exc))
-            self.metrics.records.labels("turn", "failed").inc()
+            entry = item if isinstance(item, Entry) else build_entry(item)
+            if entry is not None and self.redactor is not None and (changed := self.redactor.entry(entry)):
+                self.metrics.records.labels(entry.kind, "redacted").inc(changed)
+        except Exception as exc:  # a malformed upstream answer or a failing scrubber: never stored unscrubbed
+            log.error("record_build_failed", error=repr(exc))
+            self.metrics.records.labels(item.kind if isinstance(item, Entry) else "turn", "failed").inc()
             entry = None
-        if entry is None:
+        if entry is None and isinstance(item, Exchange):
             self.pending_turns.discard(item.turn_id)
         return entry
 

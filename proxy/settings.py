@@ -21,6 +21,7 @@ class CommonSettings(BaseSettings):
     redis_url: str | None = Field(default=None, description="Redis URL; unset = start an embedded Redis under home.")
     log_level: str = Field(default="info", description="Log level.")
     log_json: bool | None = Field(default=None, description="JSON logs; unset = JSON when stderr is not a TTY.")
+    retention_days: float = Field(default=0.0, ge=0, description="Turns, transitions, feedback and samples older than this are deleted (streams and the spool); 0 = kept.")
 
     def home_dir(self) -> Path:
         path = self.home.expanduser()
@@ -38,6 +39,8 @@ class ProxySettings(CommonSettings):
     upstream_api_key: str | None = Field(default=None, description="Key sent upstream; unset = pass the client's Authorization through.")
     upstream_model: str | None = Field(default=None, description="Base model name sent upstream when no routing table applies; unset = the client's model.")
     admin_token: str | None = Field(default=None, description="Bearer token for /admin and /dashboard; unset = those mounts answer 404.")
+    api_keys: str = Field(default="", description="Client keys the API accepts (comma-separated; a key or sha256:<hex>, each with optional ;rpm=N;burst=N;record=on|off;scope=NAME); empty = no key needed.")
+    api_key_rpm: float = Field(default=0.0, description="Requests per minute per client key when its entry sets no rpm (0 = unlimited).")
     connect_timeout_s: float = Field(default=5.0, description="Upstream connect timeout.")
     read_timeout_s: float = Field(default=300.0, description="Upstream read timeout (first byte and between stream chunks).")
     upstream_connections: int = Field(default=256, description="Upstream connection pool size.")
@@ -58,6 +61,8 @@ class ProxySettings(CommonSettings):
     passthrough_extra_paths: str = Field(default="", description="Comma-separated paths under /v1 beyond the OpenAI API's resources that are passed through to the upstream (a provider's own, e.g. 'rerank,score').")
     capture_tokens: bool = Field(default=True, description="Ask the upstream for logprobs and token ids (vLLM) to store on each turn.")
     record: bool = Field(default=True, description="Record turns at all (requests may still opt out with X-NextState-Record: off).")
+    redact: str = Field(default="secrets", description="What is redacted from records before storage: comma-separated kinds of secrets, email, phone, card, token; 'none' = nothing.")
+    redact_hook: str | None = Field(default=None, description="A custom scrubber applied after the patterns: dotted path of a str -> str function (package.module:function).")
     session_idle_timeout_s: float = Field(default=1800.0, description="A session with no request for this long is closed.")
     session_ttl_s: int = Field(default=7 * 24 * 3600, description="TTL of per-session state in Redis.")
     turn_ttl_s: int = Field(default=7 * 24 * 3600, description="TTL of the JSON copy of each turn and of record-id markers.")

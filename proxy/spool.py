@@ -10,6 +10,8 @@ claims a free slot and replays whatever the previous owner left there.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import os
 from collections.abc import Iterator
@@ -70,10 +72,17 @@ class Spool:
             self._lock_fd = None
 
     def append(self, line: str) -> None:
+        """Append one line whole, or raise ``OSError`` leaving the file as it was (a full or unwritable disk)."""
         data = line.encode() + b"\n"
-        written = os.write(self._fd, data)
-        if written != len(data):  # pragma: no cover - a full disk
-            raise OSError("short write to spool")
+        size = os.fstat(self._fd).st_size
+        try:
+            written = os.write(self._fd, data)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, f"short write to the spool ({written} of {len(data)} bytes)")
+        except OSError:
+            with contextlib.suppress(OSError):  # no half line left behind to hold up the replay
+                os.ftruncate(self._fd, size)
+            raise
 
     def _offset(self) -> int:
         try:
@@ -104,3 +113,32 @@ class Spool:
         if os.fstat(self._fd).st_size == self._offset():
             os.ftruncate(self._fd, 0)
             self.commit(0)
+
+
+class UnwritableSpool(Spool):
+    """Stands in when no spool can be opened (an unwritable or missing disk): every append fails, so the
+    recorder counts the records it has to drop while Redis is down; serving goes on."""
+
+    def __init__(self, directory: Path, error: OSError) -> None:  # opens nothing
+        self.path = directory / "spool.jsonl"
+        self.offset_path = directory / "spool.offset"
+        self.error = error
+        self._lock_fd = None
+
+    def close(self) -> None:
+        pass
+
+    def append(self, line: str) -> None:
+        raise OSError(self.error.errno, f"no spool: {self.error}")
+
+    def pending(self) -> bool:
+        return False
+
+    def entries(self) -> Iterator[tuple[int, str]]:
+        return iter(())
+
+    def commit(self, offset: int) -> None:
+        pass
+
+    def reset_if_drained(self) -> None:
+        pass

@@ -11,6 +11,7 @@ COMMANDS = {
     "registry": "registry.cli",  # ls | show | promote | rollback | reject | pin | history | export | import
     "controller": "registry.controller",  # the canary controller loop
     "exporter": "registry.exporter",  # Prometheus metrics read from Redis (streams, queues, canary)
+    "forget": "registry.forget",  # delete one person's data: --session | --key | --user
 }
 
 

@@ -46,7 +46,7 @@ class Control:
 
     def _load(self, version: str) -> None:
         info = self.registry.check_loadable(version)
-        self.publisher.ensure_loaded(info.served_name, info.path)
+        self.publisher.ensure_loaded(info.served_name, str(self.registry.path_of(info)))
 
     # -- canary ---------------------------------------------------------------------------------
     def start_canary(self, version: str, fraction: float, actor: str, reason: str = "",

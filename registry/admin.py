@@ -9,6 +9,7 @@ registry, 502 a policy server failed, 401 bad token.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import threading
@@ -60,6 +61,7 @@ def create_admin_app(deps: RegistrySettings | Control, token: str | None = None)
     """The admin app; ``deps`` is the process's settings (the lifespan opens Redis and the publisher)
     or a ready ``Control`` (its owner closes it)."""
 
+    expected = hashlib.sha256(token.encode()).digest() if token else None  # compared as digests: length hidden too
     # Opened on first use: a mounted sub-app gets no lifespan events from its parent.
     stack = ExitStack()
     opened: list[Control] = [deps] if isinstance(deps, Control) else []
@@ -79,9 +81,10 @@ def create_admin_app(deps: RegistrySettings | Control, token: str | None = None)
 
     def action(fn: Callable[[Control, Request, dict[str, Any]], Any]) -> Callable[[Request], Any]:
         async def endpoint(request: Request) -> Response:
-            if token is not None:
-                given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-                if not hmac.compare_digest(given.encode(), token.encode()):
+            if expected is not None:
+                scheme, _, given = request.headers.get("authorization", "").partition(" ")
+                digest = hashlib.sha256(given.strip().encode()).digest()
+                if scheme.lower() != "bearer" or not hmac.compare_digest(digest, expected):
                     return error(401, "a valid admin token is required", "authentication_error", "invalid_admin_token")
             try:
                 body = await _body(request)

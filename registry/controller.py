@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from labeler.records import SAMPLES_STREAM, SampleRecord
 from proxy.logs import configure_logging
 from proxy.records import TURNS_STREAM, TurnRecord
+from registry import retention
 from registry.actions import Control
 from registry.canary import ArmCounts, CanaryPolicy, Decision, Health, decide, p99
 from registry.errors import CanaryRunning, PolicyServerError, RegistryError
@@ -202,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        retention.start_in_thread(controller.registry.redis, settings.retention_days, settings.retention_interval_s, stop)
         try:
             controller.run(args.interval or settings.controller_interval, stop)
         except KeyboardInterrupt:

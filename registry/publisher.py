@@ -19,6 +19,7 @@ import httpx
 import structlog
 
 from registry.errors import PolicyServerError
+from registry.names import check_served_name
 from registry.records import RETIRED_KEY, UPSTREAM_OUTCOMES_KEY
 from registry.routing import desired_table
 from registry.store import Registry
@@ -58,6 +59,7 @@ class Publisher:
 
     def ensure_loaded(self, name: str, path: str) -> None:
         """Load ``name`` from ``path`` on every replica that does not have it yet."""
+        check_served_name(name)
         for url in self.urls:
             if name in self.loaded(url):
                 continue
@@ -87,7 +89,7 @@ class Publisher:
         reloaded = []
         for version in grown:
             if version in wanted:
-                self.ensure_loaded(wanted[version], registry.get(version).path)
+                self.ensure_loaded(wanted[version], str(registry.path_of(registry.get(version))))
                 reloaded.append(wanted[version])
                 log.warning("adapter_missing_reloaded", version=version, name=wanted[version])
         return reloaded
@@ -111,7 +113,7 @@ class Publisher:
         now = time.time() if now is None else now
         wanted = desired_table(registry).versions
         for version, name in wanted.items():
-            self.ensure_loaded(name, registry.get(version).path)
+            self.ensure_loaded(name, str(registry.path_of(registry.get(version))))
         ours = {info.served_name for info in registry.versions()}
         present = set().union(*(self.loaded(url) for url in self.urls)) & ours
         unloaded, draining = [], []

@@ -46,6 +46,7 @@ class RegistrySettings(CommonSettings):
     gate_max_kl: float = Field(default=0.5, description="Bound on mean per-token KL(candidate||stable) on anchors.")
     gate_seed: int = Field(default=0, description="Seed of the gate's sampling.")
     gate_auto_canary: bool = Field(default=True, description="Start a canary right after a passing verdict.")
+    retention_interval_s: float = Field(default=3600.0, gt=0, description="How often the controller trims the streams to NEXTSTATE_RETENTION_DAYS.")
     controller_interval: float = Field(default=10.0, description="Seconds between controller ticks.")
 
     @field_validator("policy_urls", "canary_steps", mode="before")

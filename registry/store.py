@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from registry.errors import NotLoadable, RegistryError, UnknownVersion
+from registry.names import UnsafeName, check_version, inside
 from registry.records import (
     ALIASES_KEY,
     CANARY_KEY,
@@ -82,7 +83,7 @@ class Registry:
 
     def publish(self, staging: Path, manifest: Manifest, actor: str = "learner", **extra: Any) -> VersionInfo:
         """Write the manifest into ``staging`` and rename it to ``root/<version>`` atomically."""
-        final = self.root / manifest.version
+        final = self.root / check_version(manifest.version)
         if final.exists():
             raise RegistryError(f"version {manifest.version} already exists; versions are immutable")
         (staging / "manifest.json").write_text(manifest.model_dump_json(indent=2))
@@ -115,10 +116,18 @@ class Registry:
         """The version's manifest, with the gate verdict filled in from the registry once there is one
         (the file itself is written before the gate runs and never changes)."""
         info = self.get(version)
-        manifest = Manifest.model_validate_json((Path(info.path) / "manifest.json").read_text())
+        manifest = Manifest.model_validate_json((self.path_of(info) / "manifest.json").read_text())
         if manifest.gate is None and info.gate is not None:
             manifest = manifest.model_copy(update={"gate": info.gate})
         return manifest
+
+    def path_of(self, info: VersionInfo) -> Path:
+        """The version's directory, refused (``UnsafeName``) unless it is ``<root>/<version>``: a record
+        in Redis never makes the registry read or publish from elsewhere."""
+        path = inside(self.root, info.path)
+        if path.name != check_version(info.version):
+            raise UnsafeName(f"{info.version} is recorded at {info.path}, not in its own directory")
+        return path
 
     def versions(self) -> list[VersionInfo]:
         infos = [VersionInfo.model_validate_json(v) for v in self.redis.hgetall(self._versions_key()).values()]
@@ -127,7 +136,11 @@ class Registry:
     def check_loadable(self, version: str) -> VersionInfo:
         """The version's info, or ``NotLoadable`` when its directory could not be served."""
         info = self.get(version)
-        missing = missing_files(Path(info.path))
+        try:
+            path = self.path_of(info)
+        except UnsafeName as exc:
+            raise NotLoadable(str(exc)) from exc
+        missing = missing_files(path)
         if missing:
             raise NotLoadable(f"{version} at {info.path} is missing {', '.join(missing)}")
         return info

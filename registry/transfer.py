@@ -23,7 +23,7 @@ def export_version(registry: Registry, version: str, out: Path) -> Path:
     info = registry.get(version)
     out = Path(out)
     with tarfile.open(out, "w:gz") as tar:
-        tar.add(info.path, arcname=version)
+        tar.add(registry.path_of(info), arcname=version)  # never files from outside the store
         data = json.dumps({"info": info.model_dump(mode="json"), "origin": str(registry.root)}).encode()
         member = tarfile.TarInfo(METADATA)
         member.size = len(data)

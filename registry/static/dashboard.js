@@ -50,8 +50,17 @@
     );
   }
 
+  // A page opened as http://user:token@host/dashboard/ has the credentials in its base URL, and fetch()
+  // refuses such a URL; the browser already holds them for this origin and sends them on its own.
+  function apiURL(path) {
+    const url = new URL(path, document.baseURI);
+    url.username = "";
+    url.password = "";
+    return url;
+  }
+
   async function api(path) {
-    const response = await fetch(new URL(path, document.baseURI), { credentials: "same-origin" });
+    const response = await fetch(apiURL(path), { credentials: "same-origin" });
     if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
     return response.json();
   }

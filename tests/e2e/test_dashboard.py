@@ -212,3 +212,19 @@ def test_dashboard_page_draws_the_stack_in_chromium(stack: dict[str, Any]) -> No
     assert "v3" in drawn["routing"] and "25.0%" in drawn["routing"]
     assert shot.stat().st_size > 10_000
     (ROOT / "artifacts" / "dashboard-data.json").write_text(json.dumps({"rewards": rewards, "canary": canary}, indent=1))
+
+
+def test_dashboard_opened_with_the_token_in_the_url_loads_its_data(stack: dict[str, Any]) -> None:
+    """``http://user:<token>@host/dashboard/`` as people paste it: the page and every data fetch succeed."""
+    host = stack["url"].removeprefix("http://")
+    browser = Browser()
+    try:
+        browser.navigate(f"http://operator:{TOKEN}@{host}/dashboard/")
+        browser.wait_for("Number(document.body?.dataset.refreshes || 0) >= 1")
+        rows = browser.evaluate("document.querySelectorAll('#samples tbody tr').length")
+        browser.pump(0.5)
+        problems = browser.problems
+    finally:
+        browser.close()
+    assert problems == []
+    assert rows == 25

@@ -49,7 +49,7 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture
 def stack(redis_url: str, tmp_path: Path, tiny_model_path: Path) -> Iterator[dict[str, Any]]:
     policy = create_policy_server(ServeSettings(home=tmp_path / "serve", served_model_name="tiny-chat",
-                                                max_loras=4), model_path=tiny_model_path)
+                                                max_loras=4, adapters_dir=tmp_path / "store"), model_path=tiny_model_path)
     with serve_in_thread(policy, timeout_graceful_shutdown=2) as policy_url:
         settings = RegistrySettings(redis_url=redis_url, home=tmp_path / "home", adapters_dir=tmp_path / "store",
                                     base_model=str(tiny_model_path), served_base_model="tiny-chat",

@@ -27,7 +27,12 @@ MESSAGES = [{"role": "user", "content": "What is the capital of France? Answer i
 
 
 @pytest.fixture(scope="module")
-def adapter_dirs(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+def serve_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture(scope="module")
+def adapter_dirs(tiny_model_path: Path, serve_home: Path) -> list[Path]:
     """Two LoRA adapters made with peft on the tiny model (random B, so they change the outputs)."""
     from peft import LoraConfig, get_peft_model
 
@@ -36,15 +41,15 @@ def adapter_dirs(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory
         torch.manual_seed(100 + index)
         model, _ = load_model(tiny_model_path, device="cpu")
         config = LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
-        out = tmp_path_factory.mktemp(f"adapter{index}")
+        out = serve_home / "adapters" / f"v{index + 1}"  # the server loads only from its adapter store
         get_peft_model(model, config).save_pretrained(out)
         dirs.append(out)
     return dirs
 
 
 @pytest.fixture(scope="module")
-def server_url(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    settings = ServeSettings(home=tmp_path_factory.mktemp("home"), max_loras=2, max_num_seqs=4, max_queue=16)
+def server_url(tiny_model_path: Path, serve_home: Path) -> Iterator[str]:
+    settings = ServeSettings(home=serve_home, max_loras=2, max_num_seqs=4, max_queue=16)
     with serve_in_thread(create_app(settings, model_path=tiny_model_path)) as url:
         yield url
 
@@ -225,8 +230,17 @@ def test_lora_adapters_load_select_unload(server_url: str, adapter_dirs: list[Pa
     missing = httpx.post(f"{server_url}/v1/load_lora_adapter", json={"lora_name": "x"})
     assert missing.status_code == 400
     assert missing.json()["error"]["message"] == "Both 'lora_name' and 'lora_path' must be provided."
-    nowhere = httpx.post(f"{server_url}/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": "/nonexistent"})
+    nowhere = httpx.post(f"{server_url}/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": str(adapter_dirs[0].parent / "v9")})
     assert nowhere.status_code == 404
+    # nothing outside the adapter store is ever loaded, and names cannot carry a path
+    escape = adapter_dirs[0].parent / "escape"
+    escape.symlink_to(adapter_dirs[0].parent.parent.parent, target_is_directory=True)
+    for name, path in (("x", "/nonexistent"), ("x", str(adapter_dirs[0].parent / ".." / "v1")), ("x", "../../v1"),
+                       ("x", str(escape)), ("x", str(adapter_dirs[0].parent)), ("../x", str(adapter_dirs[0])),
+                       ("a/b", str(adapter_dirs[0])), ("x\n", str(adapter_dirs[0]))):
+        refused = httpx.post(f"{server_url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
+        assert refused.status_code == 400, (name, path, refused.text)
+        assert refused.json()["error"]["type"] == "InvalidUserInput"
 
     models = httpx.get(f"{server_url}/v1/models").json()["data"]
     by_id = {card["id"]: card for card in models}
