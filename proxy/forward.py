@@ -22,6 +22,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from proxy import fastjson
+from proxy.access import CLIENT
 from proxy.accumulate import SSESplitter, event_data
 from proxy.body import Limits, decode_body, receive_body
 from proxy.capture import Wants, strip, strip_copy
@@ -112,7 +113,8 @@ class Flight:
         """A flight for the request of ``scope``; ``as_sent``: its body goes upstream with its own content type."""
         state: ProxyState = scope["state"]["proxy"]
         controls: dict[bytes, str] = {}
-        headers = forward_headers(scope["headers"], state.settings.upstream_api_key, controls, as_sent=as_sent)
+        headers = forward_headers(scope["headers"], state.settings.upstream_api_key, controls, as_sent=as_sent,
+                                  own_key=CLIENT in scope)
         return cls(state, endpoint, headers, controls, scope.setdefault("nextstate.log", {}))
 
     @functools.cached_property

@@ -45,12 +45,16 @@ _SESSION_ID = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")
 
 
 def forward_headers(raw: Iterable[tuple[bytes, bytes]], api_key: str | None,
-                    controls: dict[bytes, str] | None = None, *, as_sent: bool = False) -> list[tuple[bytes, bytes]]:
+                    controls: dict[bytes, str] | None = None, *, as_sent: bool = False,
+                    own_key: bool = False) -> list[tuple[bytes, bytes]]:
     """The client's end-to-end headers for the upstream, JSON content type first; in the same pass the
     first value of each of the proxy's controls goes into ``controls``.
 
     ``as_sent``: the body goes upstream as the client sent it, so its own content type and encoding go too.
+    ``own_key``: the client's credentials are a key of the proxy's own (``NEXTSTATE_API_KEYS``), never
+    passed on (the upstream gets ``api_key`` or nothing).
     """
+    drop_credentials = bool(api_key) or own_key
     out = [] if as_sent else [_JSON]
     for name, value in raw:
         if controls is not None and name in _CONTROLS and name not in controls:
@@ -58,7 +62,7 @@ def forward_headers(raw: Iterable[tuple[bytes, bytes]], api_key: str | None,
         if as_sent and name in _BODY_TYPE:
             out.append((name, value))
             continue
-        if name in _NOT_FORWARDED or name.startswith(b"x-nextstate-") or (api_key and name in _CREDENTIALS):
+        if name in _NOT_FORWARDED or name.startswith(b"x-nextstate-") or (drop_credentials and name in _CREDENTIALS):
             continue
         out.append((name, value))
     if api_key:

@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from proxy.access import CLIENT
 from proxy.body import parse_json_object, receive_body
 from proxy.errors import BadRequest, NotFound, ProxyError, error_response
 from proxy.forward import Flight, Reply
@@ -130,7 +131,8 @@ async def readyz(request: Request) -> Response:
         checks["redis"] = f"unavailable: {exc.__class__.__name__}"
     try:
         response = await state.upstream.request(
-            "GET", "/models", headers=forward_headers(request.scope["headers"], state.settings.upstream_api_key),
+            "GET", "/models", headers=forward_headers(request.scope["headers"], state.settings.upstream_api_key,
+                                                    own_key=CLIENT in request.scope),
             read_timeout_s=2.0,
         )
         await Upstream.read(response)

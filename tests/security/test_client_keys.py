@@ -53,6 +53,12 @@ def test_without_a_valid_key_nothing_gets_in(start_proxy: Callable[..., str], fa
     for key in (KEY_A, KEY_B):  # a plain key and one configured by its hash
         assert _send(url, "POST", "/v1/chat/completions", CHAT, key).status_code == 200
     assert httpx.post(url + "/v1/chat/completions", json=CHAT, headers={"x-api-key": KEY_B}, timeout=10).status_code == 200
+    assert _send(url, "GET", "/v1/models", None, KEY_A).status_code == 200
+    assert _send(url, "POST", "/v1/embeddings", {"model": "m", "input": "x"}, KEY_A).status_code == 200
+    # a key of the proxy's own is never passed on to the upstream (chat, models, pass-through)
+    seen = [request["headers"] for request in fake.requests]
+    assert len(seen) == 5
+    assert not any(name in headers for headers in seen for name in ("authorization", "x-api-key", "api-key"))
     assert httpx.get(url + "/healthz", timeout=10).status_code == 200  # health and metrics stay open
     assert httpx.get(url + "/metrics", timeout=10).status_code == 200
 
