@@ -111,7 +111,7 @@ def ensure_smollm2(cache_dir: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     from learner.serving_settings import ServeSettings
 
-    parser = argparse.ArgumentParser(prog="python -m learner convert-smollm2", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m learner build-model --model smollm2-135m", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="cache directory (default: $NEXTSTATE_HOME/models)")
     args = parser.parse_args(argv)
     path = ensure_smollm2(args.out or ServeSettings().home_dir() / "models")
