@@ -56,9 +56,11 @@ def lora_target_modules(model: Any) -> list[str]:
     ``q_proj k_proj v_proj o_proj gate_proj up_proj down_proj`` on Llama and Qwen2; other architectures
     name theirs differently (``c_attn``, ``query_key_value``, ...), and get theirs.
     """
+    from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
+
     head = model.get_output_embeddings()
     return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                   if isinstance(module, torch.nn.Linear) and module is not head})
+                   if isinstance(module, torch.nn.Linear | Conv1D) and module is not head})
 
 
 def attach_adapter(base: Any, config: TrainConfig, parent_dir: Path | None) -> Any:
