@@ -112,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=64, help="tokens decoded per request")
     p.add_argument("--concurrency", type=int, default=4, help="requests decoded at once in the batched case")
     p.add_argument("--rounds", type=int, default=3, help="alternating bare/server rounds (the median is reported)")
+    p.add_argument("--threads", type=int, help="torch CPU threads of both the bare loop and the server (default: the "
+                   "server's default); on a machine whose cores are busy with other work fewer threads avoid stalls")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     settings = ServeSettings()  # the product defaults: device, dtype, threads as `serve` picks them
     path = resolve_model(args.model, settings.home_dir())
     model, tokenizer = load_model(path, settings.device, settings.dtype)
@@ -121,11 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     port = _free_port()
     env = dict(os.environ, NEXTSTATE_BASE_MODEL=str(path), NEXTSTATE_SERVE_PORT=str(port),
                NEXTSTATE_SERVED_MODEL_NAME="bench", NEXTSTATE_HOME=tempfile.mkdtemp(prefix="serve-speed-"))
-    if args.model == "builtin:tiny-chat":  # the server's default thread count is chosen by the model's name
+    if args.threads:
+        env["NEXTSTATE_TORCH_THREADS"] = str(args.threads)
+    elif args.model == "builtin:tiny-chat":  # the server's default thread count is chosen by the model's name
         env["NEXTSTATE_TORCH_THREADS"] = "1"
+        torch.set_num_threads(1)
     summary: dict[str, Any] = {
         "model": args.model, "device": str(device), "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "prompt_tokens": len(prompt_ids),
+        "torch_threads": torch.get_num_threads(), "threads_set": args.threads, "cpu_count": os.cpu_count(), "prompt_tokens": len(prompt_ids),
         "max_tokens": args.max_tokens, "concurrency": args.concurrency, "rounds": args.rounds,
     }
     if device.type == "cuda":
