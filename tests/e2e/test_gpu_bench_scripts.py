@@ -50,4 +50,5 @@ def test_serve_speed_compares_the_server_with_the_bare_model(tiny_model_path: Pa
     for batch in (1, 2):
         assert summary[f"bare_b{batch}_tokens_per_s"] > 0 and summary[f"server_b{batch}_tokens_per_s"] > 0
         ratio = summary[f"server_b{batch}_tokens_per_s"] / summary[f"bare_b{batch}_tokens_per_s"]
-        assert summary[f"server_over_bare_b{batch}"] == pytest.approx(ratio, abs=0.02)
+        # the ratio comes from the unrounded rates, the rates are printed to 0.1 token/s
+        assert summary[f"server_over_bare_b{batch}"] == pytest.approx(ratio, rel=0.1)
