@@ -30,7 +30,9 @@ from proxy.capture import Wants, client_wants, forward_body, strip, strip_copy
 from proxy.errors import BadRequest, BodyTooLarge, ProxyError, UnsupportedEncoding, error_body, error_response
 from proxy.ids import new_id
 from proxy.recorder import Exchange
+from proxy.records import outcome_field
 from proxy.routing import Decision, route
+from proxy.scopes import parse_sources, request_scope
 from proxy.sessions import last_assistant_index, message_digest, opening_fingerprint, session_identity
 from proxy.settings import ProxySettings
 from proxy.state import ProxyState
@@ -138,7 +140,7 @@ _CREDENTIALS = frozenset({b"authorization", b"api-key", b"x-api-key"})
 # the request headers the chat handler reads (collected while the others are picked for the upstream)
 _CONTROLS = frozenset({
     b"content-length", b"content-encoding", b"authorization", b"x-session-id", b"x-turn-type", b"x-session-done",
-    b"x-nextstate-record", b"x-nextstate-policy", b"x-nextstate-canary",
+    b"x-nextstate-record", b"x-nextstate-policy", b"x-nextstate-canary", b"x-nextstate-scope",
 })
 _JSON = (b"content-type", b"application/json")
 _BODY_TYPE = frozenset({b"content-type", b"content-encoding"})
@@ -186,8 +188,7 @@ def fingerprint_session(state: ProxyState, messages: list[dict[str, Any]],
     """For a request that names no session: (its session id, or "" while ``lookup`` finds it as the
     upstream works; the routing key, only when a canary slice needs one; the lookup)."""
     table = state.routing.table
-    routing_key = opening_fingerprint(messages) if table is not None and table.canary and table.canary_fraction > 0 \
-        else None
+    routing_key = opening_fingerprint(messages) if table is not None and table.has_canary() else None
     index = last_assistant_index(messages)
     if record and index is not None:
         return "", routing_key, asyncio.ensure_future(find_session(state, messages[: index + 1]))
@@ -224,10 +225,14 @@ async def find_session(state: ProxyState, history: list[dict[str, Any]]) -> str:
 def decide(state: ProxyState, controls: dict[bytes, str], body: dict[str, Any],
            routing_key: str | None) -> tuple[Decision, str | None]:
     """Where a request goes (arm, version) and the model name to ask the upstream for."""
+    settings = state.settings
+    scope = request_scope(parse_sources(settings.scope_by), settings.scope_unkeyed,
+                          header=controls.get(b"x-nextstate-scope"), key_hash=key_hash(controls.get(b"authorization")),
+                          user=body.get("user"))
     decision = route(
         state.routing.table, pin_header=controls.get(b"x-nextstate-policy"),
         canary_header=controls.get(b"x-nextstate-canary"), requested_model=body.get("model"),
-        session_key=routing_key or "",
+        session_key=routing_key or "", scope=scope,
     )
     return decision, decision.upstream_model or state.settings.upstream_model
 
@@ -235,7 +240,8 @@ def decide(state: ProxyState, controls: dict[bytes, str], body: dict[str, Any],
 def count_outcome(state: ProxyState, decision: Decision, status: int | None) -> None:
     """The upstream's answer (``None``: none came) to a request routed to a version: the canary's error rate."""
     if decision.version:
-        state.outcomes[f"{decision.version}:{'ok' if status is not None and status < 500 else 'error'}"] += 1
+        field = outcome_field(decision.version_scope, decision.version)
+        state.outcomes[f"{field}:{'ok' if status is not None and status < 500 else 'error'}"] += 1
 
 
 @contextlib.contextmanager

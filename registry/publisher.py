@@ -5,6 +5,10 @@ and never reloaded in place. A name no alias references any more is unloaded wit
 ``POST /v1/unload_lora_adapter`` only after a drain delay, so requests routed to it before the routing
 table changed can finish. (vLLM needs ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``; these endpoints must
 never be reachable from the public network.)
+
+Only adapters some learning scope's routing entry references are kept loaded: a personal scope's
+superseded versions are unloaded like the global ones, so a server holds one or two adapters per
+active scope.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import structlog
 
 from registry.errors import PolicyServerError
 from registry.records import RETIRED_KEY
-from registry.routing import desired_table
+from registry.routing import desired_table, referenced
 from registry.store import Registry
 
 log = structlog.get_logger(__name__)
@@ -81,13 +85,14 @@ class Publisher:
         if not self.urls:
             return {"loaded": [], "unloaded": [], "draining": []}
         now = time.time() if now is None else now
-        wanted = desired_table(registry).versions
-        for version, name in wanted.items():
-            self.ensure_loaded(name, registry.get(version).path)
-        ours = {info.served_name for info in registry.versions()}
+        wanted = referenced(desired_table(registry))
+        for name, key in wanted.items():
+            scope, _, version = key.partition(":")
+            self.ensure_loaded(name, registry.scoped(scope).get(version).path)
+        ours = {info.served_name for scope in registry.scopes() for info in registry.scoped(scope).versions()}
         present = set().union(*(self.loaded(url) for url in self.urls)) & ours
         unloaded, draining = [], []
-        for name in present - set(wanted.values()):
+        for name in present - set(wanted):
             raw = registry.redis.hget(RETIRED_KEY, name)
             retired_at = float(raw) if raw else None
             if retired_at is None:
@@ -99,6 +104,6 @@ class Publisher:
                 unloaded.append(name)
             else:
                 draining.append(name)
-        for name in wanted.values():
+        for name in wanted:
             registry.redis.hdel(RETIRED_KEY, name)
-        return {"loaded": sorted(wanted.values()), "unloaded": sorted(unloaded), "draining": sorted(draining)}
+        return {"loaded": sorted(wanted), "unloaded": sorted(unloaded), "draining": sorted(draining)}
