@@ -42,6 +42,7 @@ _MEANT = re.compile(r"^i (?:meant|mean)\s+(.+)$", re.IGNORECASE)
 _ABOUT_ANSWER = re.compile(
     r"\b(?:it|this|that|the answer|your answer|the response|the name|the number|the color|the command|the query|the steps|"
     r"words?|sentences?|lines?|short(?:er)?|long(?:er)?|brief|concise|bullet|list|table|format|lowercase|uppercase|"
+    r"letters|caps|capitals|dash(?:es)?|"
     r"formal|casual|tone|jargon|emoji|exclamation|language|french|english|german|spanish|italian|chinese|japanese|"
     r"grams|quantities|rhyme|detail|simpl\w*|instead|max(?:imum)?|only|nothing else|extra|show your work|like i'?m|"
     r"less|fewer|more \w+|chatty|wordy|verbose|result|numbered|sign-?off|sign off|signature|my name|greeting|closing|"

@@ -77,6 +77,22 @@ def summary(points: list[dict[str, object]], threshold: float = 0.8) -> str:
     return "\n".join(lines)
 
 
+def wording_table(points: list[dict[str, object]]) -> str:
+    """Final satisfaction per method and wording family ("plain": the persona's plain directives; the
+    others: the same corrections in the persona's own words), mean over the runs of that family."""
+    last = max(int(p["interactions"]) for p in points)  # type: ignore[call-overload]
+    cells: dict[tuple[str, str], list[float]] = {}
+    for p in points:
+        if p["interactions"] == last:
+            family = "plain" if p.get("wording", "plain") == "plain" else f"{p['persona']}: {p['wording']}"
+            cells.setdefault((str(p["method"]), family), []).append(float(p["satisfaction"]))  # type: ignore[arg-type]
+    lines = [f"satisfaction at {last} interactions per wording family", "", "| method | wording | runs | mean |",
+             "| --- | --- | --- | --- |"]
+    for (method, family), values in sorted(cells.items()):
+        lines.append(f"| {method} | {family} | {len(values)} | {sum(values) / len(values):.2f} |")
+    return "\n".join(lines)
+
+
 def next_state_line(runs: list[dict[str, object]]) -> str:
     """How many of the user's recorded turns got a next state (linked, or closed with the user's last words)."""
     turns = sum(int(r["progress"].get("turns", 0)) for r in runs if r["method"] != "none")  # type: ignore[union-attr]
@@ -95,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     (out / "table.md").write_text(settings_report(config) + "\n\n" + table + "\n")
     png = plot(points, out / "curve.png", title=f"PrefBench ({len(config.seeds)} seeds x {len(config.personas)} personas)")
     print(table)
+    words = wording_table(points)
+    print("\n" + words)
+    with (out / "table.md").open("a") as md:
+        md.write("\n" + words + "\n\n" + next_state_line(results["runs"]) + "\n")
     print(next_state_line(results["runs"]))
     print(f"\nwall time {time.monotonic() - started:.0f} s; results {out / 'results.json'}; plot {png}")
     return 0

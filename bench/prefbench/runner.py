@@ -147,7 +147,8 @@ def run_one(config: BenchConfig, method: str, persona_name: str, seed: int, home
             on_interaction: Callable[[Interaction], None] = lambda i: None,
             on_progress: Callable[[Progress, int], None] = lambda p, n: None) -> RunResult:
     """One run on a fresh stack; ``on_progress`` sees the loop's state after every interaction."""
-    persona = PERSONAS[persona_name]
+    wording = PERSONAS[persona_name].family_for(seed)  # each seed corrects in another family of wordings
+    persona = PERSONAS[persona_name].worded(wording)
     shutil.rmtree(home, ignore_errors=True)
     env, components = stack_env(config, method, seed)
     started = time.monotonic()
@@ -195,11 +196,12 @@ def run_one(config: BenchConfig, method: str, persona_name: str, seed: int, home
                 settle()
             result = evaluate(client, model, persona, pools.evaluate, f"{method}-{seed}-c{user.count}")
             progress = pipeline.refresh()
-            points.append({"method": method, "persona": persona_name, "seed": seed, "interactions": user.count,
+            points.append({"method": method, "persona": persona_name, "seed": seed, "wording": wording,
+                           "interactions": user.count,
                            "satisfaction": result.satisfaction, "fact_accuracy": result.fact_accuracy,
                            "served_by": list(result.versions), "stable": progress.stable,
                            "elapsed_s": round(time.monotonic() - started, 1)})
-            on_line(f"[{method}/{persona_name}/seed {seed}] eval satisfaction {result.satisfaction:.2f} "
+            on_line(f"[{method}/{persona_name}/{wording}/seed {seed}] eval satisfaction {result.satisfaction:.2f} "
                     f"(facts {result.fact_accuracy:.2f}, served by {','.join(result.versions)}) | "
                     + progress.line(user.count))
 

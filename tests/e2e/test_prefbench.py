@@ -30,6 +30,18 @@ def test_every_persona_wants_a_style_the_model_can_express() -> None:
         assert not any(persona.satisfied_by(render_answer(FRANCE, s)) for s in others)
 
 
+def test_every_wording_family_reaches_the_teacher_as_an_instruction_the_model_follows() -> None:
+    from labeler.directives import hint_from
+    from learner.tinycorpus import find_style_request
+
+    for persona in PERSONAS.values():
+        assert persona.family_for(0) == "plain" and len(set(persona.families)) == len(persona.families)
+        for family in persona.families:
+            for directive in persona.worded(family).directives:
+                assert find_style_request(hint_from(directive) or "") == persona.style, (persona.name, directive)
+    assert {PERSONAS["quiet"].family_for(seed) for seed in range(3)} == {"plain", "drop-the-capitals", "small-letters"}
+
+
 @pytest.mark.parametrize(
     ("style", "expected_kinds"),
     [("word", {"thanks"}), ("detail", {"directive", "complain", "rephrase"})],
