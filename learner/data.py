@@ -285,3 +285,16 @@ def build_item(
         teacher_prompt_ids=teacher, captured_logprobs=logprobs,
         token_method="captured" if captured else "retokenized", hint=s.hint if hinted else None,
     )
+
+
+def entry_scope(entry: Entry) -> str:
+    """The learning scope an entry's sample belongs to (an unreadable one: global, where it is skipped)."""
+    return entry.sample.scope if entry.sample is not None else "global"
+
+
+def by_scope(entries: list[Entry]) -> dict[str, list[Entry]]:
+    """Entries grouped by learning scope, each group in stream order."""
+    groups: dict[str, list[Entry]] = {}
+    for entry in entries:
+        groups.setdefault(entry_scope(entry), []).append(entry)
+    return groups

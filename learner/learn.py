@@ -33,7 +33,16 @@ from tqdm import tqdm
 
 from labeler.records import SAMPLES_STREAM
 from learner.config import METHODS, TrainConfig
-from learner.data import Entry, SampleReader, Selection, build_item, lineage_sample_ids, select
+from learner.data import (
+    Entry,
+    SampleReader,
+    Selection,
+    build_item,
+    by_scope,
+    entry_scope,
+    lineage_sample_ids,
+    select,
+)
 from learner.demos import sample_demos
 from learner.modeling import load_model, pick_device, resolve_model
 from learner.retain import DEFAULT_RETAIN, load_prompts, sample_retain
@@ -275,19 +284,6 @@ class Learner:
         self.reader.ack(entry_ids)
         log().info("candidate_published", scope=registry.scope, version=version, parent=parent, samples=len(sample_ids))
         return RoundOutcome("published", selection, parent, registry.scope, version=version, result=result)
-
-
-def entry_scope(entry: Entry) -> str:
-    """The learning scope an entry's sample belongs to (an unreadable one: global, where it is skipped)."""
-    return entry.sample.scope if entry.sample is not None else GLOBAL_SCOPE
-
-
-def by_scope(entries: list[Entry]) -> dict[str, list[Entry]]:
-    """Entries grouped by learning scope, each group in stream order."""
-    groups: dict[str, list[Entry]] = {}
-    for entry in entries:
-        groups.setdefault(entry_scope(entry), []).append(entry)
-    return groups
 
 
 def summary(outcome: RoundOutcome, config: TrainConfig) -> str:
