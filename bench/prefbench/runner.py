@@ -34,7 +34,7 @@ from bench.prefbench.user import Interaction, SimulatedUser, evaluate
 
 METHODS = ("none", "rl", "opd", "combined")
 USER_SCOPE = "local"  # nextstate up's scope for every request that names none: the one person on the machine
-SWEEP_S = 5.0  # the proxy's default NEXTSTATE_SWEEP_INTERVAL_S: an idle session is closed within this after its timeout
+SWEEP_S = 1.0  # NEXTSTATE_SWEEP_INTERVAL_S for the plain client: an idle session is closed within this after its timeout
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class BenchConfig:
     opt_in: bool = False
     """False: a plain client (no nextstate headers). True: the user names and closes its sessions and opts in to
     the canary (``X-NextState-Canary: 1``), for comparison."""
-    idle_timeout_s: float = 3.0
+    idle_timeout_s: float = 6.0
     """``NEXTSTATE_SESSION_IDLE_TIMEOUT_S`` for the plain client: its conversations end by idleness."""
     gate_samples: int = 4
     """Sampled answers per sacred case and policy in the gate."""
@@ -82,7 +82,10 @@ def changed_settings(config: BenchConfig, method: str, seed: int) -> dict[str, t
         "NEXTSTATE_SESSION_IDLE_TIMEOUT_S": (
             f"{config.idle_timeout_s:g}", "the simulated user's conversations follow each other within seconds (a "
             "person's idle gap is minutes): a short idle timeout closes each one, as the default 1800 s does for a "
-            "person, so its last turn gets its next state without the bench waiting half an hour"),
+            "person, so its last turn gets its next state without the bench waiting half an hour; 6 s stays above "
+            "the gap between two messages of one conversation (an answer of the busy tiny model, then 0.3 s reading)"),
+        "NEXTSTATE_SWEEP_INTERVAL_S": (
+            f"{SWEEP_S:g}", "with a 6 s idle timeout, idle sessions are looked for every second (default 5 s)"),
     }
     settings |= {
         "NEXTSTATE_CONTROLLER_INTERVAL": (
