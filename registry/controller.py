@@ -31,7 +31,7 @@ from proxy.records import TURNS_STREAM, TurnRecord, outcome_field
 from registry.actions import Control
 from registry.canary import ArmCounts, CanaryPolicy, Decision, Health, decide, p99
 from registry.errors import CanaryRunning, RegistryError
-from registry.lineage import pending_chain
+from registry.lineage import pending_chain, pending_tip
 from registry.personal_canary import Evidence, PersonalPolicy
 from registry.personal_canary import decide as decide_personal
 from registry.records import GLOBAL_SCOPE, UPSTREAM_OUTCOMES_KEY, AuditEvent, CanaryState
@@ -127,13 +127,23 @@ class Controller:
     def _served_by(self, sample: SampleRecord, version: str) -> bool:
         return sample.version_scope == self.registry.scope and sample.serving_version == version
 
+    def _arm(self, sample: SampleRecord, canary: str, stable: str | None) -> str | None:
+        """Which arm a personal scope's labeled turn is evidence for: the canary, stable (the scope's own
+        stable, or what serves it while it has none), or neither (an earlier candidate of the scope)."""
+        if self._served_by(sample, canary):
+            return "canary"
+        if sample.version_scope != self.registry.scope or sample.serving_version == stable:
+            return "stable"
+        return None
+
     def _stable_history(self, state: CanaryState, limit: int = 2000) -> list[int]:
         """The user's newest labeled stable turns from before the canary started, oldest first."""
         start = f"({int(state.started_at * 1000)}-0"
+        stable = self.registry.alias("stable")
         latest: dict[str, SampleRecord] = {}
         for _, fields in self.registry.redis.xrevrange(SAMPLES_STREAM, max=start, count=limit):
             sample = self._scope_sample(fields.get(b"record") or fields["record"])
-            if sample is not None and sample.turn_id not in latest and not self._served_by(sample, state.version):
+            if sample is not None and sample.turn_id not in latest and self._arm(sample, state.version, stable) == "stable":
                 latest[sample.turn_id] = sample
         ordered = sorted(latest.values(), key=lambda s: s.created_at)
         return [s.reward if s.reward else (1 if s.cls == "prefer" else -1) for s in ordered]
@@ -143,14 +153,14 @@ class Controller:
             self._reset(state)
             self._stable_before = self._stable_history(state)
         raw, self._sample_cursor = self._read(SAMPLES_STREAM, self._sample_cursor)
+        stable = self.registry.alias("stable")
         for item in raw:
             sample = self._scope_sample(item)
             if sample is None:
                 continue
             known = self._labels.get(sample.turn_id)
             if known is None or sample.revision >= known[0]:
-                arm = "canary" if self._served_by(sample, state.version) else "stable"
-                self._labels[sample.turn_id] = (sample.revision, arm, sample.cls)
+                self._labels[sample.turn_id] = (sample.revision, self._arm(sample, state.version, stable), sample.cls)
         canary = tuple(1 if cls == "prefer" else -1 for _, arm, cls in self._labels.values() if arm == "canary")
         stable = tuple(self._stable_before) + tuple(
             1 if cls == "prefer" else -1 for _, arm, cls in self._labels.values() if arm == "stable")
@@ -185,7 +195,25 @@ class Controller:
         state = reg.canary_state()
         if state is None:
             return self._start_next()
-        return self._decide(state) if reg.scope == GLOBAL_SCOPE else self._decide_personal(state)
+        if reg.scope == GLOBAL_SCOPE:
+            return self._decide(state)
+        return self._supersede(state) or self._decide_personal(state)
+
+    def _supersede(self, state: CanaryState) -> Decision | None:
+        """A personal canary gives way to the newest gated version trained on top of it: that one holds the
+        canary's training and the user's newer turns, so the user's next turns are better spent on it."""
+        tip = pending_tip(self.registry.versions(), state.version)
+        if tip is None:
+            return None
+        reason = f"superseded by {tip}, trained on top of it with the user's newer turns"
+        self.control.reject(state.version, "controller", reason, {"superseded_by": tip, "rule": "personal"})
+        try:
+            self.control.start_canary(tip, self._first_fraction(), "controller",
+                                      f"passed the gate; carries the training of {state.version}")
+        except CanaryRunning:
+            return None
+        log.info("canary_superseded", scope=self.registry.scope, version=state.version, by=tip)
+        return Decision("step", reason, {"version": tip, "superseded": state.version}, self._first_fraction())
 
     def _first_fraction(self) -> float:
         return self.policy.steps[0] if self.registry.scope == GLOBAL_SCOPE else self.personal.fraction

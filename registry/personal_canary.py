@@ -14,8 +14,11 @@ The rule (``decide``), with the numbers of ``PersonalPolicy``'s defaults:
   failure, and ``P(p_canary > p_stable - margin) >= confidence`` under the posteriors (margin 0.10,
   confidence 0.90): the candidate is not worse than stable beyond the margin, with that confidence.
 - Roll back at once when the user's reactions to the candidate turn negative: its ``rollback_run`` (2)
-  newest labeled turns are both failures while the posterior does not already show it better with
-  the stated confidence, or ``P(p_canary < p_stable - margin) >= confidence`` (clearly worse).
+  newest labeled turns are both failures and it is more likely worse than stable beyond the margin
+  than not (``P(p_canary > p_stable - margin) < 0.5``), or ``P(p_canary < p_stable - margin) >=
+  confidence`` (clearly worse). Two failures of a candidate serving a user who was no happier with
+  stable are no reason to go back to stable: the candidate stays, and the newer candidate the learner
+  trains on top of it replaces it in the canary (``registry.controller``), carrying its training.
 - Reject when ``max_labeled`` (12) candidate turns or the deadline pass without a decision; roll back
   on an upstream error-rate breach as the shared canary does. The sacred gate is always in front: only
   a version that passed it reaches this rule.
@@ -148,7 +151,7 @@ def decide(evidence: Evidence, policy: PersonalPolicy, age_seconds: float) -> Pe
         return PersonalDecision("rollback", f"error rate {evidence.errors / evidence.requests:.1%} above "
                                 f"{policy.max_error_rate:.0%}", stats)
     run = canary[-policy.rollback_run:]
-    if len(run) == policy.rollback_run and all(r < 0 for r in run) and not_worse < policy.confidence:
+    if len(run) == policy.rollback_run and all(r < 0 for r in run) and not_worse < 0.5:
         return PersonalDecision("rollback", f"the user's last {policy.rollback_run} reactions to it were negative", stats)
     if clearly_worse >= policy.confidence:
         return PersonalDecision("rollback", f"worse than stable by more than {policy.margin:.2f} with "

@@ -123,3 +123,23 @@ def test_personal_canary_rolls_back_when_the_user_turns_negative(control: Contro
     controller.tick()
     assert alice.registry.get(candidate).state == "rolled_back" and alice.registry.alias("canary") is None
     assert control.registry.aliases()["stable"] is None  # the global lineage never moved
+
+
+def test_a_newer_candidate_supersedes_the_personal_canary_it_extends(control: Control, adapter_files: Path) -> None:
+    alice = control.scoped("alice")
+    label(control, "alice", "global", None, "------")  # alice is unhappy with what she is served
+    first = publish_in(alice.registry, adapter_files)
+    controller = Controller(control, POLICY, personal=PersonalPolicy())
+    controller.tick()
+    label(control, "alice", "alice", first, "--")  # no happier with the candidate: no worse either
+    controller.tick()
+    assert alice.registry.alias("canary") == first
+    second = publish_in(alice.registry, adapter_files, parent=first)  # the learner trained on top of it
+    controller.tick()
+    assert alice.registry.alias("canary") == second and alice.registry.get(first).state == "rejected"
+    label(control, "alice", "alice", first, "-")  # late labels of the superseded one count for neither arm
+    label(control, "alice", "alice", second, "+++")
+    controller.tick()
+    assert alice.registry.alias("stable") == second
+    promoted = next(e for e in alice.registry.history() if e.kind == "promoted")
+    assert promoted.evidence["stable"] == {"labeled": 6, "prefer": 0}
