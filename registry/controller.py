@@ -195,13 +195,12 @@ class Controller:
         state = reg.canary_state()
         if state is None:
             return self._start_next()
-        if reg.scope == GLOBAL_SCOPE:
-            return self._decide(state)
-        return self._supersede(state) or self._decide_personal(state)
+        return self._decide(state) if reg.scope == GLOBAL_SCOPE else self._decide_personal(state)
 
     def _supersede(self, state: CanaryState) -> Decision | None:
-        """A personal canary gives way to the newest gated version trained on top of it: that one holds the
-        canary's training and the user's newer turns, so the user's next turns are better spent on it."""
+        """A personal canary that had its chance (``min_labeled`` labeled turns, undecided) gives way to the
+        newest gated version trained on top of it: that one holds the canary's training and the user's
+        newer turns, so the user's next turns are better spent on it."""
         tip = pending_tip(self.registry.versions(), state.version)
         if tip is None:
             return None
@@ -268,6 +267,10 @@ class Controller:
     def _decide_personal(self, state: CanaryState) -> Decision:
         evidence = self._collect_personal(state)
         verdict = decide_personal(evidence, self.personal, self.clock() - state.started_at)
+        if verdict.action == "continue" and len(evidence.canary) >= self.personal.min_labeled:
+            superseded = self._supersede(state)
+            if superseded is not None:
+                return superseded
         stats = {**verdict.evidence, "compared_to": state.stable_at_start, "rule": "personal"}
         if verdict.action == "promote":
             self.control.promote(state.version, "controller", verdict.reason, stats)

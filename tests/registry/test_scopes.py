@@ -136,6 +136,9 @@ def test_a_newer_candidate_supersedes_the_personal_canary_it_extends(control: Co
     assert alice.registry.alias("canary") == first
     second = publish_in(alice.registry, adapter_files, parent=first)  # the learner trained on top of it
     controller.tick()
+    assert alice.registry.alias("canary") == first  # two labeled turns: it has not had its chance yet
+    label(control, "alice", "alice", first, "-")  # three: undecided (no worse than stable, not better)
+    controller.tick()
     assert alice.registry.alias("canary") == second and alice.registry.get(first).state == "rejected"
     label(control, "alice", "alice", first, "-")  # late labels of the superseded one count for neither arm
     label(control, "alice", "alice", second, "+++")
