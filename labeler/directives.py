@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from labeler.styles import plain_hint
+
 IMPERATIVE_VERBS = frozenset(["answer", "reply", "respond", "use", "write", "give", "keep", "make", "be", "add", "remove", "drop", "include", "avoid", "stop", "try", "format", "explain", "show", "list", "sign", "end", "start", "begin", "translate", "say", "put", "switch", "change", "call", "return", "cut", "shorten", "expand", "limit", "skip", "mention", "cite", "spell", "capitalize", "focus", "stick", "tell", "provide", "speak", "talk", "summarize", "summarise", "rewrite", "rephrase", "correct", "replace", "number", "sort", "name", "omit", "leave", "always", "never", "only", "just", "less", "more", "fewer", "close", "finish", "conclude", "wrap", "structure", "organize", "organise", "bold"])
 _EDITS = frozenset({"replace", "change", "remove", "drop", "rename", "swap", "correct", "cut", "shorten", "omit", "fix"})
 _USELESS = frozenset({"try", "redo", "retry", "start", "fix", "check"})  # "try again" says nothing concrete
@@ -40,6 +42,7 @@ _MEANT = re.compile(r"^i (?:meant|mean)\s+(.+)$", re.IGNORECASE)
 _ABOUT_ANSWER = re.compile(
     r"\b(?:it|this|that|the answer|your answer|the response|the name|the number|the color|the command|the query|the steps|"
     r"words?|sentences?|lines?|short(?:er)?|long(?:er)?|brief|concise|bullet|list|table|format|lowercase|uppercase|"
+    r"letters|caps|capitals|dash(?:es)?|"
     r"formal|casual|tone|jargon|emoji|exclamation|language|french|english|german|spanish|italian|chinese|japanese|"
     r"grams|quantities|rhyme|detail|simpl\w*|instead|max(?:imum)?|only|nothing else|extra|show your work|like i'?m|"
     r"less|fewer|more \w+|chatty|wordy|verbose|result|numbered|sign-?off|sign off|signature|my name|greeting|closing|"
@@ -148,6 +151,15 @@ def directives(text: str) -> list[Directive]:
 
 
 def hint_from(text: str, max_sentences: int = 3) -> str | None:
-    """The corrective directives of ``text`` joined into a 1-3 sentence hint (None when there are none)."""
-    chosen = [d.hint for d in directives(text) if d.corrective][:max_sentences]
-    return " ".join(chosen) or None
+    """The corrective directives of ``text`` joined into a 1-3 sentence hint (None when there are none).
+
+    A directive that is an answer-style correction in the user's own words becomes the plain instruction
+    it means (``labeler.styles``: "drop the capital letters" -> "Answer in lowercase."), so the teacher
+    is given an instruction it follows.
+    """
+    chosen: list[str] = []
+    for directive in directives(text):
+        hint = plain_hint(directive.hint) if directive.corrective else None
+        if hint is not None and hint not in chosen:
+            chosen.append(hint)
+    return " ".join(chosen[:max_sentences]) or None

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from labeler.embedded import EmbeddedJudge
+from labeler.styles import plain_hint
 from labeler.tally import select_hint
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -74,8 +75,9 @@ def evaluate(rows: list[dict[str, Any]], judge: EmbeddedJudge | None = None) -> 
                              "text": row["next_state"][-1]["content"][:120]})
         if row.get("hint"):
             hints_expected += 1
-            hint = select_hint(verdict.hints) or ""
-            hints_found += row["hint"].lower().rstrip(".") in hint.lower()
+            hint = (select_hint(verdict.hints) or "").lower()
+            # the user's directive, or the plain instruction it means (labeler.styles)
+            hints_found += any(form.lower().rstrip(".") in hint for form in (row["hint"], plain_hint(row["hint"])))
     return Report(total=len(rows), correct=sum(n for (e, p), n in confusion.items() if e == p), confusion=dict(confusion),
                   by_category={k: (v[0], v[1]) for k, v in sorted(categories.items())},
                   hints_expected=hints_expected, hints_found=hints_found, mistakes=mistakes)

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from proxy.records import TokenCapture
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: turns, samples and the routing table carry learning scopes
 
 SAMPLES_STREAM = "nextstate:samples"
 HARD_QUEUE = "hard"
@@ -48,6 +48,10 @@ class SampleRecord(BaseModel):
     session_id: str
     transition_id: str | None = None
     serving_version: str | None = None  # registry version that served the turn, None = base
+    scope: str = "global"
+    """The learning scope of the turn (``proxy.scopes``): only that scope's lineage trains on it."""
+    version_scope: str = "global"
+    """The scope whose lineage ``serving_version`` belongs to."""
 
     cls: SampleClass
     reward: int  # +1 / -1 / 0

@@ -83,7 +83,8 @@ def payload_from_turn(turn: TurnRecord | None) -> dict[str, Any]:
     if turn is None:
         return {"messages": [], "response": {}, "tools": None, "tokens": TokenCapture()}
     return {"messages": turn.request.messages, "tools": turn.request.tools, "response": turn.response.message,
-            "tokens": turn.tokens, "serving_version": turn.serving.version, "session_id": turn.session_id}
+            "tokens": turn.tokens, "serving_version": turn.serving.version, "session_id": turn.session_id,
+            "scope": turn.scope, "version_scope": turn.serving.version_scope}
 
 
 def apply_verdict(previous: SampleRecord | None, base: dict[str, Any], source: LabelSource,

@@ -270,9 +270,10 @@ def response_ids_by_template(
 
 def build_item(
     entry: Entry, tokenizer: Any, *, method: str, parent_version: str | None,
-    max_prompt_tokens: int, max_response_tokens: int,
+    max_prompt_tokens: int, max_response_tokens: int, parent_scope: str = "global",
 ) -> TrainItem:
-    """Token ids of a sample. Captured logprobs count as pi_old only if the parent served the turn."""
+    """Token ids of a sample. Captured logprobs count as pi_old only if the parent (``parent_version`` of
+    the lineage of ``parent_scope``) served the turn."""
     s = entry.sample
     assert s is not None
     tokens = s.tokens
@@ -284,7 +285,8 @@ def build_item(
         prompt = render_prompt_ids(tokenizer, s.messages, s.tools)
         response = response_ids_by_template(tokenizer, s.messages, s.tools, s.response, prompt)
     logprobs = None
-    if (captured and s.serving_version == parent_version and tokens.response_logprobs is not None
+    if (captured and s.serving_version == parent_version and s.version_scope == parent_scope
+            and tokens.response_logprobs is not None
             and len(tokens.response_logprobs) == len(response)):
         logprobs = list(tokens.response_logprobs)[:max_response_tokens]
     rewarded = method != "opd" and s.reward != 0
@@ -300,3 +302,16 @@ def build_item(
         teacher_prompt_ids=teacher, captured_logprobs=logprobs,
         token_method="captured" if captured else "retokenized", hint=s.hint if hinted else None,
     )
+
+
+def entry_scope(entry: Entry) -> str:
+    """The learning scope an entry's sample belongs to (an unreadable one: global, where it is skipped)."""
+    return entry.sample.scope if entry.sample is not None else "global"
+
+
+def by_scope(entries: list[Entry]) -> dict[str, list[Entry]]:
+    """Entries grouped by learning scope, each group in stream order."""
+    groups: dict[str, list[Entry]] = {}
+    for entry in entries:
+        groups.setdefault(entry_scope(entry), []).append(entry)
+    return groups

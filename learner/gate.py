@@ -155,6 +155,8 @@ def held_out(registry: Registry, version: str, limit: int) -> list[SampleRecord]
             sample = SampleRecord.model_validate_json(fields.get(b"record") or fields["record"])
         except ValidationError:
             continue
+        if sample.scope != registry.scope:  # replay only the evidence of the candidate's own scope
+            continue
         if sample.turn_id not in latest:
             latest[sample.turn_id] = sample
     fresh = [s for s in latest.values() if s.cls != "observation" and s.sample_id not in used]
@@ -226,8 +228,9 @@ def drift_kl(policies: Policies, anchors: list[SacredCase], run: GateRun) -> flo
 def evaluate(registry: Registry, version: str, base: Any, tokenizer: Any, suite: list[SacredCase],
              run: GateRun) -> GateVerdict:
     """Measure the candidate against the current stable version and return the verdict (not recorded)."""
-    stable = registry.alias("stable")
-    stable_path = registry.path_of(registry.get(stable)) if stable else None
+    serving = registry.effective_stable()  # a personal scope without a stable is served the global one
+    stable = serving.version if serving is not None else None
+    stable_path = registry.scoped(serving.scope).path_of(serving) if serving is not None else None
     policies = Policies(base, tokenizer, registry.path_of(registry.get(version)), stable_path)
     try:
         cases, examples = sacred_scores(policies, suite, run)
@@ -248,7 +251,8 @@ def run_gate_for_version(version: str, settings: RegistrySettings | None = None,
         if control is None:
             control = open_control(settings, stack)
             if registry is not None:  # the caller's Redis connection and store, named as the proxies know it
-                control.registry = Registry(registry.redis, registry.root, base_model=settings.served_base())
+                control.registry = Registry(registry.redis, registry.store_root, base_model=settings.served_base(),
+                                            scope=registry.scope)
         registry = control.registry
         check_transition(version, registry.get(version).state, "gated_pass")  # refuse early: gate a candidate once
         if base is None:
@@ -262,7 +266,8 @@ def run_gate_for_version(version: str, settings: RegistrySettings | None = None,
         if (verdict.passed and settings.gate_auto_canary and next_up and registry.canary_state() is None
                 and not registry.frozen()):
             try:
-                control.start_canary(version, settings.canary_steps[0], "gate", "passed the sacred gate")
+                fraction = settings.canary_steps[0] if registry.scope == "global" else settings.personal_canary_fraction
+                control.start_canary(version, fraction, "gate", "passed the sacred gate")
             except RegistryError as exc:  # e.g. a replica is down: the controller starts it on a later tick
                 log.warning("canary_not_started", version=version, error=str(exc))
         return verdict

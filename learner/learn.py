@@ -3,7 +3,13 @@
 ``--once`` consumes every sample available now, trains one candidate, hands it to the gate, prints a
 one-screen summary and exits with a status (0 published, 3 nothing to train, 4 refused by the
 collapse guard, 5 rejected by the gate, 1 error). Without it the learner runs continuously: it trains
-whenever ``batch_size`` trainable samples are waiting and exports Prometheus metrics.
+whenever ``batch_size`` trainable samples of one learning scope are waiting and exports Prometheus
+metrics.
+
+Samples are batched per learning scope (``SampleRecord.scope``): a round trains one scope's samples
+only, on top of that scope's lineage — or, when a personal scope has no version yet, on top of the
+global stable (``Manifest.started_from``) — and publishes into that scope. Hint demonstrations are
+sampled from the round's own samples, so nothing one scope taught reaches another scope's adapter.
 """
 
 from __future__ import annotations
@@ -27,7 +33,16 @@ from tqdm import tqdm
 
 from labeler.records import SAMPLES_STREAM
 from learner.config import METHODS, TrainConfig
-from learner.data import Entry, SampleReader, Selection, build_item, lineage_sample_ids, select
+from learner.data import (
+    Entry,
+    SampleReader,
+    Selection,
+    build_item,
+    by_scope,
+    entry_scope,
+    lineage_sample_ids,
+    select,
+)
 from learner.demos import sample_demos
 from learner.modeling import BUILTIN_TINY, load_model, pick_device, resolve_model
 from learner.retain import DEFAULT_RETAIN, load_prompts, sample_retain
@@ -35,7 +50,7 @@ from learner.train import TrainResult, attach_adapter, train
 from proxy.embedded_redis import resolve_redis_url
 from proxy.logs import configure_logging
 from registry.lineage import training_parent
-from registry.records import AuditEvent, LearnerState, Manifest, learner_state_key, stream_id
+from registry.records import GLOBAL_SCOPE, AuditEvent, LearnerState, Manifest, learner_state_key, stream_id
 from registry.settings import RegistrySettings
 from registry.store import Registry
 
@@ -89,6 +104,7 @@ class RoundOutcome:
     status: str  # published | nothing | refused | gate_failed
     selection: Selection
     parent: str | None
+    scope: str = GLOBAL_SCOPE
     version: str | None = None
     result: TrainResult | None = None
     gate: dict[str, Any] | None = None
@@ -174,13 +190,17 @@ class Learner:
         self.retain_prompts = load_prompts(settings.retain_file) if self.config.w_retain > 0 else []
         self.rounds = 0
 
-    def classify(self, entries: list[Entry]) -> tuple[str | None, Selection]:
+    def registry_for(self, scope: str) -> Registry:
+        return self.registry.scoped(scope)
+
+    def classify(self, entries: list[Entry], scope: str = GLOBAL_SCOPE) -> tuple[str | None, Selection]:
         # train on top of the newest version that will reach users next: a gated version extending the
         # running canary (else stable), else the canary, else stable. Candidates then form a chain whose
         # tip holds every round's training, and the controller canaries that tip (registry.lineage)
-        parent = training_parent(self.registry.versions(), self.registry.alias("canary"), self.registry.alias("stable"))
+        registry = self.registry_for(scope)
+        parent = training_parent(registry.versions(), registry.alias("canary"), registry.alias("stable"))
         selection = select(
-            entries, method=self.config.method, lineage_ids=lineage_sample_ids(self.registry, parent),
+            entries, method=self.config.method, lineage_ids=lineage_sample_ids(registry, parent),
             stored_revisions=self.reader.stored_revisions(e.sample.turn_id for e in entries if e.sample),
             present=self.reader.present(e.entry_id for e in entries),
         )
@@ -199,18 +219,27 @@ class Learner:
         except redis.RedisError as exc:
             log().info("learner_state_not_written", error=repr(exc))
 
-    def round(self, entries: list[Entry], progress: bool = False) -> RoundOutcome:
-        """Train on the trainable entries, publish a candidate, acknowledge, gate. Skipped entries are acked at once."""
+    def round(self, entries: list[Entry], progress: bool = False, scope: str = GLOBAL_SCOPE) -> RoundOutcome:
+        """Train on the trainable entries of ``scope``, publish a candidate into it, acknowledge, gate.
+
+        Skipped entries are acked at once; entries of another scope are left alone (not trained, not acked).
+        """
         started = time.perf_counter()
-        parent, selection = self.classify(entries)
+        registry = self.registry_for(scope)
+        parent, selection = self.classify([e for e in entries if entry_scope(e) == scope], scope)
         skipped = [i for ids in selection.skipped.values() for i in ids]
         self.reader.ack(skipped)  # they will never take a batch slot
         if not selection.train:
-            return RoundOutcome("nothing", selection, parent, wall_seconds=time.perf_counter() - started)
-        items = [build_item(e, self.tokenizer, method=self.config.method, parent_version=parent,
+            return RoundOutcome("nothing", selection, parent, scope, wall_seconds=time.perf_counter() - started)
+        # a personal lineage starts from the global stable: its adapter, and pi_old where it served the turn
+        origin = registry.get(parent) if parent else registry.effective_stable()
+        parent_scope = origin.scope if origin is not None else GLOBAL_SCOPE
+        items = [build_item(e, self.tokenizer, method=self.config.method,
+                            parent_version=origin.version if origin is not None else None, parent_scope=parent_scope,
                             max_prompt_tokens=self.config.max_prompt_tokens,
                             max_response_tokens=self.config.max_response_tokens) for e in selection.train]
-        parent_dir = self.registry.path_of(self.registry.get(parent)) if parent else None
+        parent_dir = registry.scoped(origin.scope).path_of(origin) if origin is not None else None
+        started_from = origin.version if origin is not None and parent is None else None
         model = attach_adapter(self.base, self.config, parent_dir)
         self.rounds += 1
         retain = sample_retain(model, self.tokenizer, self.retain_prompts, self.config, self.config.seed + self.rounds)
@@ -218,7 +247,7 @@ class Learner:
         assert len(samples) == len(items)  # sample i and item i are the same context
         demos = sample_demos(model, self.tokenizer, samples, [it.prompt_ids for it in items], self.config,
                              self.config.seed + self.rounds) if self.config.uses_opd else []
-        log().info("training", parent=parent, samples=len(items), retain=len(retain), demos=len(demos),
+        log().info("training", scope=scope, parent=parent, samples=len(items), retain=len(retain), demos=len(demos),
                    method=self.config.method, device=self.device)
         steps = -(-len(items) // self.config.batch_size) * self.config.steps_per_batch
         with tqdm(total=steps, desc="training", unit="step", disable=None if progress else True, file=sys.stderr) as bar:
@@ -230,50 +259,52 @@ class Learner:
             result = train(model, items, self.config, pad_id=self.pad_id, progress=on_step, parent_dir=parent_dir,
                            retain=retain, demos=demos)
         try:
-            outcome = self._finish(model, selection, parent, result)
+            outcome = self._finish(model, selection, parent, result, registry, started_from)
         finally:
             self.base = model.unload().eval()  # the bare base model again, for the gate and the next round
         if outcome.version is not None and self.settings.learner_gate:
-            outcome.gate = hand_to_gate(self.settings, self.registry, outcome.version, self.base, self.tokenizer)
+            outcome.gate = hand_to_gate(self.settings, registry, outcome.version, self.base, self.tokenizer)
             if outcome.gate is not None and not outcome.gate.get("passed", False):
                 outcome.status = "gate_failed"
         outcome.wall_seconds = time.perf_counter() - started
         return outcome
 
-    def _finish(self, model: Any, selection: Selection, parent: str | None, result: TrainResult) -> RoundOutcome:
+    def _finish(self, model: Any, selection: Selection, parent: str | None, result: TrainResult,
+                registry: Registry, started_from: str | None) -> RoundOutcome:
         sample_ids = [e.sample.sample_id for e in selection.train if e.sample]
         evidence = {"metrics": result.metrics, "parent": parent, "samples": len(sample_ids)}
         if result.refused is not None:
-            self.registry.log(AuditEvent(kind="candidate_refused", actor="learner", reason=result.refused, evidence=evidence))
-            log().warning("candidate_refused", reason=result.refused)
-            return RoundOutcome("refused", selection, parent, result=result)
+            registry.log(AuditEvent(kind="candidate_refused", actor="learner", reason=result.refused, evidence=evidence))
+            log().warning("candidate_refused", scope=registry.scope, reason=result.refused)
+            return RoundOutcome("refused", selection, parent, registry.scope, result=result)
         entry_ids = sorted((e.entry_id for e in selection.train), key=lambda i: tuple(map(int, i.split("-"))))
         manifest_metrics = {**result.metrics, "pi_old": result.pi_old_sources, "token_methods": result.token_methods}
-        version = self.registry.allocate_version()
-        staging = self.registry.staging_dir(version)
+        version = registry.allocate_version()
+        staging = registry.staging_dir(version)
         try:
             model.save_pretrained(str(staging))
             manifest = Manifest(
-                version=version, parent=parent, base_model=self.settings.base_model,
+                version=version, parent=parent, scope=registry.scope, started_from=started_from,
+                base_model=self.settings.base_model,
                 base_revision=base_revision(self.model_dir), method=self.config.method,
                 config=self.config.to_dict(), sample_ids=sample_ids, metrics=manifest_metrics,
                 stream_offsets={SAMPLES_STREAM: entry_ids[-1], f"{SAMPLES_STREAM}:first": entry_ids[0]},
                 entry_ids=entry_ids, device=self.device,
             )
-            self.registry.publish(staging, manifest)
+            registry.publish(staging, manifest)
         except BaseException:
-            self.registry.discard_staging(staging)
+            registry.discard_staging(staging)
             raise
         self.reader.ack(entry_ids)
-        log().info("candidate_published", version=version, parent=parent, samples=len(sample_ids))
-        return RoundOutcome("published", selection, parent, version=version, result=result)
+        log().info("candidate_published", scope=registry.scope, version=version, parent=parent, samples=len(sample_ids))
+        return RoundOutcome("published", selection, parent, registry.scope, version=version, result=result)
 
 
 def summary(outcome: RoundOutcome, config: TrainConfig) -> str:
     """The one-screen report of a ``--once`` run."""
     counts = outcome.selection.counts()
     skipped = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "train") or "none"
-    lines = ["nextstate learn --once", f"  samples     {sum(counts.values())} read, {counts['train']} trained (skipped: {skipped})",
+    lines = ["nextstate learn --once", f"  scope       {outcome.scope}", f"  samples     {sum(counts.values())} read, {counts['train']} trained (skipped: {skipped})",
              f"  parent      {outcome.parent or 'base model'}"]
     r = outcome.result
     if r is not None:
@@ -322,7 +353,7 @@ class Metrics:
 
 
 def run_continuous(learner: Learner, stop: threading.Event, metrics: Metrics, rounds: int | None = None) -> int:
-    """Train whenever ``batch_size`` new trainable samples wait; stop on ``stop`` or after ``rounds`` rounds.
+    """Train whenever ``batch_size`` new trainable samples of one scope wait; stop on ``stop`` or after ``rounds`` rounds.
 
     The samples of a candidate the gate failed are not lost with it: they join the next round (up to
     ``learner_retries`` more times), so the next candidate sees them together with newer evidence.
@@ -336,28 +367,36 @@ def run_continuous(learner: Learner, stop: threading.Event, metrics: Metrics, ro
             read = learner.reader.read(256, block_ms=learner.settings.learner_poll_ms)
             held += read
             seen = max([seen, *(e.entry_id for e in read)], key=stream_id)
-            _, selection = learner.classify(held)
-            trainable = {e.entry_id for e in selection.train}
-            learner.reader.ack([i for i in selection.entry_ids if i not in trainable])
-            held[:] = [e for e in held if e.entry_id in trainable]
+            kept: list[Entry] = []
+            ready: str | None = None  # the first scope with a full batch waiting
+            for scope, entries in by_scope(held).items():
+                _, selection = learner.classify(entries, scope)
+                trainable = {e.entry_id for e in selection.train}
+                learner.reader.ack([i for i in selection.entry_ids if i not in trainable])
+                kept += [e for e in entries if e.entry_id in trainable]
+                if ready is None and len(trainable) >= learner.config.batch_size:
+                    ready = scope
+            held[:] = kept
             metrics.pending.set(len(held) + len(learner.retry))
-            if len(held) < learner.config.batch_size:
+            if ready is None:
                 learner.tell("waiting", len(held), seen)
                 continue
             learner.tell("training", len(held), seen)
-            retry = learner.retry  # ``round`` skips what the current parent's lineage already holds
-            outcome = learner.round(held + retry)
+            batch = [e for e in held if entry_scope(e) == ready]
+            retry = [e for e in learner.retry if entry_scope(e) == ready]  # ``round`` skips what the lineage holds
+            outcome = learner.round(batch + retry, scope=ready)
             metrics.observe(outcome)
-            log().info("round", status=outcome.status, version=outcome.version, samples=len(outcome.selection.train),
-                       retried=len(retry))
-            learner.retry = []
+            log().info("round", scope=ready, status=outcome.status, version=outcome.version,
+                       samples=len(outcome.selection.train), retried=len(retry))
+            learner.retry = [e for e in learner.retry if entry_scope(e) != ready]
             if outcome.status == "gate_failed":
                 for entry in outcome.selection.train:
                     attempts[entry.entry_id] = attempts.get(entry.entry_id, 0) + 1
                     if attempts[entry.entry_id] <= learner.settings.learner_retries:
                         learner.retry.append(entry)
-            held.clear()  # published entries are acked; refused ones stay pending until the next start
-            learner.tell("waiting", 0, seen)
+            # published entries are acked; refused ones stay pending until the next start
+            held[:] = [e for e in held if entry_scope(e) != ready]
+            learner.tell("waiting", len(held), seen)
             done += 1
     finally:
         learner.tell(None)
@@ -401,13 +440,17 @@ def main(argv: list[str] | None = None) -> int:
         learner = Learner(settings, client)
         if args.once:
             entries = learner.reader.read_all(settings.learner_max_samples)
-            outcome = learner.round(entries, progress=True)
-            print(summary(outcome, learner.config), flush=True)
-            if args.json:
-                print(json.dumps({"status": outcome.status, "version": outcome.version, "parent": outcome.parent,
-                                  "counts": outcome.selection.counts(), "gate": outcome.gate,
-                                  "metrics": outcome.result.metrics if outcome.result else None}), flush=True)
-            return outcome.exit_code
+            outcomes = [learner.round(group, progress=True, scope=scope) for scope, group in by_scope(entries).items()]
+            if not outcomes:
+                outcomes = [learner.round([], progress=True)]
+            for outcome in outcomes:
+                print(summary(outcome, learner.config), flush=True)
+                if args.json:
+                    print(json.dumps({"scope": outcome.scope, "status": outcome.status, "version": outcome.version,
+                                      "parent": outcome.parent, "counts": outcome.selection.counts(),
+                                      "gate": outcome.gate,
+                                      "metrics": outcome.result.metrics if outcome.result else None}), flush=True)
+            return min(outcomes, key=lambda o: (o.status == "nothing", o.exit_code)).exit_code
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())

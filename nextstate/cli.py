@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, list[str], str]] = {
     "registry": ("registry.__main__", ["registry"], "inspect and change adapter versions"),
     "controller": ("registry.__main__", ["controller"], "run the canary controller"),
     "exporter": ("registry.__main__", ["exporter"], "serve Prometheus metrics on streams, queues and the canary"),
-    "forget": ("registry.__main__", ["forget"], "delete one person's data (--session, --key or --user)"),
+    "forget": ("registry.__main__", ["forget"], "delete one person's data (--session, --key or --user) or a learning scope (--scope)"),
     "up": ("nextstate.up", [], "start the whole local stack"),
     "demo": ("nextstate.demo", [], "start the stack and show the model learning"),
 }

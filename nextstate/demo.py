@@ -2,7 +2,10 @@
 
 PrefBench ``--quick`` for one persona and the combined method through the real loop, with a progress
 bar, a live line per update of the loop (versions, gate verdicts, canary decisions), and at the end
-the learning curve as a PNG and a terminal sparkline, plus where to look next. ``--model`` picks the
+the learning curve as a PNG and a terminal sparkline, plus where to look next. The simulated user is a
+plain client on the product defaults (no nextstate headers; its conversations are linked by fingerprint
+and closed by idleness; it learns in its personal scope under the personal canary), so the demo shows
+what a user gets; the settings it changes are printed with their reasons. ``--model`` picks the
 built-in model: ``tiny-chat`` (built here, follows its trained styles) or ``smollm2-135m`` (a real
 pretrained chat model, converted from an installed wheel in seconds).
 """
@@ -20,7 +23,7 @@ from tqdm import tqdm
 
 from bench.prefbench.personas import PERSONAS, Persona
 from bench.prefbench.report import curve, plot, sparkline
-from bench.prefbench.runner import BenchConfig, run_one
+from bench.prefbench.runner import USER_SCOPE, BenchConfig, run_one, settings_report
 from bench.prefbench.simulator import FeedbackMix
 from bench.prefbench.stack import Progress
 from bench.prefbench.user import Interaction
@@ -109,6 +112,7 @@ def main(argv: list[str]) -> int:
               f"{preset.steps_per_batch} steps per batch (the small preset's, not PrefBench's {BenchConfig.lr} x "
               f"{BenchConfig.steps_per_batch}, which are the tiny model's)")
     home = root / f"{args.model}-{args.method}-{args.persona}-s{args.seed}"
+    print(settings_report(config), flush=True)
     print("2/3 starting the stack (redis, policy server, proxy, labeler, learner, controller) ...", flush=True)
     bar = tqdm(total=args.interactions, desc="interactions", unit="turn", dynamic_ncols=True)
     seen: dict[str, int] = {}
@@ -143,7 +147,8 @@ def main(argv: list[str]) -> int:
     print(f"loop: {json.dumps(run.progress['events'])}; stable at the end: {run.progress['stable'] or 'base'}")
     print(f"curve: {png}")
     print("where to look next:")
-    pointers = [(f"NEXTSTATE_HOME={home} nextstate registry history", "every decision with its evidence"),
+    pointers = [(f"NEXTSTATE_HOME={home} nextstate registry history --scope {USER_SCOPE}",
+                 "every decision with its evidence"),
                 (f"{home}/logs/", "each component's log"),
                 (f"{root / 'results.json'}", "every point and interaction"),
                 ("python -m bench.prefbench", "all methods, 3 seeds x 3 personas")]

@@ -48,6 +48,10 @@ class UpSettings(CommonSettings):
     restart_backoff_max_s: float = Field(default=30.0, description="Longest restart delay.")
     stable_after_s: float = Field(default=30.0, description="A child up this long has its backoff reset.")
     ready_timeout_s: float = Field(default=900.0, description="Longest wait for a child to become ready.")
+    scope_by: str = Field(default="header", description="Learning scopes on this machine: only an "
+                          "X-NextState-Scope header names a personal scope of its own (see proxy.scopes).")
+    scope_unkeyed: str = Field(default="local", description="Every other request learns in the personal scope "
+                               "'local': one person on a laptop, with the personal canary.")
 
 
 @dataclass(frozen=True)
@@ -323,6 +327,8 @@ def plan_stack(settings: UpSettings, extras: list[tuple[str, str]] | None = None
         "NEXTSTATE_UPSTREAM_URL": upstream_url,
         "NEXTSTATE_BASE_MODEL": settings.base_model,
         "NEXTSTATE_LOG_JSON": os.environ.get("NEXTSTATE_LOG_JSON", "false"),  # readable prefixed logs
+        "NEXTSTATE_SCOPE_BY": settings.scope_by,
+        "NEXTSTATE_SCOPE_UNKEYED": settings.scope_unkeyed,
     }
     if "learner" in wanted:  # needs only Redis: it loads its model while the policy server loads its own
         specs.append(ChildSpec("learner", _nextstate("learn"), env, critical=False))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,12 +25,12 @@ from dataclasses import dataclass, field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.errors import ProxyError, RateLimited, Unauthorized, error_response
+from proxy.scopes import valid_scope
 
 CLIENT = "nextstate.client"
 """The ASGI scope key under which a request carries its ``ClientKey``."""
 
 _OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-_SCOPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ON, _OFF = frozenset({"on", "1", "true", "yes"}), frozenset({"off", "0", "false", "no"})
 
 
@@ -78,8 +77,9 @@ def _option(entry: str, name: str, value: str) -> tuple[str, float | bool | str]
             raise KeyConfigError(f"record must be on or off in {entry!r}")
         return name, value.lower() in _ON
     if name == "scope":
-        if not _SCOPE_NAME.match(value):
-            raise KeyConfigError(f"scope must be 1-64 letters, digits, '.', '_' or '-' in {entry!r}")
+        if not valid_scope(value):
+            raise KeyConfigError(f"scope must be 1-48 lower-case letters, digits or '-' (starting with a letter "
+                                 f"or digit) in {entry!r}")
         return name, value
     raise KeyConfigError(f"unknown option {name!r} in a client key (rpm, burst, record, scope)")
 

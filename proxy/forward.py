@@ -22,13 +22,14 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from proxy import fastjson
-from proxy.access import CLIENT
+from proxy.access import CLIENT, ClientKey
 from proxy.accumulate import SSESplitter, event_data
 from proxy.body import Limits, decode_body, receive_body
 from proxy.capture import Wants, strip, strip_copy
 from proxy.errors import ProxyError, error_body, error_response
 from proxy.headers import forward_headers, relayed
 from proxy.recorder import Exchange
+from proxy.records import outcome_field
 from proxy.routing import Decision
 from proxy.state import ProxyState
 from proxy.upstream import HTTPError, Upstream, UpstreamResponse
@@ -95,6 +96,8 @@ class Flight:
     """The first value of each header the proxy itself reads."""
     fields: dict[str, Any]
     """The canonical log line's fields (proxy.middleware.CanonicalLog writes them)."""
+    client: ClientKey | None = None
+    """The client key the request came with, when the proxy checks keys (``proxy.access``)."""
     clock: Clock = field(default_factory=Clock)
     response: UpstreamResponse | None = None
     decision: Decision | None = None
@@ -113,9 +116,10 @@ class Flight:
         """A flight for the request of ``scope``; ``as_sent``: its body goes upstream with its own content type."""
         state: ProxyState = scope["state"]["proxy"]
         controls: dict[bytes, str] = {}
+        client: ClientKey | None = scope.get(CLIENT)
         headers = forward_headers(scope["headers"], state.settings.upstream_api_key, controls, as_sent=as_sent,
-                                  own_key=CLIENT in scope)
-        return cls(state, endpoint, headers, controls, scope.setdefault("nextstate.log", {}))
+                                  own_key=client is not None)
+        return cls(state, endpoint, headers, controls, scope.setdefault("nextstate.log", {}), client)
 
     @functools.cached_property
     def limits(self) -> Limits:
@@ -149,15 +153,17 @@ class Flight:
 
     def _count(self, status: int | None) -> None:
         if self.decision is not None and self.decision.version:
+            version = outcome_field(self.decision.version_scope, self.decision.version)
             for name in outcomes(status):
-                self.state.outcomes[f"{self.decision.version}:{name}"] += 1
+                self.state.outcomes[f"{version}:{name}"] += 1
 
     def _broken(self) -> None:
         """An answer that began (counted ok at its headers) and broke off: it counts as an error instead."""
         counted_ok = self.response is not None and outcomes(self.response.status) == ("ok",)
         if counted_ok and self.decision is not None and self.decision.version:
-            self.state.outcomes[f"{self.decision.version}:ok"] -= 1
-            self.state.outcomes[f"{self.decision.version}:error"] += 1
+            version = outcome_field(self.decision.version_scope, self.decision.version)
+            self.state.outcomes[f"{version}:ok"] -= 1
+            self.state.outcomes[f"{version}:error"] += 1
 
     def refuse(self, exc: ProxyError) -> Response:
         """The OpenAI-shaped error for ``exc``, with the proxy's own headers so far."""

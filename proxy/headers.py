@@ -29,7 +29,7 @@ _CREDENTIALS = frozenset({b"authorization", b"api-key", b"x-api-key"})
 # the request headers the handlers read (collected while the others are picked for the upstream)
 _CONTROLS = frozenset({
     b"content-length", b"content-encoding", b"authorization", b"x-session-id", b"x-turn-type", b"x-session-done",
-    b"x-nextstate-record", b"x-nextstate-policy", b"x-nextstate-canary",
+    b"x-nextstate-record", b"x-nextstate-policy", b"x-nextstate-canary", b"x-nextstate-scope",
 })
 _JSON = (b"content-type", b"application/json")
 _BODY_TYPE = frozenset({b"content-type", b"content-encoding"})

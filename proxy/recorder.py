@@ -115,7 +115,9 @@ def build_entry(exchange: Exchange) -> Entry | None:
         model=body.get("model"), messages=messages, tools=body.get("tools"),
         params={k: v for k, v in body.items() if k not in _NOT_PARAMS},
     )
-    serving = Serving(upstream_model=exchange.upstream_model, version=exchange.decision.version, arm=exchange.decision.arm)
+    decision = exchange.decision
+    serving = Serving(upstream_model=exchange.upstream_model, version=decision.version, arm=decision.arm,
+                      scope=decision.scope, version_scope=decision.version_scope)
 
     def turn(index: int) -> TurnRecord:
         turn_id = exchange.turn_id if index == first else choice_turn_id(exchange.turn_id, index)
@@ -123,7 +125,7 @@ def build_entry(exchange: Exchange) -> Entry | None:
             record_id=turn_id, created_at=exchange.started_at, turn_id=turn_id, session_id=exchange.session_id,
             turn_index=turn_index(messages), stream=exchange.stream, request=request,
             response=accumulator.response(index), tokens=accumulator.tokens(index), serving=serving,
-            timings=exchange.timings, client_key_hash=exchange.client_key_hash,
+            timings=exchange.timings, client_key_hash=exchange.client_key_hash, scope=decision.scope,
             choice_index=index, choice_of=None if index == first else exchange.turn_id, api=exchange.api,
         )
 

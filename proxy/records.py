@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: turns, samples and the routing table carry learning scopes
 
 # Redis keys. Everything nextstate stores lives under the ``nextstate:`` prefix; per-entity keys use
 # a ``{hash tag}`` so that related keys land in one Redis Cluster slot.
@@ -24,6 +24,11 @@ ROUTING_KEY = "nextstate:routing"
 # hash "<version>:ok" / "<version>:error" -> count of upstream calls per served version (canary health);
 # "<version>:missing" counts the errors that were a 404 (the version's adapter is not loaded upstream)
 UPSTREAM_OUTCOMES_KEY = "nextstate:upstream:outcomes"
+
+
+def outcome_field(version_scope: str, version: str) -> str:
+    """The ``UPSTREAM_OUTCOMES_KEY`` field prefix of a version: ``v3``, or ``<scope>.v3`` in a personal scope."""
+    return version if version_scope == "global" else f"{version_scope}.{version}"
 
 
 def turn_key(turn_id: str) -> str:
@@ -96,8 +101,13 @@ class Serving(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     upstream_model: str | None = None  # the name sent upstream, e.g. "tiny-chat@v3"
-    version: str | None = None  # registry version ("v3"), None for the base model
+    version: str | None = None  # registry version ("v3") within ``scope``, None for the base model
     arm: Arm = "base"
+    scope: str = "global"
+    """The learning scope the turn belongs to (``proxy.scopes``); its version is that scope's (or, while
+    the scope has no stable of its own, the global scope's: ``version_scope``)."""
+    version_scope: str = "global"
+    """The scope whose lineage ``version`` belongs to."""
 
 
 class Timings(BaseModel):
@@ -122,6 +132,8 @@ class TurnRecord(_Record):
     serving: Serving = Field(default_factory=Serving)
     timings: Timings = Field(default_factory=Timings)
     client_key_hash: str | None = None  # sha256 prefix of the client's API key, never the key
+    scope: str = "global"
+    """The learning scope this turn teaches (``proxy.scopes``); also in ``serving.scope``."""
     # a request with n > 1 answers with several choices: each is a turn of its own; all but the first
     # have the id ``<first turn id>-c<index>`` and name the first one here
     choice_index: int = 0
@@ -166,11 +178,24 @@ class ResponseContext(BaseModel):
     """The conversation through that response's reply, its request's ``instructions`` left out."""
 
 
+class ScopeRoute(BaseModel):
+    """The arms of one personal learning scope: versions of that scope's own lineage."""
+
+    model_config = ConfigDict(extra="allow")
+
+    stable: str | None = None
+    """None: the scope has no stable of its own yet and is served the global stable."""
+    canary: str | None = None
+    canary_fraction: float = 0.0
+    versions: dict[str, str] = Field(default_factory=dict)
+
+
 class RoutingTable(BaseModel):
     """Which upstream model name serves each arm; written by the registry, read by every proxy.
 
     ``versions`` maps every pinnable version (``"v3"``) to the model name the policy server knows it
-    by (``"tiny-chat@v3"``). With no stable version the base model serves everything.
+    by (``"tiny-chat@v3"``). With no stable version the base model serves everything. The top level
+    is the global scope; ``scopes`` holds the personal scopes that have a lineage of their own.
     """
 
     model_config = ConfigDict(extra="allow")
@@ -182,4 +207,10 @@ class RoutingTable(BaseModel):
     canary: str | None = None
     canary_fraction: float = 0.0
     versions: dict[str, str] = Field(default_factory=dict)
+    scopes: dict[str, ScopeRoute] = Field(default_factory=dict)
     updated_at: float = Field(default_factory=time.time)
+
+    def has_canary(self) -> bool:
+        """Does any scope run a canary slice (so requests need a sticky routing key)?"""
+        return bool(self.canary and self.canary_fraction > 0) or any(
+            s.canary and s.canary_fraction > 0 for s in self.scopes.values())

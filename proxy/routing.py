@@ -3,6 +3,11 @@
 Precedence: a pin (``X-NextState-Policy: vN`` or ``model: <base>@vN``) > the opt-in/opt-out header
 (``X-NextState-Canary: 1|0``) > a sticky slice (a stable hash of the session key below the canary
 fraction, so a conversation never switches arm).
+
+Each request routes within its learning scope (``proxy.scopes``): a personal scope with a lineage of
+its own has its own stable and canary; one without a stable of its own is served the global stable
+(its canary, when it has one, still comes from its own lineage). A pin names a version of the
+request's scope first, then of the global scope.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from proxy.errors import NotFound
-from proxy.records import ROUTING_KEY, Arm, RoutingTable
+from proxy.records import ROUTING_KEY, Arm, RoutingTable, ScopeRoute
 from proxy.tasks import cancelling
 
 log = structlog.get_logger("proxy.routing")
@@ -31,6 +36,11 @@ class Decision:
     version: str | None
     """Registry version serving the request (``"v3"``); None for the base model."""
     arm: Arm
+    scope: str = "global"
+    """The learning scope of the request."""
+    version_scope: str = "global"
+    """The scope whose lineage ``version`` belongs to (a personal scope is served the global stable
+    until it has one of its own)."""
 
 
 class UnknownVersion(NotFound):
@@ -58,33 +68,46 @@ def route(
     canary_header: str | None,
     requested_model: str | None,
     session_key: str,
+    scope: str = "global",
 ) -> Decision:
     """Decide the upstream model, version and arm of one request; raise UnknownVersion for a bad pin."""
+    own: ScopeRoute | None = table.scopes.get(scope) if table is not None and scope != "global" else None
     pinned = (pin_header or "").strip() or None
     if pinned is None and requested_model:
-        match = _PIN_IN_MODEL.match(requested_model)
-        if match:
+        if own is not None and requested_model in own.versions.values():
+            pinned = next(v for v, name in own.versions.items() if name == requested_model)
+        elif match := _PIN_IN_MODEL.match(requested_model):
             pinned = match.group("version")
     if pinned is not None:
+        if own is not None and pinned in own.versions:
+            return Decision(own.versions[pinned], pinned, "pinned", scope, scope)
         if table is None or pinned not in table.versions:
             raise UnknownVersion(f"unknown policy version {pinned!r}", param="model")
-        return Decision(table.versions[pinned], pinned, "pinned")
-    if table is None or (table.stable is None and table.canary is None):
-        return Decision(None, None, "base")
-    stable = (
-        Decision(_model_for(table, table.stable), table.stable, "stable")
-        if table.stable
-        else Decision(table.base_model, None, "base")
-    )
-    if table.canary is None:
+        return Decision(table.versions[pinned], pinned, "pinned", scope)
+    if table is None:
+        return Decision(None, None, "base", scope)
+    if own is not None and own.stable:
+        stable = Decision(own.versions.get(own.stable, own.stable), own.stable, "stable", scope, scope)
+    elif table.stable:
+        stable = Decision(_model_for(table, table.stable), table.stable, "stable", scope)
+    elif table.canary is None and (own is None or own.canary is None):
+        return Decision(None, None, "base", scope)
+    else:
+        stable = Decision(table.base_model, None, "base", scope)
+    if own is not None and own.canary:
+        canary = Decision(own.versions.get(own.canary, own.canary), own.canary, "canary", scope, scope)
+        fraction = own.canary_fraction
+    elif own is None and table.canary:
+        canary = Decision(_model_for(table, table.canary), table.canary, "canary", scope)
+        fraction = table.canary_fraction
+    else:  # a personal lineage's stable is not compared with the global canary
         return stable
-    canary = Decision(_model_for(table, table.canary), table.canary, "canary")
     opt = (canary_header or "").strip().lower()
     if opt in {"1", "true", "yes", "on"}:
         return canary
     if opt in {"0", "false", "no", "off"}:
         return stable
-    return canary if slice_position(session_key) < table.canary_fraction else stable
+    return canary if slice_position(session_key) < fraction else stable
 
 
 class RoutingRefresher:

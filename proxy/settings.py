@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from proxy.scopes import parse_sources, valid_scope
 
 
 class CommonSettings(BaseSettings):
@@ -72,6 +74,21 @@ class ProxySettings(CommonSettings):
     record_gather_ms: float = Field(default=2.0, description="Records are written this long after the first of a batch arrives (the client's answer goes first; one Redis round trip serves what arrives meanwhile).")
     replay_interval_s: float = Field(default=1.0, description="How often replaying the spool is retried while Redis is down.")
     spool_dir: Path | None = Field(default=None, description="Spool directory; unset = <home>/spool.")
+    scope_by: str = Field(default="", description="Where a request's personal learning scope comes from, tried in order: 'header' (X-NextState-Scope), 'key' (the API key, hashed), 'user' (the body's user, hashed); empty = every request learns in the global scope.")
+    scope_unkeyed: str = Field(default="global", description="Scope of a request none of scope_by names: 'global' (the shared lineage) or a personal scope name (e.g. 'local': the one person on this machine, the default of nextstate up).")
+
+    @field_validator("scope_by")
+    @classmethod
+    def _known_sources(cls, value: str) -> str:
+        parse_sources(value)
+        return value
+
+    @field_validator("scope_unkeyed")
+    @classmethod
+    def _scope_name(cls, value: str) -> str:
+        if not valid_scope(value):
+            raise ValueError(f"{value!r} is not a scope name ([a-z0-9-], at most 48 characters)")
+        return value
 
     def spool_path(self) -> Path:
         path = (self.spool_dir or self.home_dir() / "spool").expanduser()

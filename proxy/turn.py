@@ -13,9 +13,10 @@ import redis
 import structlog
 
 from proxy.forward import Flight
-from proxy.headers import header_value
+from proxy.headers import header_value, key_hash
 from proxy.ids import new_id
 from proxy.routing import Decision, route
+from proxy.scopes import parse_sources, request_scope
 from proxy.sessions import last_assistant_index, message_digest, opening_fingerprint
 from proxy.settings import ProxySettings
 from proxy.state import ProxyState
@@ -45,8 +46,7 @@ def fingerprint_session(state: ProxyState, messages: list[dict[str, Any]],
     """For a request that names no session: (its session id, or "" while ``lookup`` finds it as the
     upstream works; the routing key, only when a canary slice needs one; the lookup)."""
     table = state.routing.table
-    routing_key = opening_fingerprint(messages) if table is not None and table.canary and table.canary_fraction > 0 \
-        else None
+    routing_key = opening_fingerprint(messages) if table is not None and table.has_canary() else None
     index = last_assistant_index(messages)
     if record and index is not None:
         return "", routing_key, asyncio.ensure_future(find_session(state, messages[: index + 1]))
@@ -68,12 +68,22 @@ async def find_session(state: ProxyState, history: list[dict[str, Any]]) -> str:
 
 
 def decide(state: ProxyState, controls: dict[bytes, str], body: dict[str, Any],
-           routing_key: str | None) -> tuple[Decision, str | None]:
-    """Where a request goes (arm, version) and the model name to ask the upstream for."""
+           routing_key: str | None, client_scope: str | None = None) -> tuple[Decision, str | None]:
+    """Where a request goes (arm, version, learning scope) and the model name to ask the upstream for.
+
+    A client key configured with a scope (``proxy.access``) names the request's scope unless an
+    ``X-NextState-Scope`` header the settings trust names another."""
+    settings = state.settings
+    sources = parse_sources(settings.scope_by)
+    header = controls.get(b"x-nextstate-scope") if "header" in sources else None
+    scope = request_scope(sources, settings.scope_unkeyed, header=header,
+                          key_hash=key_hash(controls.get(b"authorization")), user=body.get("user"))
+    if client_scope and not (header and header.strip()):
+        scope = client_scope
     decision = route(
         state.routing.table, pin_header=controls.get(b"x-nextstate-policy"),
         canary_header=controls.get(b"x-nextstate-canary"), requested_model=body.get("model"),
-        session_key=routing_key or "",
+        session_key=routing_key or "", scope=scope,
     )
     return decision, decision.upstream_model or state.settings.upstream_model
 
@@ -90,7 +100,8 @@ async def forward_routed(flight: Flight, body: dict[str, Any], messages: list[di
     lookup = None
     if not session_id:
         session_id, routing_key, lookup = fingerprint_session(state, messages, record)
-    flight.decision, model = decide(state, flight.controls, body, routing_key)
+    flight.decision, model = decide(state, flight.controls, body, routing_key,
+                                    flight.client.scope if flight.client is not None else None)
     try:
         result = await flight.send(send(model))
     except BaseException:

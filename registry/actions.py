@@ -31,6 +31,10 @@ class Control:
     registry: Registry
     publisher: Publisher
 
+    def scoped(self, scope: str) -> Control:
+        """The actions of another learning scope (same store, same policy servers)."""
+        return self if scope == self.registry.scope else Control(self.registry.scoped(scope), self.publisher)
+
     def sync(self) -> RoutingTable:
         """Rewrite the routing table if needed and reconcile the policy servers with it.
 

@@ -1,7 +1,10 @@
 """``nextstate registry``: inspect versions and change them by hand (operator actions, all audited).
 
     ls | show vN | canary vN [--fraction F] | promote vN | rollback | reject [vN] | abort
-    pin vN | pin --release | history [vN] [--json] | export vN FILE | import FILE | routing
+    pin vN | pin --release | history [vN] [--json] | export vN FILE | import FILE | routing | scopes
+
+Every command acts on one learning scope's lineage: ``--scope NAME`` (default ``global``); ``scopes``
+lists them all.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("ls", help="list versions")
     sub.add_parser("routing", help="print the routing table the proxies read")
+    sub.add_parser("scopes", help="list the learning scopes with their stable, canary and versions")
     for name, help_ in [("show", "a version's metadata, gate verdict and manifest"),
                         ("promote", "make a version stable now"), ("export", "write a version to a .tar.gz")]:
         p = sub.add_parser(name, help=help_)
@@ -54,12 +58,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path)
     for p in sub.choices.values():
         p.add_argument("--reason", default="", help="why (recorded in the audit log)")
+        p.add_argument("--scope", default="global", help="the learning scope whose lineage to act on (default global)")
     return parser
 
 
 def run(control: Control, args: argparse.Namespace, settings: RegistrySettings) -> int:
+    control = control.scoped(args.scope)
     reg, cmd, reason = control.registry, args.command, args.reason
-    if cmd == "ls":
+    if cmd == "scopes":
+        print(f"{'scope':<20} {'stable':<8} {'canary':<12} {'versions':>8}  serves")
+        for name in reg.scopes():
+            scoped = reg.scoped(name)
+            state = scoped.canary_state()
+            stable = scoped.alias("stable")
+            if stable:
+                serves = scoped.get(stable).served_name
+            else:
+                serves = "the global stable" if name != "global" else "the base model"
+            canary = f"{state.version} {state.fraction:.0%}" if state else "-"
+            print(f"{name:<20} {stable or '-':<8} {canary:<12} {len(scoped.versions()):>8}  {serves}")
+    elif cmd == "ls":
         aliases = {v: k for k, v in reg.aliases().items() if v}
         canary = reg.canary_state()
         print(f"{'version':<8} {'state':<12} {'alias':<9} {'gate':<5} {'served as':<28} created")
@@ -79,7 +97,8 @@ def run(control: Control, args: argparse.Namespace, settings: RegistrySettings) 
         table = read_table(reg.redis)
         print(table.model_dump_json(indent=2) if table else "no routing table yet (the base model serves everything)")
     elif cmd == "canary":
-        fraction = args.fraction if args.fraction is not None else settings.canary_steps[0]
+        default = settings.canary_steps[0] if reg.scope == "global" else settings.personal_canary_fraction
+        fraction = args.fraction if args.fraction is not None else default
         control.start_canary(args.version, fraction, "operator", reason)
         print(f"{args.version}: canary at {fraction:.0%}")
     elif cmd == "promote":

@@ -2,7 +2,8 @@
 
 The page (``registry/static``: HTML, JS and CSS shipped in the package, no CDN) draws its charts in
 the browser from ``api/*``: reward rate per version over time, the running canary's arms, the
-registry timeline, queue and stream depths, and recent labeled samples with their hints.
+learning scopes (each one's stable, canary and versions), the registry timeline, queue and stream
+depths, and recent labeled samples with their hints.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class Views:
             "routing": table.model_dump() if table else None,
             "aliases": observe.aliases(self.client),
             "canary": canary.model_dump() if canary else None,
+            "scopes": observe.scopes(self.client),
         }
 
     def rewards(self, request: Request) -> dict[str, Any]:

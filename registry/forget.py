@@ -1,4 +1,5 @@
-"""``nextstate forget``: delete one person's data — by session, client key or ``user`` — everywhere it is kept.
+"""``nextstate forget``: delete one person's data — by session, client key or ``user`` — everywhere it is kept
+(``--scope``: a whole personal learning scope, see ``registry.forget_scope``).
 
 Turns, transitions, feedback, per-turn and per-session state, Responses API contexts and fingerprint
 chains (the proxy's), samples, per-turn sample copies and queued label and hard-case jobs (the
@@ -205,7 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     whom.add_argument("--session", help="a session id (X-Session-Id, or as shown on a turn)")
     whom.add_argument("--key", help="a client API key, sha256:<hex> of it, or the 16-hex hash on records")
     whom.add_argument("--user", help="the body 'user' field the client sent")
+    whom.add_argument("--scope", help="a personal learning scope, with its versions and adapters (as `nextstate "
+                      "registry scopes` lists it)")
     args = parser.parse_args(argv)
+    if args.scope is not None:
+        from registry.forget_scope import run
+
+        return run(args.scope)
     who = Who(session=args.session, key_hash=key_hash_of(args.key) if args.key else None, user=args.user)
     settings = RegistrySettings()
     url, embedded = resolve_redis_url(settings.redis_url, settings.home_dir())

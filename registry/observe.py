@@ -21,10 +21,13 @@ from registry.records import (
     ALIASES_KEY,
     CANARY_KEY,
     EVENTS_STREAM,
+    GLOBAL_SCOPE,
+    SCOPES_KEY,
     VERSIONS_KEY,
     AuditEvent,
     CanaryState,
     VersionInfo,
+    scope_keys,
 )
 
 STREAMS = (TURNS_STREAM, TRANSITIONS_STREAM, FEEDBACK_STREAM, SAMPLES_STREAM, EVENTS_STREAM)
@@ -168,6 +171,22 @@ def aliases(client: redis.Redis) -> dict[str, str]:
 def versions(client: redis.Redis) -> list[VersionInfo]:
     infos = [VersionInfo.model_validate_json(raw) for raw in client.hgetall(VERSIONS_KEY).values()]
     return sorted(infos, key=lambda info: int(info.version.lstrip("v") or 0))
+
+
+def scopes(client: redis.Redis, limit: int = 200) -> list[dict[str, Any]]:
+    """Every learning scope with a lineage (``global`` first, at most ``limit``): its stable, canary and
+    number of versions. A personal scope without a stable of its own is served the global stable."""
+    names = [GLOBAL_SCOPE, *sorted(as_text(s) for s in client.smembers(SCOPES_KEY))][:limit]
+    rows = []
+    for name in names:
+        keys = scope_keys(name)
+        raw = client.get(keys.canary)
+        canary = CanaryState.model_validate_json(raw) if raw else None
+        stable = client.hget(keys.aliases, "stable")
+        rows.append({"scope": name, "stable": as_text(stable) if stable else None,
+                     "canary": canary.version if canary else None, "canary_fraction": canary.fraction if canary else 0.0,
+                     "versions": int(client.hlen(keys.versions))})
+    return rows
 
 
 def events(client: redis.Redis, count: int = 200) -> list[tuple[str, AuditEvent]]:

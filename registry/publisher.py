@@ -8,6 +8,10 @@ never be reachable from the public network.) vLLM answers an unload of a name it
 404 "cannot be found": that unload is done. A replica that lost its adapters (a restart) answers
 requests for ``<base>@vN`` with 404; the proxy counts those as ``vN:missing`` (and as errors), and
 ``reload_missing`` loads such a version again as soon as it sees the count grow.
+
+Only adapters some learning scope's routing entry references are kept loaded: a personal scope's
+superseded versions are unloaded like the global ones, so a server holds one or two adapters per
+active scope.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ from dataclasses import dataclass, field
 import httpx
 import structlog
 
+from proxy.records import outcome_field
 from registry.errors import PolicyServerError
 from registry.names import check_served_name
 from registry.records import RETIRED_KEY, UPSTREAM_OUTCOMES_KEY
-from registry.routing import desired_table
+from registry.routing import desired_table, referenced
 from registry.store import Registry
 
 log = structlog.get_logger(__name__)
@@ -43,7 +48,7 @@ class Publisher:
     timeout: float = 120.0  # loading a large adapter on a busy GPU server can take a while
     client: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=120.0))
     missing_seen: dict[str, int] = field(default_factory=dict)
-    """The proxy's ``vN:missing`` counts already acted on."""
+    """The proxy's ``vN:missing`` counts (``<scope>.vN:missing`` in a personal scope) already acted on."""
 
     def close(self) -> None:
         self.client.close()
@@ -85,14 +90,20 @@ class Publisher:
         self.missing_seen.update(counts)
         if not grown or not self.urls:
             return []
-        wanted = desired_table(registry).versions
         reloaded = []
-        for version in grown:
-            if version in wanted:
-                self.ensure_loaded(wanted[version], str(registry.path_of(registry.get(version))))
-                reloaded.append(wanted[version])
-                log.warning("adapter_missing_reloaded", version=version, name=wanted[version])
+        for name, key in referenced(desired_table(registry)).items():
+            scope, _, version = key.partition(":")
+            if outcome_field(scope, version) in grown:
+                self.ensure_loaded(name, self._path(registry, scope, version))
+                reloaded.append(name)
+                log.warning("adapter_missing_reloaded", scope=scope, version=version, name=name)
         return reloaded
+
+    @staticmethod
+    def _path(registry: Registry, scope: str, version: str) -> str:
+        """Where a referenced version's adapter is, checked to lie inside its scope's store."""
+        scoped = registry.scoped(scope)
+        return str(scoped.path_of(scoped.get(version)))
 
     def _post(self, url: str, endpoint: str, body: dict[str, str], ok_if: str, ok_status: int | None = None) -> None:
         try:
@@ -111,13 +122,14 @@ class Publisher:
         if not self.urls:
             return {"loaded": [], "unloaded": [], "draining": []}
         now = time.time() if now is None else now
-        wanted = desired_table(registry).versions
-        for version, name in wanted.items():
-            self.ensure_loaded(name, str(registry.path_of(registry.get(version))))
-        ours = {info.served_name for info in registry.versions()}
+        wanted = referenced(desired_table(registry))
+        for name, key in wanted.items():
+            scope, _, version = key.partition(":")
+            self.ensure_loaded(name, self._path(registry, scope, version))
+        ours = {info.served_name for scope in registry.scopes() for info in registry.scoped(scope).versions()}
         present = set().union(*(self.loaded(url) for url in self.urls)) & ours
         unloaded, draining = [], []
-        for name in present - set(wanted.values()):
+        for name in present - set(wanted):
             raw = registry.redis.hget(RETIRED_KEY, name)
             retired_at = float(raw) if raw else None
             if retired_at is None:
@@ -129,6 +141,6 @@ class Publisher:
                 unloaded.append(name)
             else:
                 draining.append(name)
-        for name in wanted.values():
+        for name in wanted:
             registry.redis.hdel(RETIRED_KEY, name)
-        return {"loaded": sorted(wanted.values()), "unloaded": sorted(unloaded), "draining": sorted(draining)}
+        return {"loaded": sorted(wanted), "unloaded": sorted(unloaded), "draining": sorted(draining)}

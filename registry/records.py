@@ -9,13 +9,13 @@ after the directory is sealed, so its verdict is kept in the version's Redis met
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from proxy.records import UPSTREAM_OUTCOMES_KEY as UPSTREAM_OUTCOMES_KEY  # written by the proxy
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: versions, manifests and events name their learning scope
 
 EVENTS_STREAM = "nextstate:registry:events"
 VERSIONS_KEY = "nextstate:registry:versions"  # hash: version -> VersionInfo JSON
@@ -26,6 +26,31 @@ FROZEN_KEY = "nextstate:registry:frozen"  # set by `registry pin`: the controlle
 STABLE_HISTORY_KEY = "nextstate:registry:stable-history"  # list of versions that were stable, newest last
 RETIRED_KEY = "nextstate:registry:retired"  # hash: served name -> time it stopped being referenced
 LOCK_KEY = "nextstate:registry:lock"  # one registry action at a time, across processes
+SCOPES_KEY = "nextstate:registry:scopes"  # set of the personal learning scopes that have a lineage
+GLOBAL_SCOPE = "global"
+
+
+class ScopeKeys(NamedTuple):
+    """The Redis keys of one learning scope's lineage (the global scope keeps the unscoped names)."""
+
+    versions: str
+    aliases: str
+    counter: str
+    canary: str
+    frozen: str
+    stable_history: str
+    lock: str
+    events: str
+
+
+def scope_keys(scope: str) -> ScopeKeys:
+    """Keys of ``scope``'s lineage; a personal scope's keys share one hash tag (one Cluster slot)."""
+    if scope == GLOBAL_SCOPE:
+        return ScopeKeys(VERSIONS_KEY, ALIASES_KEY, COUNTER_KEY, CANARY_KEY, FROZEN_KEY, STABLE_HISTORY_KEY,
+                         LOCK_KEY, EVENTS_STREAM)
+    prefix = f"nextstate:registry:scope:{{{scope}}}"
+    return ScopeKeys(*(f"{prefix}:{name}" for name in (
+        "versions", "aliases", "counter", "canary", "frozen", "stable-history", "lock", "events")))
 
 # Upstream outcome counters per served version, maintained by the proxy: hash fields
 # "<version>:ok" / "<version>:error" (HINCRBY). The controller reads them for the error-rate bound;
@@ -66,7 +91,9 @@ class Manifest(BaseModel):
 
     schema_version: int = SCHEMA_VERSION
     version: str  # "v3"
-    parent: str | None = None  # version trained from; None = base model
+    parent: str | None = None  # version trained from; None = base model (or, in a personal scope, ``started_from``)
+    scope: str = GLOBAL_SCOPE  # the learning scope whose lineage it belongs to
+    started_from: str | None = None  # a personal lineage's first version: the global version it was trained from
     base_model: str  # model id or path of the base
     base_revision: str | None = None
     method: str  # rl | opd | combined
@@ -86,8 +113,10 @@ class VersionInfo(BaseModel):
     version: str
     state: VersionState = "candidate"
     path: str
-    served_name: str  # "<base>@vN": the name under which the policy server loads it
+    served_name: str  # "<base>@vN" ("<base>@<scope>-vN" in a personal scope): the name the policy server loads it under
     parent: str | None = None
+    scope: str = GLOBAL_SCOPE
+    started_from: str | None = None  # see Manifest.started_from
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
     # the sacred gate's verdict (the directory is immutable, so the verdict lives here and in the log)
@@ -116,6 +145,7 @@ class AuditEvent(BaseModel):
     schema_version: int = SCHEMA_VERSION
     kind: str  # candidate_created, gate_verdict, canary_started, promoted, rolled_back, rejected, ...
     version: str | None = None
+    scope: str = GLOBAL_SCOPE
     actor: str  # learner, gate, controller, operator, batch
     reason: str = ""
     evidence: dict[str, Any] = Field(default_factory=dict)

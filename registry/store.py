@@ -5,6 +5,10 @@ renaming it into place (atomic on one filesystem), then recording it in Redis an
 ``candidate_created`` event. A directory, once named ``vN``, is never modified. Every state or alias
 change goes through this class and is appended to the audit stream with its actor and evidence.
 Exceptions are drawn in ``registry.errors``.
+
+A ``Registry`` is one learning scope's lineage: the global scope's versions live under ``root/vN``
+with the unscoped Redis keys, a personal scope's under ``root/scopes/<scope>/vN`` with keys of its own
+(``registry.records.scope_keys``). ``scoped(name)`` gives another scope's registry on the same store.
 """
 
 from __future__ import annotations
@@ -20,20 +24,15 @@ import redis
 from registry.errors import NotLoadable, RegistryError, UnknownVersion
 from registry.names import UnsafeName, check_version, inside
 from registry.records import (
-    ALIASES_KEY,
-    CANARY_KEY,
-    COUNTER_KEY,
-    EVENTS_STREAM,
-    FROZEN_KEY,
-    LOCK_KEY,
-    STABLE_HISTORY_KEY,
-    VERSIONS_KEY,
+    GLOBAL_SCOPE,
+    SCOPES_KEY,
     AuditEvent,
     CanaryState,
     GateVerdict,
     Manifest,
     VersionInfo,
     VersionState,
+    scope_keys,
 )
 from registry.states import check_transition
 
@@ -43,10 +42,11 @@ ALIASES = ("stable", "canary", "previous")
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 
 
-def served_name(base_model: str, version: str) -> str:
-    """The name a version is served under upstream: ``<base>@vN`` (new name per version)."""
+def served_name(base_model: str, version: str, scope: str = GLOBAL_SCOPE) -> str:
+    """The name a version is served under upstream: ``<base>@vN``, in a personal scope ``<base>@<scope>-vN``
+    (a new name per version and scope; scope names are ``[a-z0-9-]``, valid in a vLLM LoRA name)."""
     short = base_model.rstrip("/").split("/")[-1].replace("builtin:", "")
-    return f"{short}@{version}"
+    return f"{short}@{version}" if scope == GLOBAL_SCOPE else f"{short}@{scope}-{version}"
 
 
 def missing_files(path: Path) -> list[str]:
@@ -64,16 +64,39 @@ def _text(raw: Any) -> str | None:
 class Registry:
     """Versions live under ``root/vN``; metadata, aliases and the audit log live in Redis."""
 
-    def __init__(self, client: redis.Redis, root: Path, base_model: str | None = None) -> None:
+    def __init__(self, client: redis.Redis, root: Path, base_model: str | None = None,
+                 scope: str = GLOBAL_SCOPE) -> None:
         self.redis = client
-        self.root = Path(root)
+        self.store_root = Path(root)
+        self.scope = scope
+        self.keys = scope_keys(scope)
+        self.root = self.store_root if scope == GLOBAL_SCOPE else self.store_root / "scopes" / scope
         self.root.mkdir(parents=True, exist_ok=True)
         self.base_model = base_model  # the name the policy server serves the base model under
+
+    # -- scopes ---------------------------------------------------------------------------------
+    def scoped(self, scope: str) -> Registry:
+        """The registry of another learning scope on the same store and Redis."""
+        return self if scope == self.scope else Registry(self.redis, self.store_root, self.base_model, scope)
+
+    def scopes(self) -> list[str]:
+        """Every scope with a lineage: ``global`` first, then the personal ones by name."""
+        personal = sorted(str(_text(s)) for s in self.redis.smembers(SCOPES_KEY))
+        return [GLOBAL_SCOPE, *personal]
+
+    def effective_stable(self) -> VersionInfo | None:
+        """What serves this scope's stable arm: its own stable, else (a personal scope) the global stable."""
+        own = self.alias("stable")
+        if own is not None:
+            return self.get(own)
+        if self.scope == GLOBAL_SCOPE:
+            return None
+        return self.scoped(GLOBAL_SCOPE).effective_stable()
 
     # -- versions -------------------------------------------------------------------------------
     def allocate_version(self) -> str:
         """Reserve the next version name (``v1``, ``v2``, ...); never reused even if unpublished."""
-        return f"v{int(self.redis.incr(COUNTER_KEY))}"
+        return f"v{int(self.redis.incr(self.keys.counter))}"
 
     def staging_dir(self, version: str) -> Path:
         """A fresh temporary directory on the store's filesystem to write a version into."""
@@ -92,10 +115,14 @@ class Registry:
             version=manifest.version,
             state="candidate",
             path=str(final),
-            served_name=served_name(manifest.base_model, manifest.version),
+            served_name=served_name(manifest.base_model, manifest.version, self.scope),
             parent=manifest.parent,
+            scope=self.scope,
+            started_from=manifest.started_from,
             **extra,
         )
+        if self.scope != GLOBAL_SCOPE:
+            self.redis.sadd(SCOPES_KEY, self.scope)
         self.redis.hset(self._versions_key(), manifest.version, info.model_dump_json())
         self.log(AuditEvent(kind="candidate_created", version=manifest.version, actor=actor,
                             reason="training run published a candidate" if actor == "learner" else f"published by {actor}",
@@ -173,7 +200,7 @@ class Registry:
 
     # -- aliases --------------------------------------------------------------------------------
     def alias(self, name: str) -> str | None:
-        return _text(self.redis.hget(ALIASES_KEY, name))
+        return _text(self.redis.hget(self.keys.aliases, name))
 
     def aliases(self) -> dict[str, str | None]:
         return {name: self.alias(name) for name in ALIASES}
@@ -189,53 +216,54 @@ class Registry:
         if version is not None and name == "stable":
             self.check_loadable(version)
         if version is None:
-            self.redis.hdel(ALIASES_KEY, name)
+            self.redis.hdel(self.keys.aliases, name)
         else:
             self.get(version)
-            self.redis.hset(ALIASES_KEY, name, version)
+            self.redis.hset(self.keys.aliases, name, version)
         if name == "stable" and version is not None:
-            self.redis.rpush(STABLE_HISTORY_KEY, version)
+            self.redis.rpush(self.keys.stable_history, version)
         self.log(AuditEvent(kind="alias_changed", version=version, actor=actor, reason=reason,
                             evidence={"alias": name, "from": old, "to": version, **(evidence or {})}))
 
     def stable_history(self) -> list[str]:
-        return [str(_text(v)) for v in self.redis.lrange(STABLE_HISTORY_KEY, 0, -1)]
+        return [str(_text(v)) for v in self.redis.lrange(self.keys.stable_history, 0, -1)]
 
     # -- canary and freeze ----------------------------------------------------------------------
     def canary_state(self) -> CanaryState | None:
-        raw = self.redis.get(CANARY_KEY)
+        raw = self.redis.get(self.keys.canary)
         return CanaryState.model_validate_json(raw) if raw else None
 
     def save_canary_state(self, state: CanaryState | None) -> None:
         if state is None:
-            self.redis.delete(CANARY_KEY)
+            self.redis.delete(self.keys.canary)
         else:
-            self.redis.set(CANARY_KEY, state.model_dump_json())
+            self.redis.set(self.keys.canary, state.model_dump_json())
 
     def frozen(self) -> bool:
-        return bool(self.redis.exists(FROZEN_KEY))
+        return bool(self.redis.exists(self.keys.frozen))
 
     def set_frozen(self, frozen: bool) -> None:
         if frozen:
-            self.redis.set(FROZEN_KEY, "1")
+            self.redis.set(self.keys.frozen, "1")
         else:
-            self.redis.delete(FROZEN_KEY)
+            self.redis.delete(self.keys.frozen)
 
     def lock(self, timeout: float = 120.0, wait: float = 60.0) -> Any:
         """A cross-process lock so that two actions never interleave (CLI, admin, controller)."""
-        return self.redis.lock(LOCK_KEY, timeout=timeout, blocking_timeout=wait)
+        return self.redis.lock(self.keys.lock, timeout=timeout, blocking_timeout=wait)
 
     # -- audit ----------------------------------------------------------------------------------
     def log(self, event: AuditEvent) -> str:
-        return str(self.redis.xadd(EVENTS_STREAM, {"event": event.model_dump_json()}))
+        if event.scope != self.scope:
+            event = event.model_copy(update={"scope": self.scope})
+        return str(self.redis.xadd(self.keys.events, {"event": event.model_dump_json()}))
 
     def history(self) -> list[AuditEvent]:
-        entries = self.redis.xrange(EVENTS_STREAM)
+        entries = self.redis.xrange(self.keys.events)
         return [AuditEvent.model_validate_json(fields.get(b"event") or fields["event"]) for _, fields in entries]
 
-    @staticmethod
-    def _versions_key() -> str:
-        return VERSIONS_KEY
+    def _versions_key(self) -> str:
+        return self.keys.versions
 
 
 def read_manifest(path: Path) -> Manifest:

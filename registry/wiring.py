@@ -9,6 +9,7 @@ import redis
 from proxy.embedded_redis import resolve_redis_url
 from registry.actions import Control
 from registry.canary import CanaryPolicy
+from registry.personal_canary import PersonalPolicy
 from registry.publisher import Publisher
 from registry.settings import RegistrySettings
 from registry.store import Registry
@@ -21,6 +22,16 @@ def canary_policy(settings: RegistrySettings) -> CanaryPolicy:
         margin=settings.canary_margin, alpha=settings.canary_alpha,
         deadline_seconds=settings.canary_deadline_seconds, max_error_rate=settings.canary_max_error_rate,
         max_p99_ms=settings.canary_max_p99_ms, health_min_requests=settings.canary_health_min_requests,
+    )
+
+
+def personal_policy(settings: RegistrySettings) -> PersonalPolicy:
+    return PersonalPolicy(
+        margin=settings.personal_canary_margin, confidence=settings.personal_canary_confidence,
+        min_labeled=settings.personal_canary_min_labeled, rollback_run=settings.personal_canary_rollback_run,
+        max_labeled=settings.personal_canary_max_labeled, deadline_seconds=settings.canary_deadline_seconds,
+        max_error_rate=settings.canary_max_error_rate, health_min_requests=settings.canary_health_min_requests,
+        fraction=settings.personal_canary_fraction,
     )
 
 

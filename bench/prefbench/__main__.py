@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bench.prefbench.personas import PERSONAS
 from bench.prefbench.report import curve, interactions_to, markdown_table, plot, sparkline
-from bench.prefbench.runner import METHODS, BenchConfig, run_matrix
+from bench.prefbench.runner import METHODS, BenchConfig, run_matrix, settings_report
 from bench.prefbench.simulator import FeedbackMix
 
 DEFAULT_OUT = Path("bench/out/prefbench")
@@ -35,8 +35,8 @@ def config_from_args(argv: list[str]) -> tuple[BenchConfig, Path]:
     parser.add_argument("--noise", type=float, default=0.0, help="share of misleading reactions")
     parser.add_argument("--silent", type=float, default=0.1, help="share of answers that get no feedback")
     parser.add_argument("--opt-in", action=argparse.BooleanOptionalAction, dest="opt_in",
-                        help="the simulated user opts in to the canary (X-NextState-Canary: 1)")
-    parser.add_argument("--canary-min-samples", type=int, help="labeled canary turns before promotion")
+                        help="the simulated user names and closes its sessions and opts in to the canary "
+                        "(X-Session-Id, X-Session-Done, X-NextState-Canary: 1); default: a plain client")
     parser.add_argument("--lr", type=float, help="learner learning rate")
     parser.add_argument("--steps-per-batch", type=int, help="learner optimiser steps per batch")
     parser.add_argument("--batch-size", type=int, help="learner batch size")
@@ -49,7 +49,7 @@ def config_from_args(argv: list[str]) -> tuple[BenchConfig, Path]:
         if args.quick else BenchConfig()
     changes: dict[str, object] = {"mix": FeedbackMix(silent_p=args.silent, noise_p=args.noise),
                                   "model_cache": args.model_cache or args.out / "models"}
-    for name in ("methods", "personas", "interactions", "every", "eval_prompts", "opt_in", "canary_min_samples", "lr",
+    for name in ("methods", "personas", "interactions", "every", "eval_prompts", "opt_in", "lr",
                  "steps_per_batch", "batch_size", "jobs"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
@@ -77,15 +77,45 @@ def summary(points: list[dict[str, object]], threshold: float = 0.8) -> str:
     return "\n".join(lines)
 
 
+def wording_table(points: list[dict[str, object]]) -> str:
+    """Final satisfaction per method and wording family ("plain": the persona's plain directives; the
+    others: the same corrections in the persona's own words), mean over the runs of that family."""
+    last = max(int(p["interactions"]) for p in points)  # type: ignore[call-overload]
+    cells: dict[tuple[str, str], list[float]] = {}
+    for p in points:
+        if p["interactions"] == last:
+            family = "plain" if p.get("wording", "plain") == "plain" else f"{p['persona']}: {p['wording']}"
+            cells.setdefault((str(p["method"]), family), []).append(float(p["satisfaction"]))  # type: ignore[arg-type]
+    lines = [f"satisfaction at {last} interactions per wording family", "", "| method | wording | runs | mean |",
+             "| --- | --- | --- | --- |"]
+    for (method, family), values in sorted(cells.items()):
+        lines.append(f"| {method} | {family} | {len(values)} | {sum(values) / len(values):.2f} |")
+    return "\n".join(lines)
+
+
+def next_state_line(runs: list[dict[str, object]]) -> str:
+    """How many of the user's recorded turns got a next state (linked, or closed with the user's last words)."""
+    turns = sum(int(r["progress"].get("turns", 0)) for r in runs if r["method"] != "none")  # type: ignore[union-attr]
+    linked = sum(int(r["progress"].get("with_next_state", 0)) for r in runs if r["method"] != "none")  # type: ignore[union-attr]
+    share = f"{linked / turns:.2f}" if turns else "-"
+    return f"turns with a next state (learning runs): {linked} of {turns} ({share})"
+
+
 def main(argv: list[str] | None = None) -> int:
     config, out = config_from_args(list(sys.argv[1:] if argv is None else argv))
     started = time.monotonic()
+    print(settings_report(config), flush=True)
     results = run_matrix(config, out)
     points = results["points"]
     table = summary(points)
-    (out / "table.md").write_text(table + "\n")
+    (out / "table.md").write_text(settings_report(config) + "\n\n" + table + "\n")
     png = plot(points, out / "curve.png", title=f"PrefBench ({len(config.seeds)} seeds x {len(config.personas)} personas)")
     print(table)
+    words = wording_table(points)
+    print("\n" + words)
+    with (out / "table.md").open("a") as md:
+        md.write("\n" + words + "\n\n" + next_state_line(results["runs"]) + "\n")
+    print(next_state_line(results["runs"]))
     print(f"\nwall time {time.monotonic() - started:.0f} s; results {out / 'results.json'}; plot {png}")
     return 0
 

@@ -6,7 +6,7 @@ built-in tiny model can express (``learner.tinycorpus.STYLES``), checked by the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from learner.tinycorpus import classify_style
 
@@ -22,9 +22,26 @@ class Persona:
     """Corrections that say what to do ("please answer in one word")."""
     complaints: tuple[str, ...]
     """Evaluative reactions that only say the answer did not fit."""
+    wordings: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Other wording families of the same corrections: (family name, directives in the user's own words)."""
 
     def satisfied_by(self, answer: str) -> bool:
         return classify_style(answer) == self.style
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        """The wording families: ``plain`` (``directives``), then the persona's own."""
+        return ("plain", *(name for name, _ in self.wordings))
+
+    def worded(self, family: str) -> Persona:
+        """The same persona correcting in the words of ``family``."""
+        if family == "plain":
+            return self
+        return replace(self, directives=dict(self.wordings)[family])
+
+    def family_for(self, seed: int) -> str:
+        """The wording family of a run: each seed in turn takes the next one."""
+        return self.families[seed % len(self.families)]
 
 
 THANKS: tuple[str, ...] = (
@@ -50,6 +67,10 @@ PERSONAS: dict[str, Persona] = {
             directives=("Please answer in one word.", "One word only, please.", "Too long. Reply with a single word.",
                         "Just one word next time.", "Use just one word."),
             complaints=("Way too wordy.", "Why so long? I only need the key word.", "Too much text."),
+            wordings=(("just-the-name", ("Just the name.", "Only the name, nothing else.", "Just the answer word, please.",
+                                         "Hmm. Just the name next time.")),
+                      ("cut-it-down", ("Too long, a single word does it.", "Cut it down to one word.",
+                                       "Shorter. One word is enough."))),
         ),
         Persona(
             "quiet", "lowercase",
@@ -57,6 +78,9 @@ PERSONAS: dict[str, Persona] = {
                         "No capital letters please, reply in lowercase.", "Please use only lowercase."),
             complaints=("Stop shouting with capitals.", "I don't like the capital letters.",
                         "That's not the casual tone I want."),
+            wordings=(("drop-the-capitals", ("Drop the capital letters.", "No caps please.", "Stop using capital letters.")),
+                      ("small-letters", ("Write everything in small letters.", "Write it in small letters.",
+                                         "Use small letters only."))),
         ),
         Persona(
             "listy", "bullets",
@@ -64,6 +88,9 @@ PERSONAS: dict[str, Persona] = {
                         "Format the answer as a list of bullets, please.", "Answer as a bullet list."),
             complaints=("Hard to scan, I wanted it structured.", "A wall of text again.",
                         "This isn't structured the way I like."),
+            wordings=(("dash-list", ("Make it a dash list.", "Put it in a dash list, please.", "Dashes, one item per line.")),
+                      ("list-it", ("Could you list it out?", "List it, one point per line.",
+                                   "Give me the answer as a list, one item per line."))),
         ),
         Persona(
             "curious", "detail",

@@ -1,10 +1,13 @@
 """Running PrefBench: one private stack per (method, persona, seed), the simulated user, evaluations.
 
 Learning happens only through the real loop (proxy -> streams -> labeler -> samples -> learner ->
-registry -> gate -> canary -> promotion); the bench only shortens the canary's evidence thresholds
-and paces the simulated user so that what is in flight is labeled, trained and gated before the next
-interaction. The simulated user opts in to canaries by header (``BenchConfig.opt_in``). Satisfaction is
-measured on held-out prompts served as stable, never recorded.
+registry -> gate -> personal canary -> promotion), on the product defaults of ``nextstate up``: the
+user learns in its personal scope (``local``) and its candidates are decided by the personal canary.
+The simulated user is a plain client (no nextstate headers; ``BenchConfig.opt_in`` is the variant that
+sends them). Every setting the bench changes is in ``changed_settings`` with its reason and is printed.
+The user is paced: between its sessions it waits until the idle timeout closed the last one and what
+is in flight was labeled, trained and gated. Satisfaction is measured on held-out prompts served as
+stable, never recorded.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from bench.prefbench.stack import Pipeline, Progress, Stack
 from bench.prefbench.user import Interaction, SimulatedUser, evaluate
 
 METHODS = ("none", "rl", "opd", "combined")
+USER_SCOPE = "local"  # nextstate up's scope for every request that names none: the one person on the machine
+SWEEP_S = 1.0  # NEXTSTATE_SWEEP_INTERVAL_S for the plain client: an idle session is closed within this after its timeout
 
 
 @dataclass(frozen=True)
@@ -43,25 +48,21 @@ class BenchConfig:
     eval_prompts: int = 16
     mix: FeedbackMix = field(default_factory=FeedbackMix)
     batch_size: int = 4
-    """The learner's batch size (also used to tell a waiting learner from a training one)."""
+    """The learner's batch size (the library default; also used to tell a waiting learner from a training one)."""
     lr: float = 3e-3
     """Learner learning rate, with 3 steps per batch (DESIGN.md decision 8's library default is 2e-3 x 2). Measured
     with the retain set sampled from the base model and hint demonstrations, 3 personas, seed 0: 3e-3 x 2 reached
     0.73 at 24 interactions, 3e-3 x 3 0.83, facts kept (0.875-1.00 on fresh prompts) and no candidate failed the
     gate. Before those two, faster settings (5e-3 x 4, 3e-3 x 4) damaged facts and the gate rejected them."""
     steps_per_batch: int = 3
-    opt_in: bool = True
-    """The simulated user opts in to the canary (``X-NextState-Canary: 1``, as a user who volunteers for new
-    versions does), so a candidate meets its evidence in the user's next turns instead of waiting for a
-    session that lands in the traffic slice: with one simulated user and a 50 % slice, stable lagged the
-    learner by two candidates (measured, 3 personas, seed 0: 0.54 at 24 interactions with the slice alone,
-    0.81 opted in). The canary still decides (minimum evidence, rollback rules); the curve is still measured
-    on stable, with ``X-NextState-Canary: 0``."""
-    canary_min_samples: int = 2
-    """Labeled canary turns before the controller may promote (shortened, never skipped)."""
+    opt_in: bool = False
+    """False: a plain client (no nextstate headers). True: the user names and closes its sessions and opts in to
+    the canary (``X-NextState-Canary: 1``), for comparison."""
+    idle_timeout_s: float = 6.0
+    """``NEXTSTATE_SESSION_IDLE_TIMEOUT_S`` for the plain client: its conversations end by idleness."""
     gate_samples: int = 4
-    gate_replay_tolerance: float = 0.05
     """Sampled answers per sacred case and policy in the gate."""
+    gate_replay_tolerance: float = 0.05
     settle_timeout_s: float = 240.0
     think_s: float = 0.3
     """Pause before each message of the simulated user (reading time), so records reach the loop."""
@@ -75,35 +76,59 @@ class BenchConfig:
     uses one thread (two runs' processes then share the cores instead of fighting over them)."""
 
 
+def changed_settings(config: BenchConfig, method: str, seed: int) -> dict[str, tuple[str, str]]:
+    """Every setting the bench changes from the product defaults: name -> (value, reason)."""
+    settings: dict[str, tuple[str, str]] = {} if config.opt_in else {
+        "NEXTSTATE_SESSION_IDLE_TIMEOUT_S": (
+            f"{config.idle_timeout_s:g}", "the simulated user's conversations follow each other within seconds (a "
+            "person's idle gap is minutes): a short idle timeout closes each one, as the default 1800 s does for a "
+            "person, so its last turn gets its next state without the bench waiting half an hour; 6 s stays above "
+            "the gap between two messages of one conversation (an answer of the busy tiny model, then 0.3 s reading)"),
+        "NEXTSTATE_SWEEP_INTERVAL_S": (
+            f"{SWEEP_S:g}", "with a 6 s idle timeout, idle sessions are looked for every second (default 5 s)"),
+    }
+    settings |= {
+        "NEXTSTATE_CONTROLLER_INTERVAL": (
+            "1", "the user answers within seconds of a decision being due; a 1 s tick (default 10 s) lets the "
+            "personal canary's decision land before the next session instead of up to 10 s later (pacing only: "
+            "the rule, its margin and confidence are the defaults)"),
+        "NEXTSTATE_WORKERS": ("1", "one labeler worker process on a 2-core machine (default 2)"),
+        "NEXTSTATE_GATE_SAMPLES": (
+            str(config.gate_samples), "fewer sampled answers per sacred case and policy (default 8): every gate "
+            "check still runs, at half the CPU time"),
+        "NEXTSTATE_GATE_REPLAY_TOLERANCE": (
+            str(config.gate_replay_tolerance), "held-out replay over the handful of samples a short run has moves "
+            "by a few hundredths of a nat on noise alone (measured 0.0002 to 0.09): a wrong-way move within the "
+            "tolerance passes (default 0)"),
+        "NEXTSTATE_METHOD": (method if method != "none" else "combined", "the method under test"),
+        "NEXTSTATE_LR": (str(config.lr), "measured for the tiny model (BenchConfig.lr; library default 2e-3)"),
+        "NEXTSTATE_STEPS_PER_BATCH": (str(config.steps_per_batch), "with lr, measured (library default 2)"),
+        "NEXTSTATE_SEED": (str(seed), "the run's seed"),
+        "NEXTSTATE_LEARNER_METRICS_PORT": ("0", "runs at once must not share the learner's metrics port"),
+    }
+    if config.batch_size != 4:
+        settings["NEXTSTATE_BATCH_SIZE"] = (str(config.batch_size), "set on the command line")
+    if config.jobs > 1:
+        settings["OMP_NUM_THREADS"] = ("1", "two runs at once share the cores instead of fighting over them")
+    settings.update({k: (v, "set by the caller") for k, v in config.extra_env.items()})
+    return settings
+
+
 def stack_env(config: BenchConfig, method: str, seed: int) -> tuple[dict[str, str], str | None]:
     """Environment and components of the stack for one run (``none`` runs without a learner)."""
-    env = {
-        # proxy: refresh routing quickly; sessions are closed explicitly (X-Session-Done), never while a slow
-        # evaluation or training pause keeps the simulated user waiting
-        "NEXTSTATE_ROUTING_REFRESH_S": "0.5", "NEXTSTATE_SESSION_IDLE_TIMEOUT_S": "600",
-        # labeler: one worker process on a 2-core machine
-        "NEXTSTATE_WORKERS": "1",
-        # canary: one step at half the traffic, a short minimum of labeled canary turns, frequent ticks.
-        # A few labeled turns cannot make the anytime-valid interval narrower than the margin, so the
-        # margin is widened: promotion then needs the minimum evidence with no rollback condition
-        # (health breach, or worse than stable with confidence) -- shortened, not skipped.
-        "NEXTSTATE_CANARY_STEPS": "[0.5]", "NEXTSTATE_CANARY_STEP_SAMPLES": str(config.canary_min_samples),
-        "NEXTSTATE_CANARY_MIN_SAMPLES": str(config.canary_min_samples), "NEXTSTATE_CANARY_MARGIN": "1.5",
-        "NEXTSTATE_CONTROLLER_INTERVAL": "1", "NEXTSTATE_DRAIN_SECONDS": "2",
-        # gate: every check runs, with fewer sampled answers per sacred case; held-out replay over the
-        # handful of samples a short run has moves by a few hundredths of a nat either way on noise
-        # alone (measured in such runs: 0.0002 to 0.09), so a wrong-way move within the tolerance passes
-        "NEXTSTATE_GATE_SAMPLES": str(config.gate_samples),
-        "NEXTSTATE_GATE_REPLAY_TOLERANCE": str(config.gate_replay_tolerance),
-        # learner
-        "NEXTSTATE_METHOD": method if method != "none" else "combined", "NEXTSTATE_BATCH_SIZE": str(config.batch_size),
-        "NEXTSTATE_LR": str(config.lr), "NEXTSTATE_STEPS_PER_BATCH": str(config.steps_per_batch),
-        "NEXTSTATE_SEED": str(seed), "NEXTSTATE_LEARNER_METRICS_PORT": "0",
-        **({"OMP_NUM_THREADS": "1"} if config.jobs > 1 else {}),
-        **config.extra_env,
-    }
+    env = {name: value for name, (value, _) in changed_settings(config, method, seed).items()}
     components = "redis,serve,proxy,worker" if method == "none" else None
     return env, components
+
+
+def settings_report(config: BenchConfig) -> str:
+    """The settings the bench changes, each with its reason (printed before the runs and kept in the results)."""
+    lines = ["settings changed from the product defaults (nextstate up; user: "
+             + ("opted in, X-Session-Id / X-Session-Done / X-NextState-Canary: 1" if config.opt_in
+                else "a plain client, no nextstate headers") + "):"]
+    for name, (value, reason) in changed_settings(config, "combined", 0).items():
+        lines.append(f"  {name}={value if name != 'NEXTSTATE_SEED' else '<seed>'}: {reason}")
+    return "\n".join(lines)
 
 
 @dataclass
@@ -125,7 +150,8 @@ def run_one(config: BenchConfig, method: str, persona_name: str, seed: int, home
             on_interaction: Callable[[Interaction], None] = lambda i: None,
             on_progress: Callable[[Progress, int], None] = lambda p, n: None) -> RunResult:
     """One run on a fresh stack; ``on_progress`` sees the loop's state after every interaction."""
-    persona = PERSONAS[persona_name]
+    wording = PERSONAS[persona_name].family_for(seed)  # each seed corrects in another family of wordings
+    persona = PERSONAS[persona_name].worded(wording)
     shutil.rmtree(home, ignore_errors=True)
     env, components = stack_env(config, method, seed)
     started = time.monotonic()
@@ -134,7 +160,7 @@ def run_one(config: BenchConfig, method: str, persona_name: str, seed: int, home
     try:
         client = openai.OpenAI(base_url=stack.base_url, api_key="prefbench", timeout=120.0, max_retries=6)
         model = config.model or client.models.list().data[0].id
-        pipeline = Pipeline(redis.Redis.from_url(stack.redis_url, socket_timeout=5))
+        pipeline = Pipeline(redis.Redis.from_url(stack.redis_url, socket_timeout=5), scope=USER_SCOPE)
         pools = split_pools(seed, config.eval_prompts)
         rng = random.Random(f"prefbench-{persona_name}-{seed}")  # the same user behaviour for every method
         user = SimulatedUser(client, model, persona, config.mix, rng, question_stream(pools, rng), f"{method}-{seed}",
@@ -143,12 +169,25 @@ def run_one(config: BenchConfig, method: str, persona_name: str, seed: int, home
         interactions: list[dict[str, Any]] = []
         points: list[dict[str, Any]] = []
 
-        def pace() -> None:
-            if method == "none":
-                return
-            time.sleep(config.think_s)  # the user reads the answer; meanwhile its records reach Redis
+        def settle() -> None:
             if busy := pipeline.settle(config.settle_timeout_s):
                 timeouts.append(f"{busy} at interaction {user.count}")
+
+        def pace() -> None:
+            """Before each message: the user reads the answer; meanwhile its records reach Redis. The user who
+            names its sessions also waits for the loop here (its session stays open meanwhile)."""
+            if method == "none":
+                return
+            time.sleep(config.think_s)
+            if config.opt_in:
+                settle()
+
+        def between_sessions() -> None:
+            """A plain client's session ends by idleness: wait for the idle close, then for the loop."""
+            if method == "none" or config.opt_in:
+                return
+            time.sleep(config.idle_timeout_s + SWEEP_S + 1.0)
+            settle()
 
         def record(interaction: Interaction) -> None:
             interactions.append(asdict(interaction))
@@ -156,14 +195,16 @@ def run_one(config: BenchConfig, method: str, persona_name: str, seed: int, home
             on_progress(pipeline.refresh(), user.count)
 
         def checkpoint() -> None:
-            pace()
+            if method != "none":
+                settle()
             result = evaluate(client, model, persona, pools.evaluate, f"{method}-{seed}-c{user.count}")
             progress = pipeline.refresh()
-            points.append({"method": method, "persona": persona_name, "seed": seed, "interactions": user.count,
+            points.append({"method": method, "persona": persona_name, "seed": seed, "wording": wording,
+                           "interactions": user.count,
                            "satisfaction": result.satisfaction, "fact_accuracy": result.fact_accuracy,
                            "served_by": list(result.versions), "stable": progress.stable,
                            "elapsed_s": round(time.monotonic() - started, 1)})
-            on_line(f"[{method}/{persona_name}/seed {seed}] eval satisfaction {result.satisfaction:.2f} "
+            on_line(f"[{method}/{persona_name}/{wording}/seed {seed}] eval satisfaction {result.satisfaction:.2f} "
                     f"(facts {result.fact_accuracy:.2f}, served by {','.join(result.versions)}) | "
                     + progress.line(user.count))
 
@@ -171,10 +212,12 @@ def run_one(config: BenchConfig, method: str, persona_name: str, seed: int, home
             timeouts.append("no learner consuming samples before the first interaction")
         checkpoint()
         while user.count < config.interactions:
-            user.interact(min(config.every, config.interactions - user.count), before_each=pace, after_each=record)
+            user.interact(min(config.every, config.interactions - user.count), before_each=pace, after_each=record,
+                          after_session=between_sessions)
             checkpoint()
         progress = pipeline.refresh()
-        summary = {"turns": progress.turns, "transitions": progress.transitions, "samples": progress.samples,
+        summary = {"turns": progress.turns, "transitions": progress.transitions,
+                   "with_next_state": progress.with_next_state, "samples": progress.samples,
                    "prefer": progress.prefer, "avoid": progress.avoid, "hints": progress.hints,
                    "events": dict(progress.events), "states": progress.states, "stable": progress.stable}
         return RunResult(method, persona_name, seed, points, interactions, summary,
@@ -186,7 +229,8 @@ def run_one(config: BenchConfig, method: str, persona_name: str, seed: int, home
 def run_matrix(config: BenchConfig, out_dir: Path, on_line: Callable[[str], None] = print) -> dict[str, Any]:
     """Every (seed, persona, method), ``config.jobs`` at a time; ``results.json`` is rewritten after each run."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"config": _jsonable(asdict(config)), "runs": [], "points": []}
+    results: dict[str, Any] = {"config": _jsonable(asdict(config)), "settings": settings_report(config),
+                               "runs": [], "points": []}
     started = time.monotonic()
     lock = threading.Lock()
     cells = [(seed, persona, method) for seed in config.seeds for persona in config.personas for method in config.methods]

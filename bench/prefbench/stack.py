@@ -25,13 +25,11 @@ from labeler.records import SAMPLES_STREAM
 from proxy.records import TRANSITIONS_STREAM, TURNS_STREAM
 from registry.lineage import pending_tip
 from registry.records import (
-    ALIASES_KEY,
-    CANARY_KEY,
-    EVENTS_STREAM,
-    VERSIONS_KEY,
+    GLOBAL_SCOPE,
     LearnerState,
     VersionInfo,
     learner_state_key,
+    scope_keys,
     stream_id,
 )
 
@@ -110,6 +108,8 @@ class Progress:
 
     turns: int = 0
     transitions: int = 0
+    with_next_state: int = 0
+    """Transitions that carry the user's next message (not closed empty)."""
     samples: int = 0
     prefer: int = 0
     avoid: int = 0
@@ -135,13 +135,15 @@ class Progress:
 
 
 class Pipeline:
-    """Reads the stack's streams and registry state; ``settle`` waits for in-flight work to finish."""
+    """Reads the stack's streams and one learning scope's registry state; ``settle`` waits for in-flight work."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, scope: str = GLOBAL_SCOPE) -> None:
         self.redis = client
+        self.keys = scope_keys(scope)
         self.progress = Progress()
         self._samples_from = "-"
         self._events_from = "-"
+        self._transitions_from = "-"
 
     def refresh(self) -> Progress:
         p = self.progress
@@ -153,16 +155,18 @@ class Pipeline:
             p.prefer += sample.get("cls") == "prefer"
             p.avoid += sample.get("cls") == "avoid"
             p.hints += bool(sample.get("hint"))
-        for _, fields in self._read(EVENTS_STREAM, "_events_from"):
+        for _, fields in self._read(TRANSITIONS_STREAM, "_transitions_from"):
+            p.with_next_state += bool(json.loads(fields[b"record"]).get("next_state"))
+        for _, fields in self._read(self.keys.events, "_events_from"):
             event = json.loads(fields[b"event"])
             kind = event.get("kind", "")
             if kind == "gate_verdict":
                 passed = (event.get("evidence") or {}).get("to") == "gated_pass"
                 kind = "gate_passed" if passed else "gate_failed"
             p.events[kind] += 1
-        infos = {k.decode(): json.loads(v) for k, v in self.redis.hgetall(VERSIONS_KEY).items()}
+        infos = {k.decode(): json.loads(v) for k, v in self.redis.hgetall(self.keys.versions).items()}
         p.states = {version: info.get("state", "") for version, info in infos.items()}
-        stable = self.redis.hget(ALIASES_KEY, "stable")
+        stable = self.redis.hget(self.keys.aliases, "stable")
         p.stable = stable.decode() if stable else None
         # what the controller would canary next: the newest gated version extending the current stable
         tip = pending_tip([VersionInfo.model_validate(info) for info in infos.values()], p.stable)
@@ -186,7 +190,7 @@ class Pipeline:
             return "training"
         if "candidate" in p.states.values():
             return "gating"
-        if p.ready and not self.redis.exists(CANARY_KEY):
+        if p.ready and not self.redis.exists(self.keys.canary):
             return "starting a canary"  # the controller starts one on its next tick
         return None
 

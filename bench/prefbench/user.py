@@ -1,8 +1,13 @@
 """The simulated user talking to the proxy with the unmodified ``openai`` SDK, in multi-turn sessions.
 
 Each assistant answer the persona reacts to is one *interaction*. A session asks a few questions; an
-unsatisfying answer draws a reaction and the same question is answered again; the session ends with
-``X-Session-Done`` so that its last reaction still reaches the system as a next state.
+unsatisfying answer draws a reaction and the same question is answered again.
+
+By default the user is a plain client: it sends no nextstate header at all. Its conversations are
+linked by fingerprint (each request carries the history), its last reaction goes out as one more
+message whose answer it does not read, and the session is closed by the proxy's idle timeout. The
+``opt_in`` user is the one that knows nextstate: it names its sessions (``X-Session-Id``), closes them
+(``X-Session-Done``) and volunteers for candidates (``X-NextState-Canary: 1``).
 """
 
 from __future__ import annotations
@@ -62,23 +67,26 @@ class SimulatedUser:
     questions: Iterator[tuple[Fact, str]]
     run_id: str
     opt_in: bool = False
-    """Send ``X-NextState-Canary: 1``: a user who volunteers for candidates while they are canaried."""
+    """Send ``X-Session-Id``, ``X-Session-Done`` and ``X-NextState-Canary: 1`` (a user who knows nextstate and
+    volunteers for candidates); False = a plain client with no nextstate header."""
     questions_per_session: int = 3
     max_attempts: int = 2
     sessions: int = 0
     count: int = 0
 
     def interact(self, n: int, before_each: Callable[[], None] = lambda: None,
-                 after_each: Callable[[Interaction], None] = lambda i: None) -> None:
-        """Hold sessions until ``n`` more interactions happened; ``before_each`` paces them."""
+                 after_each: Callable[[Interaction], None] = lambda i: None,
+                 after_session: Callable[[], None] = lambda: None) -> None:
+        """Hold sessions until ``n`` more interactions happened; ``before_each`` and ``after_session`` pace them."""
         target = self.count + n
         while self.count < target:
             self._session(target, before_each, after_each)
+            after_session()
 
     def _session(self, target: int, before_each: Callable[[], None], after_each: Callable[[Interaction], None]) -> None:
         self.sessions += 1
         session_id = f"{self.run_id}-s{self.sessions}"
-        headers = {"X-Session-Id": session_id, **({"X-NextState-Canary": "1"} if self.opt_in else {})}
+        headers = {"X-Session-Id": session_id, "X-NextState-Canary": "1"} if self.opt_in else {}
         messages: list[dict[str, str]] = []
         _, question = next(self.questions)
         pending = question
@@ -91,15 +99,16 @@ class SimulatedUser:
             self.count += 1
             attempts += 1
             reaction = react(self.persona, answer, question, self.rng, self.mix)
-            after_each(Interaction(self.count, session_id, reaction.satisfied, reaction.kind,
-                                   response_headers.get("x-nextstate-arm"), response_headers.get("x-nextstate-version")))
+            after_each(Interaction(self.count, response_headers.get("x-nextstate-session-id", session_id),
+                                   reaction.satisfied, reaction.kind, response_headers.get("x-nextstate-arm"),
+                                   response_headers.get("x-nextstate-version")))
             retry = reaction.retry and attempts < self.max_attempts
             last = self.count >= target or (not retry and asked >= self.questions_per_session)
             if last:
-                if reaction.text:  # deliver the last reaction as the next state, then close the session
+                if reaction.text:  # deliver the last reaction as the next state (its answer goes unread)
                     messages.append({"role": "user", "content": reaction.text})
-                    _chat(self.client, self.model, messages, self.rng.randrange(2**31),
-                          {**headers, "X-Session-Done": "true"})
+                    done = {"X-Session-Done": "true"} if self.opt_in else {}  # a plain client just stops
+                    _chat(self.client, self.model, messages, self.rng.randrange(2**31), {**headers, **done})
                 return
             if retry:
                 pending = reaction.text

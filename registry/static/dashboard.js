@@ -220,6 +220,12 @@
     document.getElementById("routing").replaceChildren(...parts.map(([k, v]) => el("span", {}, [el("b", { text: `${k}: ` }), v ?? "–"])));
   }
 
+  function drawScopes(summary) {
+    table(document.getElementById("scopes"), ["scope", "stable", "canary", "versions"],
+      (summary.scopes || []).map((s) => [s.scope, s.stable || (s.scope === "global" ? "base model" : "global stable"),
+        s.canary ? `${s.canary} (${pct(s.canary_fraction)})` : "none", String(s.versions)]));
+  }
+
   let refreshes = 0;
   async function refresh() {
     const status = document.getElementById("status");
@@ -227,6 +233,7 @@
       const [summary, rewards, canary, queues, timeline, samples] = await Promise.all(
         ["api/summary", "api/rewards", "api/canary", "api/queues", "api/timeline", "api/samples"].map(api));
       drawRouting(summary);
+      drawScopes(summary);
       drawRewards(rewards);
       drawCanary(canary);
       drawQueues(queues);

@@ -72,6 +72,13 @@ def build_registry(client: redis.Redis, root: Path) -> Registry:
     control = Control(registry, Publisher(urls=[], drain_seconds=0.0))
     control.promote("v1", actor="operator", reason="first stable version")
     control.start_canary("v3", 0.25, actor="controller")
+    alice = control.scoped("alice")  # a personal scope whose first candidate is in its canary
+    staging = alice.registry.staging_dir("v1")
+    shutil.copytree(adapter, staging, dirs_exist_ok=True)
+    alice.registry.publish(staging, Manifest(version=alice.registry.allocate_version(), base_model="builtin:tiny-chat",
+                                             method="combined", scope="alice", started_from="v1"))
+    alice.registry.record_gate("v1", GateVerdict(passed=True))
+    alice.start_canary("v1", 0.5, actor="controller")
     return registry
 
 
@@ -184,6 +191,7 @@ def test_dashboard_page_draws_the_stack_in_chromium(stack: dict[str, Any]) -> No
             samples: all('#samples tbody tr').length,
             hints: all('#samples .hint').map(h => h.textContent),
             routing: document.getElementById('routing').textContent,
+            scopes: all('#scopes tbody tr').map(r => [...r.cells].map(c => c.textContent)),
           };
         })()""")
         browser.pump(0.5)
@@ -210,6 +218,7 @@ def test_dashboard_page_draws_the_stack_in_chromium(stack: dict[str, Any]) -> No
     assert drawn["hints"]  # the history carries hints; the page shows each next to its sample
     assert ("label", "queued", 3) in [tuple(b) for b in drawn["bars"]]
     assert "v3" in drawn["routing"] and "25.0%" in drawn["routing"]
+    assert drawn["scopes"] == [["global", "v1", "v3 (25.0%)", "3"], ["alice", "global stable", "v1 (50.0%)", "1"]]
     assert shot.stat().st_size > 10_000
     (ROOT / "artifacts" / "dashboard-data.json").write_text(json.dumps({"rewards": rewards, "canary": canary}, indent=1))
 

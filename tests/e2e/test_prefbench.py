@@ -30,6 +30,18 @@ def test_every_persona_wants_a_style_the_model_can_express() -> None:
         assert not any(persona.satisfied_by(render_answer(FRANCE, s)) for s in others)
 
 
+def test_every_wording_family_reaches_the_teacher_as_an_instruction_the_model_follows() -> None:
+    from labeler.directives import hint_from
+    from learner.tinycorpus import find_style_request
+
+    for persona in PERSONAS.values():
+        assert persona.family_for(0) == "plain" and len(set(persona.families)) == len(persona.families)
+        for family in persona.families:
+            for directive in persona.worded(family).directives:
+                assert find_style_request(hint_from(directive) or "") == persona.style, (persona.name, directive)
+    assert {PERSONAS["quiet"].family_for(seed) for seed in range(3)} == {"plain", "drop-the-capitals", "small-letters"}
+
+
 @pytest.mark.parametrize(
     ("style", "expected_kinds"),
     [("word", {"thanks"}), ("detail", {"directive", "complain", "rephrase"})],
@@ -173,7 +185,7 @@ def test_quick_prefbench_learning_measurably_personalises_what_stable_serves(qui
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_quick_prefbench_combined_beats_none_by_a_clear_margin(quick_run: dict[str, Any]) -> None:
-    # measured (quick: terse, seed 0, 24 interactions, 12 fresh prompts, lr 3e-3 x 3, the user opted in to
-    # canaries): none 0.08 flat, combined 0.08 -> 0.25 at 8, 0.33 at 16, 0.67 at 24
+    # measured on the product defaults with a plain client (terse, seed 0, 16 fresh prompts, lr 3e-3 x 3): none
+    # 0.12 flat, combined 0.44 and 0.38 at 24 in two runs (the opted-in user before learning scopes: 0.67)
     final = _at(quick_run, 24)
-    assert final["combined"] >= final["none"] + 0.3, quick_run["points"]
+    assert final["combined"] >= final["none"] + 0.25, quick_run["points"]

@@ -44,9 +44,9 @@ ANSWER = {"role": "assistant", "content": "The capital of France is Paris, a cit
     ("Too long. Please answer in one word.", -1, "Answer in one word."),
     ("Thanks, but answer in one word next time.", -1, "Answer in one word."),
     ("Next time, answer in one word.", -1, "Answer in one word."),  # "next time" is no new task
-    ("Just one word from now on.", -1, "Just one word."),  # a hint says what the answer should be, not when
+    ("Just one word from now on.", -1, "Answer in one word."),  # what the answer should be, not when; plainly
     ("Can you answer in French?", -1, "Answer in French."),
-    ("Use bullet points.", -1, "Use bullet points."),
+    ("Use bullet points.", -1, "Answer as a bullet list."),
     ("I'd like the answer in all caps.", -1, "Answer in all caps."),
     ("Keep it shorter, and sign off with 'Cheers'.", -1, "Keep it shorter. Sign off with 'Cheers'."),
     ("Don't use emojis please.", -1, "Don't use emojis."),
@@ -78,7 +78,7 @@ def test_corrective_directives(text: str, hints: list[str]) -> None:
 
 def test_hint_has_at_most_three_sentences() -> None:
     hint = hint_from("Answer in French. Use bullet points. Keep it short. Sign off with 'Bye'.")
-    assert hint == "Answer in French. Use bullet points. Keep it short."
+    assert hint == "Answer in French. Answer as a bullet list. Keep it short."
 
 
 @pytest.mark.parametrize(("a", "b", "rephrased"), [

@@ -39,7 +39,8 @@ def test_chat_non_stream_is_served_and_recorded(client, fake, redis_client) -> N
     assert tokens["prompt_token_ids"] == [ord(c) for c in "hello there"]
     assert tokens["response_token_ids"] == [ord(c) for c in "echo: hello there"]
     assert len(tokens["response_logprobs"]) == len("echo: hello there")
-    assert turn["serving"] == {"upstream_model": "m", "version": None, "arm": "base"}
+    assert turn["serving"] == {"upstream_model": "m", "version": None, "arm": "base", "scope": "global",
+                               "version_scope": "global"}
     assert turn["client_key_hash"] and "sk-test-key" not in str(turn)
     assert redis_client.get(f"nextstate:turn:{{{turn_id}}}") is not None  # loadable by id
 

@@ -1,0 +1,68 @@
+"""Answer-style corrections in the user's own words, rewritten as the plain instruction they mean.
+
+Users word a formatting preference in many ways — "drop the capital letters", "no caps", "make it a
+dash list", "just the word" — and a hint is only useful when the teacher (the base model with the hint
+appended) follows it. Plain instructions ("Answer in lowercase.", "Answer as a bullet list.") are the
+form instruction-tuned models are trained on, so a directive that belongs to one of the common style
+families below is replaced by that family's plain instruction; anything else is kept as the user
+wrote it. A directive that mixes a style with something else ("bullets, and in French") is kept whole.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StyleFamily:
+    name: str
+    instruction: str
+    """The plain instruction a hint of this family becomes."""
+    pattern: re.Pattern[str]
+
+
+def _words(*alternatives: str) -> re.Pattern[str]:
+    return re.compile(r"\b(?:" + "|".join(alternatives) + r")\b", re.IGNORECASE)
+
+
+FAMILIES: tuple[StyleFamily, ...] = (
+    StyleFamily("lowercase", "Answer in lowercase.", _words(
+        r"lower[- ]?case", r"small letters", r"no (?:caps|capitals?|capital letters|uppercase)",
+        r"(?:drop|lose|remove|skip|ditch|without|stop using|get rid of)(?: all)?(?: the| any)? (?:caps|capitals?|capital letters|"
+        r"capitali[sz]ation|uppercase(?: letters)?)",
+        r"don'?t capitali[sz]e", r"un-?capitali[sz]ed")),
+    StyleFamily("bullets", "Answer as a bullet list.", _words(
+        r"bullet(?:ed|s)?(?: points?| list)?", r"dash(?:ed)? list", r"(?:as|into|in) a list", r"list form",
+        r"point form", r"dashes", r"itemi[sz]e(?:d)?", r"one (?:item|point) per line", r"make it a list",
+        r"list (?:it|them)(?: out)?")),
+    StyleFamily("word", "Answer in one word.", _words(
+        r"(?:one|a single|single|1)[- ]word", r"just the (?:word|name|answer|key word|keyword)",
+        r"only the (?:word|name|answer|key word|keyword)", r"the (?:word|name) (?:alone|only|is enough)",
+        r"nothing but the (?:word|name|answer)", r"no sentences?")),
+    StyleFamily("detail", "Answer in a full sentence with some detail.", _words(
+        r"(?:more|some|added|extra) details?", r"a (?:bit|little) (?:more )?detail", r"in detail", r"detailed",
+        r"full sentences?",
+        r"complete sentences?", r"elaborate", r"expand on (?:it|that)", r"explain (?:more|a bit more)")),
+    StyleFamily("signoff", "End your answer with a sign-off.", _words(
+        r"sign[- ]?off", r"sign (?:it|off|your)", r"say (?:goodbye|bye)", r"closing line",
+        r"with an? (?:goodbye|farewell|closing greeting|friendly closing)")),
+)
+
+# what makes a directive more than a style: another language, more than one request, quoted words to use
+_MIXED = re.compile(r"\b(?:in (?:french|german|spanish|italian|english|chinese|japanese)|and also|as well as|plus)\b|['\"]",
+                    re.IGNORECASE)
+
+
+def style_family(hint: str) -> StyleFamily | None:
+    """The one style family ``hint`` belongs to (None when none or several match, or it says more)."""
+    matches = [family for family in FAMILIES if family.pattern.search(hint)]
+    if len(matches) != 1 or _MIXED.search(hint):
+        return None
+    return matches[0]
+
+
+def plain_hint(hint: str) -> str:
+    """``hint`` as its family's plain instruction, or unchanged when it belongs to no single family."""
+    family = style_family(hint)
+    return family.instruction if family is not None else hint

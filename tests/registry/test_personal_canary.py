@@ -1,0 +1,73 @@
+"""The personal canary rule on literal evidence; posterior probabilities checked against hand-computed values."""
+
+from __future__ import annotations
+
+import pytest
+
+from registry.personal_canary import Evidence, PersonalPolicy, decide, prob_not_worse
+
+POLICY = PersonalPolicy()
+
+
+@pytest.mark.parametrize(
+    ("a_c", "b_c", "a_s", "b_s", "margin", "expected"),
+    [
+        # P(X > Y), X ~ Beta(4, 1), Y ~ Beta(1, 4): 1 - 4 B(4, 5) = 1 - 4 * 3! 4! / 8! = 1 - 1/70
+        (4, 1, 1, 4, 0.0, 1 - 1 / 70),
+        # X ~ Beta(2, 1), Y ~ Beta(1, 2): 1 - 2 B(2, 3) = 5/6
+        (2, 1, 1, 2, 0.0, 5 / 6),
+        # two uniforms: P(X > Y - m) = 1 - (1 - m)^2 / 2
+        (1, 1, 1, 1, 0.0, 0.5),
+        (1, 1, 1, 1, 0.1, 1 - 0.81 / 2),
+        (1, 1, 1, 1, -0.1, 0.81 / 2),
+    ],
+)
+def test_posterior_probability_matches_closed_form(a_c, b_c, a_s, b_s, margin, expected) -> None:
+    assert prob_not_worse(a_c, b_c, a_s, b_s, margin) == pytest.approx(expected, abs=2e-4)
+
+
+def test_three_good_turns_against_an_unhappy_user_promote() -> None:
+    # canary 3/3 -> Beta(4, 1); stable 1 of 6 -> Beta(2, 6); P(p_c > p_s - 0.1) is above 0.99
+    verdict = decide(Evidence((1, 1, 1), (-1, -1, 1, -1, -1, -1)), POLICY, 60.0)
+    assert verdict.action == "promote"
+    assert verdict.evidence["canary"] == {"labeled": 3, "prefer": 3} and verdict.evidence["p_not_worse"] > 0.99
+
+
+def test_too_few_turns_wait() -> None:
+    # two good turns are not enough (min_labeled 3), whatever the posterior says
+    assert decide(Evidence((1, 1), (-1,) * 6), POLICY, 60.0).action == "continue"
+
+
+def test_promotion_waits_for_a_good_newest_turn() -> None:
+    # 3 of 4 good, but the newest was a failure: no promotion on that turn
+    assert decide(Evidence((1, 1, 1, -1), (-1,) * 6), POLICY, 60.0).action == "continue"
+
+
+def test_two_negative_reactions_roll_back_at_once() -> None:
+    verdict = decide(Evidence((-1, -1), (-1, 1, -1)), POLICY, 60.0)
+    assert verdict.action == "rollback" and "negative" in verdict.reason
+
+
+def test_a_mixed_start_against_a_mixed_stable_waits() -> None:
+    # canary 2/3 -> Beta(3, 2), stable 2/4 -> Beta(3, 3): neither claim reaches 0.9 yet
+    verdict = decide(Evidence((1, -1, 1), (1, -1, 1, -1)), POLICY, 60.0)
+    assert verdict.action == "continue"
+    assert verdict.evidence["p_not_worse"] < 0.9 and verdict.evidence["p_clearly_worse"] < 0.9
+
+
+def test_clearly_worse_than_a_happy_stable_rolls_back() -> None:
+    # no two failures in a row, but 2 of 3 against 8/8 (Beta(3, 2) vs Beta(9, 1)) is worse by more than the margin
+    verdict = decide(Evidence((1, -1, 1), (1,) * 8), POLICY, 60.0)
+    assert verdict.action == "rollback" and "worse than stable" in verdict.reason
+    assert verdict.evidence["p_clearly_worse"] >= 0.9
+
+
+def test_inconclusive_at_the_limit_rejects() -> None:
+    policy = PersonalPolicy(max_labeled=4)
+    assert decide(Evidence((1, -1, 1, -1), (1, -1) * 4), policy, 60.0).action == "reject"
+    assert decide(Evidence((1,), (1, -1)), PersonalPolicy(deadline_seconds=10.0), 11.0).action == "reject"
+
+
+def test_error_rate_breach_rolls_back() -> None:
+    verdict = decide(Evidence((1, 1, 1), (-1,) * 6, requests=20, errors=5), POLICY, 60.0)
+    assert verdict.action == "rollback" and "error rate" in verdict.reason
