@@ -29,8 +29,9 @@ from labeler.records import SAMPLES_STREAM
 from learner.config import METHODS, TrainConfig
 from learner.data import Entry, SampleReader, Selection, build_item, lineage_sample_ids, select
 from learner.demos import sample_demos
-from learner.modeling import load_model, pick_device, resolve_model
+from learner.modeling import BUILTIN_TINY, load_model, pick_device, resolve_model
 from learner.retain import DEFAULT_RETAIN, load_prompts, sample_retain
+from learner.tiny import INFO_FILE as TINY_INFO_FILE
 from learner.train import TrainResult, attach_adapter, train
 from proxy.embedded_redis import resolve_redis_url
 from proxy.logs import configure_logging
@@ -53,7 +54,8 @@ CONFIG_FIELDS = ("method", "w_rl", "w_opd", "lr", "batch_size", "steps_per_batch
 class LearnerSettings(RegistrySettings):
     """The learner process's settings; unset training fields keep the preset's value."""
 
-    preset: str = Field(default="auto", description="Train config preset: tiny | gpu | auto (gpu on CUDA).")
+    preset: str = Field(default="auto", description="Train config preset: tiny | small | gpu | auto (gpu on CUDA, "
+                        "else tiny for the built-in tiny model and small for any other model).")
     device: str | None = Field(default=None, description="torch device; unset = CUDA when available, else CPU.")
     method: str | None = Field(default=None, description="rl | opd | combined (default combined).")
     w_rl: float | None = None
@@ -102,8 +104,11 @@ class RoundOutcome:
 
 def build_config(settings: LearnerSettings, device: str) -> TrainConfig:
     overrides = {name: getattr(settings, name) for name in CONFIG_FIELDS if getattr(settings, name) is not None}
-    preset = settings.preset if settings.preset != "auto" else ("gpu" if device.startswith("cuda") else "tiny")
-    return TrainConfig.gpu(**overrides) if preset == "gpu" else TrainConfig.tiny(**overrides)
+    if settings.preset == "auto":
+        tiny = settings.base_model == BUILTIN_TINY or (Path(settings.base_model).expanduser() / TINY_INFO_FILE).is_file()
+        return TrainConfig.for_model(device, builtin_tiny=tiny, **overrides)
+    presets = {"gpu": TrainConfig.gpu, "small": TrainConfig.small, "tiny": TrainConfig.tiny}
+    return presets[settings.preset](**overrides)
 
 
 def base_revision(model_dir: Path) -> str:
@@ -366,7 +371,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--hint-demos", type=int, dest="hint_demos", help="hinted-teacher answers per context (0 = off)")
     p.add_argument("--w-demo", type=float, dest="w_demo", help="weight of the hint demonstrations")
     p.add_argument("--retain-file", type=Path, dest="retain_file", help="retain set JSONL (default: bundled)")
-    p.add_argument("--preset", choices=("tiny", "gpu", "auto"))
+    p.add_argument("--preset", choices=("tiny", "small", "gpu", "auto"))
     p.add_argument("--device")
     p.add_argument("--model", dest="base_model", help="base model (default builtin:tiny-chat)")
     p.add_argument("--no-gate", action="store_false", dest="learner_gate", default=None)
