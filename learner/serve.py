@@ -380,7 +380,8 @@ def create_app(settings: ServeSettings, model_path: Path | None = None) -> Starl
         path = model_path or await asyncio.to_thread(resolve_model, settings.base_model, settings.home_dir())
         model, tokenizer = await asyncio.to_thread(load_model, path, settings.device, settings.dtype)
         engine = Engine(model, max_num_seqs=settings.max_num_seqs, max_queue=settings.max_queue, max_loras=settings.max_loras).start()
-        name = settings.served_model_name or ("tiny-chat" if settings.base_model == BUILTIN_TINY else settings.base_model)
+        # a built-in model is served under its name without the prefix, as the registry names its versions
+        name = settings.served_model_name or settings.base_model.removeprefix("builtin:")
         app.state.server = PolicyServer(
             engine=engine, tokenizer=tokenizer, model_name=name, aliases={settings.base_model},
             model_root=str(path), max_model_len=settings.max_model_len or int(getattr(model.config, "max_position_embeddings", 2048)),

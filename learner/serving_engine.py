@@ -1,8 +1,10 @@
 """The generation engine: one worker thread owns the model, decodes requests token by token, loads adapters.
 
 Requests wait in a bounded queue and up to ``max_num_seqs`` are decoded at once, one token each per
-round: sequences of the same adapter share one batched forward (their own KV caches left-padded and
-masked), so the active LoRA switches at most once per adapter per round; prompts prefill alone.
+round: sequences of the same adapter share one batched forward on one left-padded, masked KV cache
+that is kept from round to round and rebuilt only when the set of sequences changes (rebuilding it
+every token copied the whole cache several times per token), so the active LoRA switches at most once
+per adapter per round; prompts prefill alone.
 Adapter loads and unloads run on the same thread between two tokens, so they never race a forward
 pass and never interrupt a request in flight; an unloaded adapter is only removed once its last request has finished. At most ``max_loras`` adapters are
 materialised at once; an idle one is evicted (and reloaded from disk on demand), as vLLM does.
@@ -68,13 +70,30 @@ class Sequence:
     adapter: str | None
     sink: Sink
     generator: torch.Generator | None = None
-    cache: Any = None
+    cache: Any = None  # its own KV cache, while it is decoded alone
+    batch: Batch | None = None  # the shared batch it is a row of, while it is decoded batched
     generated: list[int] = field(default_factory=list)
     counts: Counter[int] = field(default_factory=Counter)
     cancelled: bool = False
 
     def cancel(self) -> None:
         self.cancelled = True
+
+
+@dataclass(eq=False)
+class Batch:
+    """Sequences of one adapter decoded together: one KV cache, row ``i`` is ``members[i]``, left-padded."""
+
+    members: list[Sequence]
+    cache: Any
+    pads: list[int]  # padding columns at the left of each row
+
+    def row_cache(self, row: int) -> DynamicCache:
+        """The row's own cache (padding dropped): a sequence that leaves the batch goes on with it."""
+        own, pad = DynamicCache(), self.pads[row]
+        for layer, cached in enumerate(self.cache.layers):
+            own.update(cached.keys[row : row + 1, :, pad:], cached.values[row : row + 1, :, pad:], layer)
+        return own
 
 
 class Engine:
@@ -209,8 +228,8 @@ class Engine:
         """One token for every sequence of one adapter: prefills alone, decodes batched."""
         for seq in [s for s in seqs if s.cancelled]:
             self._active.remove(seq)
-        warm = [s for s in seqs if not s.cancelled and s.cache is not None]
-        for seq in [s for s in seqs if not s.cancelled and s.cache is None]:
+        warm = [s for s in seqs if not s.cancelled and (s.cache is not None or s.batch is not None)]
+        for seq in [s for s in seqs if not s.cancelled and s.cache is None and s.batch is None]:
             self._step(seq)
         if len(warm) > 1 and self._batching:
             try:
@@ -224,6 +243,8 @@ class Engine:
 
     def _step(self, seq: Sequence) -> None:
         try:
+            if seq.batch is not None:  # decoded alone from now on: it takes its row of the batch along
+                seq.cache, seq.batch = seq.batch.row_cache(seq.batch.members.index(seq)), None
             model = self._activate(seq.adapter)
             ids = seq.prompt_ids if seq.cache is None else seq.generated[-1:]
             out = model(input_ids=torch.tensor([ids], device=self.device), use_cache=True, logits_to_keep=1,
@@ -233,40 +254,52 @@ class Engine:
             self._fail(seq, exc)
 
     def _batched_step(self, adapter: str | None, seqs: list[Sequence]) -> None:
-        """Decode one token for several sequences in one forward: caches left-padded and masked.
+        """Decode one token for several sequences in one forward on their shared, left-padded cache.
 
         Positions stay each sequence's own, so the result equals single-sequence decoding up to
-        float rounding; the padded batch cache is split back into per-sequence caches afterwards.
+        float rounding. The batch is reused while the same sequences go on, else formed anew.
         """
+        batch = seqs[0].batch
+        if batch is None or batch.members != seqs:
+            batch = self._form_batch(seqs)
         model = self._activate(adapter)
-        lengths = [seq.cache.get_seq_length() for seq in seqs]
-        width = max(lengths)
-        batch_cache = DynamicCache()
-        for layer in range(len(seqs[0].cache.layers)):
-            keys = [F.pad(seq.cache.layers[layer].keys, (0, 0, width - n, 0)) for seq, n in zip(seqs, lengths, strict=True)]
-            values = [F.pad(seq.cache.layers[layer].values, (0, 0, width - n, 0)) for seq, n in zip(seqs, lengths, strict=True)]
-            batch_cache.update(torch.cat(keys), torch.cat(values), layer)
-        mask_B_T = torch.zeros(len(seqs), width + 1, dtype=torch.long, device=self.device)
-        for row, n in enumerate(lengths):
-            mask_B_T[row, width - n :] = 1
+        width = batch.cache.get_seq_length()
+        mask_B_T = torch.ones(len(seqs), width + 1, dtype=torch.long, device=self.device)
+        for row, pad in enumerate(batch.pads):
+            mask_B_T[row, :pad] = 0
         out = model(
             input_ids=torch.tensor([seq.generated[-1:] for seq in seqs], device=self.device),
             attention_mask=mask_B_T,
-            position_ids=torch.tensor([[n] for n in lengths], device=self.device),
-            use_cache=True, logits_to_keep=1, **{self._cache_kw: batch_cache},
+            position_ids=torch.tensor([[width - pad] for pad in batch.pads], device=self.device),
+            use_cache=True, logits_to_keep=1, **{self._cache_kw: batch.cache},
         )
         self.batched_steps += 1
-        for row, (seq, n) in enumerate(zip(seqs, lengths, strict=True)):
-            own = DynamicCache()
-            for layer, cached in enumerate(getattr(out, self._cache_kw).layers):
-                own.update(cached.keys[row : row + 1, :, width - n :], cached.values[row : row + 1, :, width - n :], layer)
+        batch.cache = getattr(out, self._cache_kw)
+        for row, seq in enumerate(seqs):
             try:
-                self._advance(seq, out.logits[row, -1], own)
+                self._advance(seq, out.logits[row, -1], None)
             except Exception as exc:
                 self._fail(seq, exc)
 
+    def _form_batch(self, seqs: list[Sequence]) -> Batch:
+        """One left-padded cache holding every sequence's own (from its cache or its row of an earlier batch)."""
+        owns = [seq.cache if seq.batch is None else seq.batch.row_cache(seq.batch.members.index(seq)) for seq in seqs]
+        lengths = [own.get_seq_length() for own in owns]
+        width = max(lengths)
+        cache = DynamicCache()
+        for layer in range(len(owns[0].layers)):
+            keys = [F.pad(own.layers[layer].keys, (0, 0, width - n, 0)) for own, n in zip(owns, lengths, strict=True)]
+            values = [F.pad(own.layers[layer].values, (0, 0, width - n, 0)) for own, n in zip(owns, lengths, strict=True)]
+            cache.update(torch.cat(keys), torch.cat(values), layer)
+        batch = Batch(list(seqs), cache, [width - n for n in lengths])
+        for seq in seqs:
+            seq.cache, seq.batch = None, batch
+        return batch
+
     def _advance(self, seq: Sequence, logits_V: torch.Tensor, cache: Any) -> None:
-        seq.cache = cache
+        """Choose the next token; ``cache`` is the sequence's own, None for a row of a batch."""
+        if cache is not None:
+            seq.cache = cache
         token, logprob, top = choose_token(logits_V, seq.params, seq.generator, seq.counts)
         seq.generated.append(token)
         seq.counts[token] += 1
@@ -277,7 +310,7 @@ class Engine:
             finish = "length"
         if finish:
             self._active.remove(seq)
-            seq.cache = None
+            seq.cache, seq.batch = None, None
         seq.sink(TokenEvent(token, logprob if seq.params.top_logprobs is not None else None, top, finish))
 
     def _fail(self, seq: Sequence, exc: Exception) -> None:

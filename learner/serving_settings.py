@@ -10,8 +10,8 @@ from proxy.settings import CommonSettings
 class ServeSettings(CommonSettings):
     """``NEXTSTATE_*`` environment variables of the policy server; tests pass keyword arguments."""
 
-    base_model: str = Field(default="builtin:tiny-chat", description="builtin:tiny-chat, a local HF directory, or a cached hub id.")
-    served_model_name: str | None = Field(default=None, description="Name of the base model in the API; default: 'tiny-chat' for the built-in model, else base_model.")
+    base_model: str = Field(default="builtin:tiny-chat", description="builtin:tiny-chat, builtin:smollm2-135m, a local HF directory, or a cached hub id.")
+    served_model_name: str | None = Field(default=None, description="Name of the base model in the API; default: 'tiny-chat' / 'smollm2-135m' for the built-in models, else base_model.")
     serve_host: str = Field(default="127.0.0.1", description="Bind address. Keep it private: the LoRA endpoints are control-plane only.")
     serve_port: int = Field(default=8000, description="Port (vLLM's default).")
     device: str | None = Field(default=None, description="cpu, cuda, cuda:1, ...; unset = CUDA when available.")

@@ -8,18 +8,14 @@ builder's code and configuration, so a changed builder rebuilds and an unchanged
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import inspect
 import json
 import math
-import os
 import random
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +27,7 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from learner import tinycorpus
+from learner.modelcache import build_once
 
 NAME = "tiny-chat"
 INFO_FILE = "nextstate_tiny.json"
@@ -311,37 +308,10 @@ def measure_acceptance(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFas
     )
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def ensure_tiny_model(cache_root: Path, config: TinyConfig = TinyConfig(), progress: bool = True) -> Path:
     """Directory of the built model under ``cache_root``; builds it once (atomic, process-safe)."""
-    cache_root = Path(cache_root).expanduser()
-    target = cache_root / f"{NAME}-{fingerprint(config)}"
-    if (target / INFO_FILE).exists():
-        return target
-    with _file_lock(cache_root / f".{target.name}.lock"):
-        if (target / INFO_FILE).exists():
-            return target
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache_root))
-        try:
-            train(staging, config, progress=progress)
-            if not (target / INFO_FILE).exists():  # a copy may have been placed meanwhile: keep it
-                for path in [staging, *staging.iterdir()]:  # readable by other users (e.g. a service account)
-                    path.chmod(0o755 if path.is_dir() else 0o644)
-                shutil.rmtree(target, ignore_errors=True)
-                os.replace(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+    target = Path(cache_root).expanduser() / f"{NAME}-{fingerprint(config)}"
+    return build_once(target, INFO_FILE, lambda staging: train(staging, config, progress=progress))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,6 +50,19 @@ class TrainResult:
     token_methods: dict[str, int] = field(default_factory=dict)  # captured | retokenized -> items
 
 
+def lora_target_modules(model: Any) -> list[str]:
+    """LoRA targets from the architecture: the names of the decoder's linear layers, never the output head.
+
+    ``q_proj k_proj v_proj o_proj gate_proj up_proj down_proj`` on Llama and Qwen2; other architectures
+    name theirs differently (``c_attn``, ``query_key_value``, ...), and get theirs.
+    """
+    from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
+
+    head = model.get_output_embeddings()
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear | Conv1D) and module is not head})
+
+
 def attach_adapter(base: Any, config: TrainConfig, parent_dir: Path | None) -> Any:
     """The trainable model: the parent's LoRA adapter loaded on ``base``, or a fresh one."""
     if config.gradient_checkpointing and hasattr(base, "gradient_checkpointing_enable"):
@@ -60,7 +73,7 @@ def attach_adapter(base: Any, config: TrainConfig, parent_dir: Path | None) -> A
     torch.manual_seed(config.seed)  # LoRA A is randomly initialised: make a run reproducible
     lora = LoraConfig(
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules=list(config.target_modules), task_type="CAUSAL_LM",
+        target_modules=list(config.target_modules) or lora_target_modules(base), task_type="CAUSAL_LM",
     )
     return get_peft_model(base, lora)
 

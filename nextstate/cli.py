@@ -14,7 +14,7 @@ import sys
 COMMANDS: dict[str, tuple[str, list[str], str]] = {
     "proxy": ("nextstate.proxy", [], "run the recording proxy (with /admin and /dashboard)"),
     "serve": ("learner.__main__", ["serve"], "run the embedded CPU/GPU policy server"),
-    "build-model": ("learner.__main__", ["build-model"], "build and cache the built-in tiny model"),
+    "build-model": ("learner.__main__", ["build-model"], "build or convert a built-in model (--model tiny-chat|smollm2-135m)"),
     "worker": ("labeler.__main__", ["worker"], "run labeler RQ workers"),
     "label": ("labeler.__main__", ["label"], "labeling batch jobs (e.g. `label hard-cases`)"),
     "export": ("labeler.__main__", ["export"], "export labeled data as JSONL"),

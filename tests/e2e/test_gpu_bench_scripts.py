@@ -1,4 +1,4 @@
-"""The GPU checks (``bench/learner_gpu.py``, ``bench/serve_gpu.py``) run on CPU at tiny size, so they keep working
+"""The GPU checks (``bench/learner_gpu.py``, ``bench/serve_gpu.py``, ``bench/serve_speed.py``) run on CPU at tiny size, so they keep working
 between the runs on a GPU machine: each prints a summary with every figure, and the figures are consistent."""
 
 from __future__ import annotations
@@ -39,3 +39,15 @@ def test_serve_gpu_check_decodes_to_max_tokens_with_and_without_an_adapter() -> 
         assert summary[f"{arm}_tokens"] == 24  # ignore_eos: every request runs to max_tokens
         assert summary[f"{arm}_ttft_s"] > 0 and summary[f"{arm}_decode_tokens_per_s"] > 0
     assert summary["concurrent_requests"] == 4 and summary["concurrent_tokens_per_s"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_serve_speed_compares_the_server_with_the_bare_model(tiny_model_path: Path) -> None:
+    summary = _summary(["bench/serve_speed.py", "--model", str(tiny_model_path), "--max-tokens", "16",
+                        "--concurrency", "2", "--rounds", "1"])
+    assert summary["device"] == "cpu" and summary["max_tokens"] == 16
+    for batch in (1, 2):
+        assert summary[f"bare_b{batch}_tokens_per_s"] > 0 and summary[f"server_b{batch}_tokens_per_s"] > 0
+        ratio = summary[f"server_b{batch}_tokens_per_s"] / summary[f"bare_b{batch}_tokens_per_s"]
+        assert summary[f"server_over_bare_b{batch}"] == pytest.approx(ratio, abs=0.02)
