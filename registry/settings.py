@@ -32,7 +32,7 @@ class RegistrySettings(CommonSettings):
     canary_max_p99_ms: float = Field(default=30000.0, description="Roll back above this p99 latency (ms).")
     canary_health_min_requests: int = Field(default=20, description="Requests needed before health bounds apply.")
     # sacred gate (the learner's settings inherit these; `nextstate gate` reads them too)
-    gate_suite: Path | None = Field(default=None, description="Sacred suite JSONL; unset = the suite shipped for the tiny model.")
+    gate_suite: Path | None = Field(default=None, description="Sacred suite JSONL; unset = the suite shipped for the base model (learner/sacred: tiny.jsonl for the built-in tiny model, chat.jsonl for any other).")
     gate_samples: int = Field(default=8, description="Sampled answers per sacred case and policy.")
     gate_temperature: float = Field(default=0.7, description="Sampling temperature of sacred answers.")
     gate_max_tokens: int = Field(default=96, description="Longest sacred answer.")
