@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from labeler.embedded import EmbeddedJudge
-from labeler.judges import Judge
+from labeler.judges import Judge, JudgeError, Verdict
 from labeler.tally import select_hint
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -81,7 +81,10 @@ def evaluate(rows: list[dict[str, Any]], judge: Judge | None = None, name: str =
     mistakes = []
     hints_expected = hints_found = 0
     for row in rows:
-        verdict = judge.judge(row["messages"], row["response"], row["next_state"])
+        try:
+            verdict = judge.judge(row["messages"], row["response"], row["next_state"])
+        except JudgeError as exc:  # as in the labeler: no label (the queue would retry it later)
+            verdict = Verdict(votes=[], hints=[], model=judge.model, prompt_version="", errors=[str(exc)])
         predicted = verdict.tally().reward
         confusion[(row["label"], predicted)] += 1
         stats = categories.setdefault(row["category"], [0, 0])

@@ -25,9 +25,14 @@ TEXT_DEFAULT_PERSONAS = ("brief", "lowkey", "courteous")
 
 def real_model_changes(model: str, args: argparse.Namespace) -> dict[str, object]:
     """What a real model changes from the tiny model's bench settings, each printed with its reason."""
-    model_id = "builtin:smollm2-135m" if model == "smollm2-135m" else str(Path(model).expanduser().resolve())
+    env = {"NEXTSTATE_BASE_MODEL": "builtin:smollm2-135m"}
+    if model != "smollm2-135m":  # a directory: served under its folder's name (no slashes in version names)
+        path = Path(model).expanduser().resolve()
+        env = {"NEXTSTATE_BASE_MODEL": str(path), "NEXTSTATE_SERVED_MODEL_NAME": path.name,
+               "NEXTSTATE_SERVED_BASE_MODEL": path.name}
+    model_id = env["NEXTSTATE_BASE_MODEL"]
     small = TrainConfig.small()
-    changes: dict[str, object] = {"extra_env": {"NEXTSTATE_BASE_MODEL": model_id}}
+    changes: dict[str, object] = {"extra_env": env}
     reasons = [f"base model {model_id}: the real model under test (the learner takes its 'small' preset)"]
     if args.personas is None:
         changes["personas"] = TEXT_DEFAULT_PERSONAS
