@@ -8,8 +8,9 @@ each compared with the stable policy's answers to the same prompts at the same s
 - **self-similarity** — the mean ROUGE-L F1 between answers to *different* prompts (mode collapse: one
   answer whatever is asked);
 - **degenerate length** — the share of answers that are empty (under two words) or run to the token cap
-  without ending (answer-length collapse in either direction; a learned preference for short or long
-  answers moves the typical length, which the sacred checks judge, not this);
+  in a loop (capped with at least ``LOOP_REPETITION`` of their 3-grams repeated): answer-length collapse
+  in either direction. A capped answer alone is not one: SmolLM2-135M reached a 32-token cap in 0.51 and
+  0.45 of its sacred answers under two seeds, and a learned preference for longer answers raises that;
 - **anchor log-prob drift** — how far the stable policy's own answers to neutral anchor prompts fell in
   mean per-token log-likelihood under the candidate (an estimate of -KL(stable || candidate): it grows
   when the candidate drops answers stable gives, which KL(candidate || stable) on the candidate's own
@@ -19,6 +20,8 @@ The bounds in ``CollapseBounds`` come from the base model's own variation: the s
 sacred prompts under two sampling seeds (``python -m bench.sacred_calibrate`` prints the differences and
 the anchor spread); each bound sits well above the seed-to-seed difference, so chance does not trip it,
 while a degenerate candidate (a loop, one answer for everything, empty answers) moves it by far more.
+Measured on SmolLM2-135M-Instruct (32 candidate cases x 4 answers, temperature 0.3, 32 tokens, seeds 0
+and 1000): repeated 3-grams 0.022 / 0.027, cross-prompt ROUGE-L 0.112 / 0.115.
 """
 
 from __future__ import annotations
@@ -77,11 +80,16 @@ def cross_prompt_similarity(answers_by_prompt: Sequence[Sequence[str]]) -> float
     return sum(scores) / len(scores) if scores else 0.0
 
 
+LOOP_REPETITION = 0.3  # share of repeated 3-grams that makes a capped answer a loop
+
+
 def degenerate_share(texts: Sequence[str], capped: Sequence[bool]) -> float:
-    """Share of answers that are empty (fewer than two words) or were stopped at the token cap (``capped``)."""
+    """Share of answers that are empty (fewer than two words) or were stopped at the token cap (``capped``)
+    while looping."""
     if not texts:
         return 0.0
-    bad = sum(len(t.split()) < 2 or cap for t, cap in zip(texts, capped, strict=True))
+    bad = sum(len(t.split()) < 2 or (cap and ngram_repetition(t) >= LOOP_REPETITION)
+              for t, cap in zip(texts, capped, strict=True))
     return bad / len(texts)
 
 
@@ -95,7 +103,7 @@ class TextStats:
     self_similarity: float
     """mean ROUGE-L F1 between answers to different prompts"""
     degenerate: float
-    """share of empty or capped answers"""
+    """share of empty or looping capped answers"""
     mean_words: float
 
 
@@ -119,13 +127,14 @@ class CollapseBounds:
     """How much worse than stable a candidate's text may get (absolute rises; log-prob in nats per token)."""
 
     max_repetition_rise: float = 0.15
-    """rise of the mean share of repeated 3-grams; a decoding loop repeats most of them (0.5 and more)"""
+    """rise of the mean share of repeated 3-grams (seed-to-seed: 0.005 on SmolLM2-135M); a loop repeats most"""
     max_similarity_rise: float = 0.15
-    """rise of the mean cross-prompt ROUGE-L; one answer for every prompt scores 1"""
+    """rise of the mean cross-prompt ROUGE-L (seed-to-seed: 0.003 on SmolLM2-135M); one answer for all scores 1"""
     max_degenerate_rise: float = 0.25
     """rise of the share of empty or capped answers"""
     max_anchor_logp_drop: float = 1.0
-    """nats per token; for scale, ``max_kl`` bounds the other direction at 0.5"""
+    """nats per token; SmolLM2-135M's own anchor answers (8 at T=1) sit at -2.34 +- 0.53 per answer, so a drop of
+    1.0 in their mean is about five standard errors of that spread; ``max_kl`` bounds the other direction at 0.5"""
 
 
 def collapse_reasons(candidate: TextStats, stable: TextStats, anchor_logp_drop: float | None,
@@ -143,7 +152,7 @@ def collapse_reasons(candidate: TextStats, stable: TextStats, anchor_logp_drop: 
                            f" vs stable {stable.self_similarity:.2f} (rise > {bounds.max_similarity_rise})")
         rise = candidate.degenerate - stable.degenerate
         if rise > bounds.max_degenerate_rise:
-            reasons.append(f"collapse: empty or run-on answers {candidate.degenerate:.2f} vs stable"
+            reasons.append(f"collapse: empty or looping answers {candidate.degenerate:.2f} vs stable"
                            f" {stable.degenerate:.2f} (rise > {bounds.max_degenerate_rise})")
     if anchor_logp_drop is not None and anchor_logp_drop > bounds.max_anchor_logp_drop:
         reasons.append(f"collapse: stable's anchor answers lost {anchor_logp_drop:.3f} nats per token under the"

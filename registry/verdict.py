@@ -9,7 +9,7 @@ responses, or raises that of avoid responses, relative to stable (beyond the rep
 beyond what chance explains at ``sacred_alpha``, one-sided; a class with fewer than
 ``replay_min_samples`` held-out samples is reported, not judged); (c) its mean
 per-token KL(candidate ‖ stable) on the anchor prompts exceeds the bound; (d) its answers show collapse
-on real text next to stable's (repetition, answers alike across prompts, empty or run-on answers, stable's
+on real text next to stable's (repetition, answers alike across prompts, empty or looping answers, stable's
 anchor answers losing likelihood: ``registry.collapse``).
 """
 

@@ -47,8 +47,10 @@ def test_cross_prompt_similarity_pairs_answers_of_different_prompts_only() -> No
     assert cross_prompt_similarity([["only one prompt", "answers alike", "answers alike"]]) == 0.0
 
 
-def test_degenerate_share_counts_empty_and_capped_answers() -> None:
-    assert degenerate_share(["Paris is big.", "", "Yes", "A long answer"], [False, False, False, True]) == 0.75
+def test_degenerate_share_counts_empty_and_looping_capped_answers() -> None:
+    texts = ["Paris is big.", "", "Yes", "A long answer that simply went on", "go go go go go go go go"]
+    assert degenerate_share(texts, [False, False, False, True, True]) == 0.6  # a long answer alone is not a loop
+    assert degenerate_share(["go go go go go go go go"], [False]) == 0.0  # ended by itself
     assert degenerate_share([], []) == 0.0
 
 
@@ -72,7 +74,7 @@ STABLE = TextStats(answers=40, repetition=0.05, self_similarity=0.10, degenerate
     (TextStats(40, 0.19, 0.24, 0.34, 5.0), 0.9, None),  # every rise just inside its bound; shorter is not collapse
     (TextStats(40, 0.30, 0.10, 0.10, 30.0), None, "repeated 3-grams"),
     (TextStats(40, 0.05, 0.40, 0.10, 30.0), None, "answers to different prompts alike"),
-    (TextStats(40, 0.05, 0.10, 0.50, 30.0), None, "empty or run-on"),
+    (TextStats(40, 0.05, 0.10, 0.50, 30.0), None, "empty or looping"),
     (STABLE, 1.5, "anchor answers lost 1.500"),
     (TextStats(0, 0.0, 0.0, 0.0, 0.0), None, None),  # nothing sampled: nothing to judge
 ])
