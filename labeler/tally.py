@@ -18,17 +18,19 @@ _SENTENCE_SPLIT = re.compile(r"(?<=[.!?。！？])\s+|(?<=[。！？])")
 
 
 def parse_vote(text: str | None) -> int | None:
-    """The judge's verdict: the last ``\\boxed{1|-1|0}`` of its answer, None when absent or invalid.
+    """The judge's verdict: the value its answer boxes (``\\boxed{1|-1|0}``), None when absent or invalid.
 
-    The last one counts because a judge may quote the data (which can itself contain a box) before
-    concluding; a value outside {1, -1, 0} makes the vote invalid.
+    An answer that boxes two different values is not a verdict but a judge that lists the options or
+    changes its mind (weak self-judges do both; boxes inside the data are defused before the judge sees
+    them): invalid, so it can only cost a vote, never give a wrong one. A value outside {1, -1, 0} is
+    invalid too.
     """
     if not text:
         return None
-    found = _BOXED.findall(text)
-    if not found:
+    found = {int(v) for v in _BOXED.findall(text)}
+    if len(found) != 1:
         return None
-    value = int(found[-1])
+    value = found.pop()
     return value if value in (1, -1, 0) else None
 
 

@@ -255,14 +255,17 @@ def response_ids_by_template(
     tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
     response: dict[str, Any], prompt_ids: list[int],
 ) -> list[int]:
-    """Response token ids from the chat template: the rendered conversation minus the rendered prompt."""
+    """Response token ids from the chat template: the rendered conversation minus the rendered prompt, up to
+    and including the end-of-turn token (what the model generates; ChatML templates add a newline after it)."""
     full = tokenizer.apply_chat_template(
         normalize_messages([*messages, {**response, "role": "assistant"}]), tools=tools or None,
         tokenize=False, add_generation_prompt=False,
     )
     ids = list(tokenizer(str(full), add_special_tokens=False)["input_ids"])
     if ids[: len(prompt_ids)] == prompt_ids and len(ids) > len(prompt_ids):
-        return ids[len(prompt_ids):]
+        answer = ids[len(prompt_ids):]
+        eos = tokenizer.eos_token_id
+        return answer[: answer.index(eos) + 1] if eos is not None and eos in answer else answer
     text = str(response.get("content") or "")  # templates that rewrite history: content + end of sequence
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     return list(tokenizer(text, add_special_tokens=False)["input_ids"]) + eos

@@ -29,8 +29,10 @@ from labeler.records import SAMPLES_STREAM, SampleRecord
 from learner.data import Entry, build_item, lineage_sample_ids
 from learner.logprobs import batch_logprobs
 from learner.modeling import load_model, render_prompt_ids, resolve_model, sample_answers
+from learner.tiny import INFO_FILE as TINY_INFO_FILE
 from proxy.logs import configure_logging
 from registry.actions import Control
+from registry.collapse import TextStats, text_stats
 from registry.errors import RegistryError
 from registry.lineage import pending_tip
 from registry.records import GateVerdict
@@ -43,8 +45,15 @@ from registry.wiring import open_control
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_SUITE = Path(__file__).parent / "sacred" / "tiny.jsonl"
+SUITES = Path(__file__).parent / "sacred"
+TINY_SUITE, CHAT_SUITE = SUITES / "tiny.jsonl", SUITES / "chat.jsonl"
 MAX_PROMPT_TOKENS, MAX_RESPONSE_TOKENS = 1024, 512
+
+
+def suite_for(model_dir: Path | str) -> Path:
+    """The sacred suite that fits a base model: the built-in tiny model's own (its five answer styles), or the
+    general chat suite (instructions and facts a small instruction-tuned model keeps) for any other model."""
+    return TINY_SUITE if (Path(model_dir) / TINY_INFO_FILE).exists() else CHAT_SUITE
 
 
 @dataclass(frozen=True)
@@ -117,7 +126,22 @@ def _stable_answers(policies: Policies, group: list[SacredCase], n: int, tempera
     return ids
 
 
-def sacred_scores(policies: Policies, cases: list[SacredCase], run: GateRun) -> tuple[list[CaseScore], dict[str, Any]]:
+@dataclass(frozen=True)
+class SacredRun:
+    """What the sacred suite measured: per-case pass rates, an example answer per case and side, and the
+    text statistics of each side's answers (registry.collapse)."""
+
+    cases: list[CaseScore]
+    examples: dict[str, dict[str, str]]
+    text: dict[str, TextStats]
+
+
+def _capped(ids: list[int], max_tokens: int, end_ids: set[int]) -> bool:
+    """Did sampling stop at the token cap rather than at an end-of-turn token?"""
+    return len(ids) >= max_tokens and (not ids or ids[-1] not in end_ids)
+
+
+def sacred_scores(policies: Policies, cases: list[SacredCase], run: GateRun) -> SacredRun:
     """Pass rate of each checked case for both policies; cases sharing sampling settings share a batch.
 
     The stable side's answers are reused while the stable version stays the same (same seed, same answers).
@@ -131,6 +155,10 @@ def sacred_scores(policies: Policies, cases: list[SacredCase], run: GateRun) -> 
     rates: dict[str, dict[str, float]] = {}
     counts: dict[str, int] = {}
     examples: dict[str, dict[str, str]] = {}
+    answers_by_side: dict[str, list[list[str]]] = {"candidate": [], "stable": []}
+    capped_by_side: dict[str, list[list[bool]]] = {"candidate": [], "stable": []}
+    tok = policies.tokenizer
+    end_ids = {t for t in (tok.eos_token_id, tok.pad_token_id) if t is not None}
     for index, ((n, temperature, max_tokens), group) in enumerate(groups.items()):
         for side in ("candidate", "stable"):
             if side == "stable":
@@ -140,10 +168,14 @@ def sacred_scores(policies: Policies, cases: list[SacredCase], run: GateRun) -> 
             texts = policies.tokenizer.batch_decode(ids, skip_special_tokens=True)
             for k, case in enumerate(group):
                 answers = texts[k * n:(k + 1) * n]
+                answers_by_side[side].append(answers)
+                capped_by_side[side].append([_capped(a, max_tokens, end_ids) for a in ids[k * n:(k + 1) * n]])
                 counts[case.id] = n
                 rates.setdefault(case.id, {})[side] = score(answers, case)
                 examples.setdefault(case.id, {})[side] = answers[0]
-    return [CaseScore(c.id, rates[c.id]["candidate"], rates[c.id]["stable"], counts[c.id]) for c in checked], examples
+    scores = [CaseScore(c.id, rates[c.id]["candidate"], rates[c.id]["stable"], counts[c.id]) for c in checked]
+    text = {side: text_stats(answers_by_side[side], capped_by_side[side]) for side in answers_by_side}
+    return SacredRun(scores, examples, text)
 
 
 def held_out(registry: Registry, version: str, limit: int) -> list[SampleRecord]:
@@ -225,6 +257,25 @@ def drift_kl(policies: Policies, anchors: list[SacredCase], run: GateRun) -> flo
     return float((kl_B_T * mask_B_T).sum() / mask_B_T.sum())
 
 
+def anchor_logp_drop(policies: Policies, anchors: list[SacredCase], run: GateRun) -> float | None:
+    """How far stable's own answers to the anchor prompts fall in mean per-token log-likelihood under the
+    candidate (stable minus candidate, nats per token; a Monte-Carlo estimate of KL(stable || candidate)).
+
+    Complements ``drift_kl``: a candidate that keeps only some of stable's answers looks close to stable
+    on its own answers and far from it on the ones it dropped.
+    """
+    if not anchors:
+        return None
+    prompts = [render_prompt_ids(policies.tokenizer, a.messages) for a in anchors]
+    answers = _stable_answers(policies, anchors, 2, 1.0, run.max_tokens, run.seed + 2000)
+    pairs = [(prompts[i // 2], r) for i, r in enumerate(answers) if r]
+    if not pairs:
+        return None
+    candidate = mean_logprobs(policies, "candidate", [p for p, _ in pairs], [r for _, r in pairs])
+    stable = mean_logprobs(policies, "stable", [p for p, _ in pairs], [r for _, r in pairs])
+    return sum(s - c for s, c in zip(stable, candidate, strict=True)) / len(pairs)
+
+
 def evaluate(registry: Registry, version: str, base: Any, tokenizer: Any, suite: list[SacredCase],
              run: GateRun) -> GateVerdict:
     """Measure the candidate against the current stable version and return the verdict (not recorded)."""
@@ -233,13 +284,16 @@ def evaluate(registry: Registry, version: str, base: Any, tokenizer: Any, suite:
     stable_path = registry.scoped(serving.scope).path_of(serving) if serving is not None else None
     policies = Policies(base, tokenizer, registry.path_of(registry.get(version)), stable_path)
     try:
-        cases, examples = sacred_scores(policies, suite, run)
+        sacred = sacred_scores(policies, suite, run)
         replay = replay_stats(policies, held_out(registry, version, run.replay_max))
-        kl = drift_kl(policies, [c for c in suite if c.anchor], run)
+        anchors = [c for c in suite if c.anchor]
+        kl = drift_kl(policies, anchors, run)
+        drop = anchor_logp_drop(policies, anchors, run)
     finally:
         policies.model.unload()  # take the adapters out again: a lent base model goes back as it came
-    verdict = gate_verdict(cases, replay, kl, run.thresholds, compared_to=stable)
-    verdict.metrics["examples"] = examples
+    verdict = gate_verdict(sacred.cases, replay, kl, run.thresholds, compared_to=stable,
+                           text=(sacred.text["candidate"], sacred.text["stable"]), anchor_logp_drop=drop)
+    verdict.metrics["examples"] = sacred.examples
     return verdict
 
 
@@ -258,7 +312,7 @@ def run_gate_for_version(version: str, settings: RegistrySettings | None = None,
         if base is None:
             model_dir = resolve_model(registry.manifest(version).base_model or settings.base_model, settings.home_dir())
             base, tokenizer = load_model(model_dir, device="cpu" if not torch.cuda.is_available() else None)
-        suite = load_suite(settings.gate_suite or DEFAULT_SUITE)
+        suite = load_suite(settings.gate_suite or suite_for(getattr(base, "name_or_path", "")))
         verdict = evaluate(registry, version, base, tokenizer, suite, GateRun.from_settings(settings))
         registry.record_gate(version, verdict)
         log.info("gate_verdict", version=version, passed=verdict.passed, reasons=verdict.reasons)

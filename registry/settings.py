@@ -39,7 +39,7 @@ class RegistrySettings(CommonSettings):
     personal_canary_rollback_run: int = Field(default=2, description="Personal scope: this many newest candidate turns all negative roll it back.")
     personal_canary_max_labeled: int = Field(default=12, description="Personal scope: labeled candidate turns after which an undecided canary is rejected.")
     # sacred gate (the learner's settings inherit these; `nextstate gate` reads them too)
-    gate_suite: Path | None = Field(default=None, description="Sacred suite JSONL; unset = the suite shipped for the tiny model.")
+    gate_suite: Path | None = Field(default=None, description="Sacred suite JSONL; unset = the suite shipped for the base model (learner/sacred: tiny.jsonl for the built-in tiny model, chat.jsonl for any other).")
     gate_samples: int = Field(default=8, description="Sampled answers per sacred case and policy.")
     gate_temperature: float = Field(default=0.7, description="Sampling temperature of sacred answers.")
     gate_max_tokens: int = Field(default=96, description="Longest sacred answer.")

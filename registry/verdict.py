@@ -8,14 +8,18 @@ by more than ``suite_tolerance``, significantly (a broad small regression no sin
 responses, or raises that of avoid responses, relative to stable (beyond the replay tolerance and, when its standard error is known,
 beyond what chance explains at ``sacred_alpha``, one-sided; a class with fewer than
 ``replay_min_samples`` held-out samples is reported, not judged); (c) its mean
-per-token KL(candidate ‖ stable) on the anchor prompts exceeds the bound.
+per-token KL(candidate ‖ stable) on the anchor prompts exceeds the bound; (d) its answers show collapse
+on real text next to stable's (repetition, answers alike across prompts, empty or looping answers, stable's
+anchor answers losing likelihood: ``registry.collapse``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from registry.collapse import CollapseBounds, TextStats, collapse_reasons
 from registry.records import GateVerdict
 
 
@@ -33,6 +37,8 @@ class GateThresholds:
     """held-out samples a class needs before it is judged"""
     max_kl: float = 0.5
     """bound on mean per-token KL(candidate || stable) on anchors (nats)"""
+    collapse: CollapseBounds = field(default_factory=CollapseBounds)
+    """bounds on collapse of the candidate's text next to stable's"""
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,9 @@ class ReplayStats:
 
 
 def gate_verdict(cases: list[CaseScore], replay: ReplayStats, kl: float | None, thresholds: GateThresholds,
-                 compared_to: str | None) -> GateVerdict:
+                 compared_to: str | None, text: tuple[TextStats, TextStats] | None = None,
+                 anchor_logp_drop: float | None = None) -> GateVerdict:
+    """``text``: (candidate, stable) statistics of the sacred answers; ``anchor_logp_drop``: nats per token."""
     reasons: list[str] = []
     notes: list[str] = []
     for case in cases:
@@ -116,12 +124,17 @@ def gate_verdict(cases: list[CaseScore], replay: ReplayStats, kl: float | None, 
         notes.append(f"replay: {replay.avoid_n} held-out avoid samples, not judged")
     if kl is not None and kl > thresholds.max_kl:
         reasons.append(f"drift: KL(candidate||stable) {kl:.4f} > {thresholds.max_kl}")
+    empty = TextStats(0, 0.0, 0.0, 0.0, 0.0)
+    candidate_text, stable_text = text or (empty, empty)
+    reasons += collapse_reasons(candidate_text, stable_text, anchor_logp_drop, thresholds.collapse)
     metrics = {
         "sacred": {c.case_id: {"candidate": c.candidate, "stable": c.stable} for c in cases},
         "sacred_mean": {"candidate": _mean([c.candidate for c in cases]), "stable": _mean([c.stable for c in cases])},
         "replay": {"prefer_n": replay.prefer_n, "prefer_delta": replay.prefer_delta, "prefer_se": replay.prefer_se,
                    "avoid_n": replay.avoid_n, "avoid_delta": replay.avoid_delta, "avoid_se": replay.avoid_se},
-        "kl": kl, "thresholds": thresholds.__dict__, "notes": notes,
+        "kl": kl, "anchor_logp_drop": anchor_logp_drop,
+        "text": {"candidate": dataclasses.asdict(candidate_text), "stable": dataclasses.asdict(stable_text)},
+        "thresholds": dataclasses.asdict(thresholds), "notes": notes,
     }
     return GateVerdict(passed=not reasons, reasons=reasons, metrics=metrics, compared_to=compared_to)
 

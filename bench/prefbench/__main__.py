@@ -12,11 +12,41 @@ import time
 from pathlib import Path
 
 from bench.prefbench.personas import PERSONAS
+from bench.prefbench.personas_text import TEXT_PERSONAS
 from bench.prefbench.report import curve, interactions_to, markdown_table, plot, sparkline
 from bench.prefbench.runner import METHODS, BenchConfig, run_matrix, settings_report
 from bench.prefbench.simulator import FeedbackMix
+from bench.prefbench.streak import sessions_to_streak
+from learner.config import TrainConfig
 
 DEFAULT_OUT = Path("bench/out/prefbench")
+TEXT_DEFAULT_PERSONAS = ("brief", "lowkey", "courteous")
+
+
+def real_model_changes(model: str, args: argparse.Namespace) -> dict[str, object]:
+    """What a real model changes from the tiny model's bench settings, each printed with its reason."""
+    env = {"NEXTSTATE_BASE_MODEL": "builtin:smollm2-135m"}
+    if model != "smollm2-135m":  # a directory: served under its folder's name (no slashes in version names)
+        path = Path(model).expanduser().resolve()
+        env = {"NEXTSTATE_BASE_MODEL": str(path), "NEXTSTATE_SERVED_MODEL_NAME": path.name,
+               "NEXTSTATE_SERVED_BASE_MODEL": path.name}
+    model_id = env["NEXTSTATE_BASE_MODEL"]
+    small = TrainConfig.small()
+    changes: dict[str, object] = {"extra_env": env}
+    reasons = [f"base model {model_id}: the real model under test (the learner takes its 'small' preset)"]
+    if args.personas is None:
+        changes["personas"] = TEXT_DEFAULT_PERSONAS
+        reasons.append(f"personas {','.join(TEXT_DEFAULT_PERSONAS)}: preferences on free text (personas_text.py); "
+                       "the tiny model's personas want its trained styles")
+    if args.lr is None:
+        changes["lr"] = small.lr
+        reasons.append(f"lr {small.lr}: the product's 'small' preset (the bench's 3e-3 was measured on the tiny model)")
+    if args.steps_per_batch is None:
+        changes["steps_per_batch"] = small.steps_per_batch
+        reasons.append(f"steps per batch {small.steps_per_batch}: the product's 'small' preset")
+    for line in reasons:
+        print(f"setting: {line}")
+    return changes
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -43,6 +73,8 @@ def config_from_args(argv: list[str]) -> tuple[BenchConfig, Path]:
     parser.add_argument("--jobs", type=int, help="runs at once, each on its own stack (default 2; 1 for --quick)")
     parser.add_argument("--model-cache", type=Path, help="shared model cache (default: <out>/models)")
     parser.add_argument("--base-model", help="a local model directory instead of builtin:tiny-chat (served as tiny-chat)")
+    parser.add_argument("--model", default="tiny-chat",
+                        help="tiny-chat (default), smollm2-135m or a model directory: a real model with text personas")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     base = BenchConfig(methods=("none", "combined"), personas=("terse",), seeds=(0,), every=8, eval_prompts=12, jobs=1) \
@@ -53,12 +85,15 @@ def config_from_args(argv: list[str]) -> tuple[BenchConfig, Path]:
                  "steps_per_batch", "batch_size", "jobs"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
+    if args.model != "tiny-chat":
+        changes.update(real_model_changes(args.model, args))
     if args.base_model:
         changes["extra_env"] = {"NEXTSTATE_BASE_MODEL": str(Path(args.base_model).resolve()),
                                 "NEXTSTATE_SERVED_MODEL_NAME": "tiny-chat", "NEXTSTATE_SERVED_BASE_MODEL": "tiny-chat"}
     if args.seeds is not None:
         changes["seeds"] = tuple(range(args.seeds))
-    unknown = set(changes.get("personas", ())) - set(PERSONAS) | set(changes.get("methods", ())) - set(METHODS)  # type: ignore[arg-type]
+    unknown = (set(changes.get("personas", ())) - set(PERSONAS) - set(TEXT_PERSONAS)  # type: ignore[arg-type]
+               | set(changes.get("methods", ())) - set(METHODS))  # type: ignore[arg-type]
     if unknown:
         parser.error(f"unknown persona or method: {sorted(unknown)}")
     import dataclasses
@@ -101,13 +136,23 @@ def next_state_line(runs: list[dict[str, object]]) -> str:
     return f"turns with a next state (learning runs): {linked} of {turns} ({share})"
 
 
+def streak_lines(runs: list[dict[str, object]], streak: int = 3) -> list[str]:
+    """Per method: sessions until ``streak`` consecutive satisfying first replies, per run (OpenClaw-RL v2)."""
+    by_method: dict[str, list[str]] = {}
+    for run in runs:
+        n = sessions_to_streak(run["interactions"], streak)  # type: ignore[arg-type]
+        by_method.setdefault(str(run["method"]), []).append(f"{run['persona']}/s{run['seed']}: {n if n else '-'}")
+    return [f"{method:>9} sessions to {streak} satisfying first replies in a row: {', '.join(cells)}"
+            for method, cells in sorted(by_method.items())]
+
+
 def main(argv: list[str] | None = None) -> int:
     config, out = config_from_args(list(sys.argv[1:] if argv is None else argv))
     started = time.monotonic()
     print(settings_report(config), flush=True)
     results = run_matrix(config, out)
     points = results["points"]
-    table = summary(points)
+    table = summary(points) + "\n\n" + "\n".join(streak_lines(results["runs"]))
     (out / "table.md").write_text(settings_report(config) + "\n\n" + table + "\n")
     png = plot(points, out / "curve.png", title=f"PrefBench ({len(config.seeds)} seeds x {len(config.personas)} personas)")
     print(table)

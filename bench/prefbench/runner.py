@@ -27,6 +27,7 @@ import openai
 import redis
 
 from bench.prefbench.personas import PERSONAS
+from bench.prefbench.personas_text import TEXT_PERSONAS
 from bench.prefbench.questions import question_stream, split_pools
 from bench.prefbench.simulator import FeedbackMix
 from bench.prefbench.stack import Pipeline, Progress, Stack
@@ -150,8 +151,11 @@ def run_one(config: BenchConfig, method: str, persona_name: str, seed: int, home
             on_interaction: Callable[[Interaction], None] = lambda i: None,
             on_progress: Callable[[Progress, int], None] = lambda p, n: None) -> RunResult:
     """One run on a fresh stack; ``on_progress`` sees the loop's state after every interaction."""
-    wording = PERSONAS[persona_name].family_for(seed)  # each seed corrects in another family of wordings
-    persona = PERSONAS[persona_name].worded(wording)
+    if persona_name in PERSONAS:  # each seed corrects in another family of wordings
+        wording = PERSONAS[persona_name].family_for(seed)
+        persona = PERSONAS[persona_name].worded(wording)
+    else:  # a free-text persona (personas_text) has one way of speaking
+        wording, persona = "plain", TEXT_PERSONAS[persona_name]
     shutil.rmtree(home, ignore_errors=True)
     env, components = stack_env(config, method, seed)
     started = time.monotonic()

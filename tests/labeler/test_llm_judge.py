@@ -38,6 +38,10 @@ def test_base_model_is_the_policy_servers_model_without_adapter() -> None:
         (["\\boxed{1}", "I think \\boxed{1}", "\\boxed{-1}"], [-1, 1, 1], 1, "prefer"),
         (["\\boxed{1}", "\\boxed{-1}", "\\boxed{0}"], [-1, 0, 1], 0, "observation"),
         (["no box", "\\boxed{7}", "maybe"], [None, None, None], 0, "observation"),
+        # a judge that cannot answer in the form asked (echoes the options, wavers, rambles): no label, never a wrong one
+        (["Reply with \\boxed{1}, \\boxed{-1} or \\boxed{0}.", "\\boxed{1} no wait \\boxed{-1}", "The user said thanks."],
+         [None, None, None], 0, "observation"),
+        (["\\boxed{-1}", "\\boxed{1} or \\boxed{-1}", ""], [-1, None, None], -1, "observation"),
     ],
 )
 def test_votes_in_parallel_and_majority(answers: list[str], votes: list[int | None], reward: int, cls: str) -> None:

@@ -21,7 +21,9 @@ from labeler.tally import (
     ("\\boxed{1}", 1),
     ("reasoning... \\boxed{-1}", -1),
     ("\\boxed{ 0 }", 0),
-    ("quoted \\boxed{1} then my verdict \\boxed{-1}", -1),
+    ("first \\boxed{1} then on reflection \\boxed{-1}", None),  # changed its mind: no verdict
+    ("Answer with \\boxed{1}, \\boxed{-1} or \\boxed{0}.", None),  # the options echoed: no verdict
+    ("It worked: \\boxed{1}. Final: \\boxed{1}", 1),
     ("\\boxed{+1}", 1),
     ("\\boxed{2}", None),
     ("boxed 1", None),

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from learner import tinycorpus
-from learner.gate import DEFAULT_SUITE, GateRun, evaluate, run_gate_for_version
+from learner.gate import CHAT_SUITE, TINY_SUITE, GateRun, evaluate, run_gate_for_version, suite_for
 from learner.modeling import load_model
 from registry.actions import Control
 from registry.canary import CanaryPolicy
@@ -78,7 +78,7 @@ def fresh_base(tiny_model_path: Path) -> tuple[Any, Any]:
 
 def test_identity_adapter_passes_and_scrambled_fails(control: Control, adapters: dict[str, Path],
                                                      tiny_model_path: Path) -> None:
-    suite = load_suite(DEFAULT_SUITE)
+    suite = load_suite(TINY_SUITE)
     reg = control.registry
     good = publish_adapter(reg, adapters["identity"], str(tiny_model_path))
     verdict = evaluate(reg, good, *fresh_base(tiny_model_path), suite, FAST)
@@ -87,12 +87,17 @@ def test_identity_adapter_passes_and_scrambled_fails(control: Control, adapters:
     cases = verdict.metrics["sacred"]
     assert all(c["candidate"] == c["stable"] for c in cases.values())  # same seeds, same model
     assert verdict.metrics["sacred_mean"]["stable"] >= 0.4  # the base model passes a good share of the suite
+    text = verdict.metrics["text"]
+    assert text["candidate"] == text["stable"] and text["stable"]["answers"] > 0  # same answers, same statistics
+    assert verdict.metrics["anchor_logp_drop"] == pytest.approx(0.0, abs=1e-4)
 
     bad = publish_adapter(reg, adapters["scrambled"], str(tiny_model_path))
     verdict = evaluate(reg, bad, *fresh_base(tiny_model_path), suite, FAST)
     assert not verdict.passed
     assert any(r.startswith("sacred case") for r in verdict.reasons)
     assert any(r.startswith("drift") for r in verdict.reasons) and verdict.metrics["kl"] > 0.5
+    assert verdict.metrics["anchor_logp_drop"] > 1.0  # stable's anchor answers became unlikely
+    assert any(r.startswith("collapse:") for r in verdict.reasons)
 
 
 def test_the_stable_sides_answers_are_reused_while_the_stable_version_stays(
@@ -103,7 +108,7 @@ def test_the_stable_sides_answers_are_reused_while_the_stable_version_stays(
     sides: list[str] = []
     real = gate.generate
     monkeypatch.setattr(gate, "generate", lambda policies, side, *a, **k: sides.append(side) or real(policies, side, *a, **k))
-    suite = load_suite(DEFAULT_SUITE)
+    suite = load_suite(TINY_SUITE)
     reg = control.registry
     base = fresh_base(tiny_model_path)  # lent to one gate after another, as the learner does
     first = evaluate(reg, publish_adapter(reg, adapters["identity"], str(tiny_model_path)), *base, suite, FAST)
@@ -161,3 +166,12 @@ def test_failed_candidate_never_gets_traffic_passing_one_gets_canary(
     assert ("canary_started", good, "gate") in kinds
     gate_event = next(e for e in reg.history() if e.kind == "gate_verdict" and e.version == bad)
     assert gate_event.evidence["gate"]["metrics"]["kl"] > 0.5
+
+
+def test_the_gate_picks_the_suite_that_fits_the_model(tmp_path: Path) -> None:
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "nextstate_tiny.json").write_text("{}")
+    assert suite_for(tmp_path / "tiny") == TINY_SUITE  # the built-in tiny model, wherever it is cached
+    assert suite_for(tmp_path) == CHAT_SUITE  # any other model: a general chat model's suite
+    chat = load_suite(CHAT_SUITE)
+    assert len([c for c in chat if c.anchor]) >= 3 and len([c for c in chat if not c.anchor]) >= 10

@@ -79,7 +79,7 @@ def test_build_item_captured_and_retokenized(tokenizer) -> None:  # type: ignore
     prompt = render_prompt_ids(tokenizer, [{"role": "user", "content": "What is a?"}])
     assert plain.token_method == "retokenized"
     assert plain.prompt_ids == prompt
-    assert tokenizer.decode(plain.response_ids) == "It is a.<|im_end|>\n"
+    assert tokenizer.decode(plain.response_ids) == "It is a.<|im_end|>"  # not the template's newline after it
     assert plain.teacher_prompt_ids is not None
     assert "What is a?\n\nAnswer in lowercase." in tokenizer.decode(plain.teacher_prompt_ids)
     assert plain.captured_logprobs is None and plain.has_reward and plain.reward == 1.0

@@ -1,0 +1,39 @@
+"""Which training preset a learner gets for its device and base model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from learner.config import TrainConfig
+from learner.learn import LearnerSettings, build_config
+
+
+def test_each_preset_is_what_its_docstring_says() -> None:
+    small = TrainConfig.small()
+    assert (small.lr, small.lora_r, small.batch_size, small.steps_per_batch) == (5e-4, 8, 4, 2)
+    assert small.hint_demos == 0 and small.w_retain == 1.0
+    assert TrainConfig.small(lr=1e-3).lr == 1e-3  # overrides win
+    assert TrainConfig.tiny().lr == 2e-3 and TrainConfig.gpu().dtype == "bfloat16"
+
+
+@pytest.mark.parametrize(("base_model", "device", "preset", "expected"), [
+    ("builtin:tiny-chat", "cpu", "auto", "tiny"),
+    ("{tiny_dir}", "cpu", "auto", "tiny"),  # a path to the built tiny model is still the tiny model
+    ("builtin:smollm2-135m", "cpu", "auto", "small"),
+    ("{other_dir}", "cpu", "auto", "small"),
+    ("{other_dir}", "cuda", "auto", "gpu"),
+    ("builtin:tiny-chat", "cpu", "small", "small"),
+    ("{other_dir}", "cpu", "tiny", "tiny"),
+])
+def test_auto_preset_follows_device_and_model(tmp_path: Path, base_model: str, device: str, preset: str,
+                                             expected: str) -> None:
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "nextstate_tiny.json").write_text("{}")
+    (tmp_path / "other").mkdir()
+    model = base_model.format(tiny_dir=tmp_path / "tiny", other_dir=tmp_path / "other")
+    settings = LearnerSettings(home=tmp_path, base_model=model, preset=preset, lr=7e-4)
+    config = build_config(settings, device)
+    presets = {"tiny": TrainConfig.tiny, "small": TrainConfig.small, "gpu": TrainConfig.gpu}
+    assert config == presets[expected](lr=7e-4)
