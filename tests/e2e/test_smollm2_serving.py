@@ -29,8 +29,15 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
-def policy_url(smollm2_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    settings = ServeSettings(home=tmp_path_factory.mktemp("policy"), base_model="builtin:smollm2-135m", max_loras=1)
+def adapter_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The only directory the policy server loads adapters from (the registry's store in a deployment)."""
+    return tmp_path_factory.mktemp("adapters")
+
+
+@pytest.fixture(scope="module")
+def policy_url(smollm2_model_path: Path, adapter_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    settings = ServeSettings(home=tmp_path_factory.mktemp("policy"), base_model="builtin:smollm2-135m", max_loras=1,
+                             adapters_dir=adapter_store)
     with serve_in_thread(create_policy_server(settings, model_path=smollm2_model_path)) as url:
         yield url
 
@@ -95,7 +102,7 @@ def test_smollm2_turns_are_recorded_with_the_servers_exact_tokens(
 
 
 def test_a_lora_adapter_on_smollm2s_modules_loads_serves_and_unloads(
-    policy_url: str, smollm2_model_path: Path, tmp_path: Path
+    policy_url: str, smollm2_model_path: Path, adapter_store: Path
 ) -> None:
     from peft import LoraConfig, get_peft_model
 
@@ -106,11 +113,11 @@ def test_a_lora_adapter_on_smollm2s_modules_loads_serves_and_unloads(
     assert set(targets) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     torch.manual_seed(0)
     get_peft_model(model, LoraConfig(r=4, lora_alpha=32, target_modules=targets, init_lora_weights=False)
-                   ).save_pretrained(tmp_path / "adapter")
+                   ).save_pretrained(adapter_store / "v1")
     body = {"messages": QUESTION, "temperature": 0, "max_tokens": 8, "logprobs": True}
     with httpx.Client(base_url=policy_url, timeout=120) as client:
         assert client.post("/v1/load_lora_adapter", json={"lora_name": "smollm2-135m@v1",
-                                                          "lora_path": str(tmp_path / "adapter")}).status_code == 200
+                                                          "lora_path": str(adapter_store / "v1")}).status_code == 200
         base = client.post("/v1/chat/completions", json={**body, "model": "smollm2-135m"}).json()
         tuned = client.post("/v1/chat/completions", json={**body, "model": "smollm2-135m@v1"}).json()
         assert tuned["model"] == "smollm2-135m@v1"
