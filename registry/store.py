@@ -1,8 +1,9 @@
 """The adapter store: immutable version directories on disk, their metadata and aliases in Redis.
 
 A version is published by writing it completely into a temporary directory next to the store and
-renaming it into place (atomic on one filesystem), then recording it in Redis and appending a
-``candidate_created`` event. A directory, once named ``vN``, is never modified. Every state or alias
+renaming it into place (atomic on one filesystem), then recording it in Redis together with its
+``candidate_created`` event (one transaction). Only a recorded version is visible: a publisher killed
+before the record leaves at most a directory that nothing reads (``.tmp-*`` or an unrecorded ``vN``). A directory, once named ``vN``, is never modified. Every state or alias
 change goes through this class and is appended to the audit stream with its actor and evidence.
 Exceptions are drawn in ``registry.errors``.
 
@@ -83,19 +84,20 @@ class Registry:
         return self._writes if self._writes is not None else self.redis
 
     @contextmanager
-    def atomic(self) -> Iterator[None]:
+    def atomic(self) -> Iterator[Any]:
         """Queue every state, alias, canary and audit write made inside into one MULTI/EXEC transaction.
 
         All of them land or none does: a process killed half-way leaves Redis as it was, so no alias ever
         names a version whose state, or whose predecessor's alias, was not written with it. Reads inside
         still see the state before the block (hold ``lock()`` around it so nothing else changes it).
+        Yields the transaction, so a caller can add writes of its own (the learner acks its samples there).
         """
         if self._writes is not None:
-            yield  # already inside one: the outer block commits
+            yield self._writes  # already inside one: the outer block commits
             return
         self._writes = self.redis.pipeline(transaction=True)
         try:
-            yield
+            yield self._writes
             self._writes.execute()
         finally:
             self._writes.reset()
@@ -148,13 +150,14 @@ class Registry:
             started_from=manifest.started_from,
             **extra,
         )
-        if self.scope != GLOBAL_SCOPE:
-            self.redis.sadd(SCOPES_KEY, self.scope)
-        self.redis.hset(self._versions_key(), manifest.version, info.model_dump_json())
-        self.log(AuditEvent(kind="candidate_created", version=manifest.version, actor=actor,
-                            reason="training run published a candidate" if actor == "learner" else f"published by {actor}",
-                            evidence={"metrics": manifest.metrics, "samples": len(manifest.sample_ids),
-                                      "parent": manifest.parent, **extra}))
+        with self.atomic():  # the record and its event together: a version is never visible unannounced
+            if self.scope != GLOBAL_SCOPE:
+                self._w.sadd(SCOPES_KEY, self.scope)
+            self._w.hset(self._versions_key(), manifest.version, info.model_dump_json())
+            self.log(AuditEvent(kind="candidate_created", version=manifest.version, actor=actor,
+                                reason="training run published a candidate" if actor == "learner" else f"published by {actor}",
+                                evidence={"metrics": manifest.metrics, "samples": len(manifest.sample_ids),
+                                          "parent": manifest.parent, **extra}))
         return info
 
     def discard_staging(self, staging: Path) -> None:
