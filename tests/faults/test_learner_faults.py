@@ -28,7 +28,7 @@ FAST = ["--steps-per-batch", "1"]  # what is under test is publishing, not learn
 
 @pytest.mark.slow
 def test_learner_killed_mid_publish_leaves_no_partial_version(tmp_path: Path, redis_url: str, redis_client: redis.Redis,
-                                                              tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+                                                              tiny_model_path: Path) -> None:
     env = {"NEXTSTATE_HOME": str(tmp_path / "home"), "NEXTSTATE_REDIS_URL": redis_url,
            "NEXTSTATE_BASE_MODEL": str(tiny_model_path), "NEXTSTATE_DEVICE": "cpu"}
     for i, turn in enumerate(TURNS):
@@ -52,9 +52,10 @@ def test_learner_killed_mid_publish_leaves_no_partial_version(tmp_path: Path, re
     with pytest.raises(RegistryError):
         registry.check_loadable("v2")
 
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    assert learn.main(["--once", "--no-gate", *FAST]) == learn.EXIT_PUBLISHED
+    # the next learner, a process of its own too (it configures logging for its whole process)
+    proc = subprocess.run([sys.executable, "-m", "learner", "learn", "--once", "--no-gate", *FAST],
+                          cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == learn.EXIT_PUBLISHED, proc.stderr[-2000:]
     (version,) = registry.versions()
     registry.check_loadable(version.version)
     trained = registry.manifest(version.version).sample_ids
