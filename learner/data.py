@@ -219,8 +219,14 @@ class SampleReader:
             found = pipe.execute()
         return {entry_id for entry_id, got in zip(ids, found, strict=True) if got}
 
-    def ack(self, entry_ids: Sequence[str]) -> int:
-        return int(self.redis.xack(self.stream, self.group, *entry_ids)) if entry_ids else 0
+    def ack(self, entry_ids: Sequence[str], via: Any = None) -> int:
+        """Acknowledge ``entry_ids``; ``via`` a Redis transaction queues the ack there (its count is then 0)."""
+        if not entry_ids:
+            return 0
+        if via is not None:
+            via.xack(self.stream, self.group, *entry_ids)
+            return 0
+        return int(self.redis.xack(self.stream, self.group, *entry_ids))
 
     def backlog(self) -> int:
         """Entries delivered to no consumer yet plus pending ones (Redis >= 7 reports the lag)."""

@@ -291,11 +291,12 @@ class Learner:
                 stream_offsets={SAMPLES_STREAM: entry_ids[-1], f"{SAMPLES_STREAM}:first": entry_ids[0]},
                 entry_ids=entry_ids, device=self.device,
             )
-            registry.publish(staging, manifest)
+            with registry.atomic() as transaction:  # the version and the ack of its samples land together
+                registry.publish(staging, manifest)
+                self.reader.ack(entry_ids, via=transaction)
         except BaseException:
             registry.discard_staging(staging)
             raise
-        self.reader.ack(entry_ids)
         log().info("candidate_published", scope=registry.scope, version=version, parent=parent, samples=len(sample_ids))
         return RoundOutcome("published", selection, parent, registry.scope, version=version, result=result)
 

@@ -2,8 +2,10 @@
 
 Every action takes the registry lock, loads what must be served before any alias names it (so
 ``stable`` always points at a loadable, loaded version), changes states and aliases (each change goes
-to the audit log with its actor, reason and evidence), rewrites the routing table, and finally lets
-the publisher unload what nothing references any more (after the drain delay). The CLI, the admin
+to the audit log with its actor, reason and evidence) in one Redis transaction, so a process killed
+half-way leaves all of them or none, rewrites the routing table, and finally lets the publisher unload
+what nothing references any more (after the drain delay). A killed action leaves the lock to expire
+(``Registry.lock``'s timeout) and is decided again by whoever acts next: its decision is logged once. The CLI, the admin
 app and the canary controller all call these, so they behave identically.
 """
 
@@ -67,11 +69,12 @@ class Control:
                 raise RegistryError(f"{version} is {info.state}; only a version that passed the gate gets traffic")
             self._load(version)
             state = CanaryState(version=version, fraction=fraction, stable_at_start=reg.alias("stable"))
-            reg.set_state(version, "canary", actor, reason or f"canary started at {fraction:.0%}",
-                          kind="canary_started", evidence={"fraction": fraction, "stable": state.stable_at_start,
-                                                           **(evidence or {})})
-            reg.set_alias("canary", version, actor, "canary started")
-            reg.save_canary_state(state)
+            with reg.atomic():
+                reg.set_state(version, "canary", actor, reason or f"canary started at {fraction:.0%}",
+                              kind="canary_started", evidence={"fraction": fraction, "stable": state.stable_at_start,
+                                                               **(evidence or {})})
+                reg.set_alias("canary", version, actor, "canary started")
+                reg.save_canary_state(state)
             self.sync()
             return state
 
@@ -82,10 +85,11 @@ class Control:
             state = self._running()
             old = state.fraction
             state = state.model_copy(update={"fraction": fraction, "step": step, "step_started_at": time.time()})
-            reg.save_canary_state(state)
-            reg.log(AuditEvent(kind="canary_step", version=state.version, actor=actor,
-                               reason=reason or f"canary fraction {old:.0%} -> {fraction:.0%}",
-                               evidence={"from": old, "to": fraction, "step": step, **(evidence or {})}))
+            with reg.atomic():
+                reg.save_canary_state(state)
+                reg.log(AuditEvent(kind="canary_step", version=state.version, actor=actor,
+                                   reason=reason or f"canary fraction {old:.0%} -> {fraction:.0%}",
+                                   evidence={"from": old, "to": fraction, "step": step, **(evidence or {})}))
             self.sync()
             return state
 
@@ -114,12 +118,13 @@ class Control:
             check_transition(version, reg.get(version).state, "promoted")
             self._load(version)
             old_stable = reg.alias("stable")
-            reg.set_state(version, "promoted", actor, reason or "promoted to stable", evidence=evidence)
-            if canary is not None and canary.version == version:
-                self._end_canary(actor, f"{version} promoted")
-            if old_stable is not None:
-                reg.set_alias("previous", old_stable, actor, f"{version} replaced it as stable")
-            reg.set_alias("stable", version, actor, reason or "promoted", evidence)
+            with reg.atomic():  # the state, the canary's end and both aliases land together or not at all
+                reg.set_state(version, "promoted", actor, reason or "promoted to stable", evidence=evidence)
+                if canary is not None and canary.version == version:
+                    self._end_canary(actor, f"{version} promoted")
+                if old_stable is not None:
+                    reg.set_alias("previous", old_stable, actor, f"{version} replaced it as stable")
+                reg.set_alias("stable", version, actor, reason or "promoted", evidence)
             self.sync()
 
     def rollback(self, actor: str, reason: str = "", evidence: dict[str, Any] | None = None) -> str | None:
@@ -131,8 +136,10 @@ class Control:
         with reg.lock():
             canary = reg.canary_state()
             if canary is not None:
-                reg.set_state(canary.version, "rolled_back", actor, reason or "canary rolled back", evidence=evidence)
-                self._end_canary(actor, f"{canary.version} rolled back")
+                with reg.atomic():
+                    reg.set_state(canary.version, "rolled_back", actor, reason or "canary rolled back",
+                                  evidence=evidence)
+                    self._end_canary(actor, f"{canary.version} rolled back")
                 self.sync()
                 return canary.version
             stable = reg.alias("stable")
@@ -141,17 +148,18 @@ class Control:
             target = self._previous_stable(stable)
             if target is not None:
                 self._load(target)
-            reg.set_state(stable, "rolled_back", actor, reason or "stable rolled back", evidence=evidence)
-            reg.set_alias("stable", target, actor, f"{stable} rolled back", evidence)
-            reg.set_alias("previous", self._previous_stable(target) if target else None, actor,
-                          f"{stable} rolled back")
+            previous = self._previous_stable(target, skip=stable) if target else None
+            with reg.atomic():
+                reg.set_state(stable, "rolled_back", actor, reason or "stable rolled back", evidence=evidence)
+                reg.set_alias("stable", target, actor, f"{stable} rolled back", evidence)
+                reg.set_alias("previous", previous, actor, f"{stable} rolled back")
             self.sync()
             return stable
 
-    def _previous_stable(self, current: str) -> str | None:
-        """The newest earlier stable version that is still promoted and loadable (None = base)."""
+    def _previous_stable(self, current: str, skip: str | None = None) -> str | None:
+        """The newest earlier stable version (not ``skip``) that is still promoted and loadable (None = base)."""
         for version in reversed(self.registry.stable_history()):
-            if version == current:
+            if version in (current, skip):
                 continue
             info = self.registry.get(version)
             if info.state == "promoted":
@@ -171,9 +179,10 @@ class Control:
             version = version or (canary.version if canary else None)
             if version is None:
                 raise RegistryError("no canary is running; name the version to reject")
-            reg.set_state(version, "rejected", actor, reason or "rejected", evidence=evidence)
-            if canary is not None and canary.version == version:
-                self._end_canary(actor, f"{version} rejected")
+            with reg.atomic():
+                reg.set_state(version, "rejected", actor, reason or "rejected", evidence=evidence)
+                if canary is not None and canary.version == version:
+                    self._end_canary(actor, f"{version} rejected")
             self.sync()
             return version
 
@@ -192,9 +201,10 @@ class Control:
                 with reg.lock():
                     self._load(version)
                     old = reg.alias("stable")
-                    if old is not None:
-                        reg.set_alias("previous", old, actor, f"{version} pinned")
-                    reg.set_alias("stable", version, actor, reason or "pinned by operator")
+                    with reg.atomic():
+                        if old is not None:
+                            reg.set_alias("previous", old, actor, f"{version} pinned")
+                        reg.set_alias("stable", version, actor, reason or "pinned by operator")
             else:
                 self.promote(version, actor, reason or "pinned by operator")
         reg.log(AuditEvent(kind="pinned", version=version, actor=actor, reason=reason or "pinned by operator"))

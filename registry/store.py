@@ -1,8 +1,9 @@
 """The adapter store: immutable version directories on disk, their metadata and aliases in Redis.
 
 A version is published by writing it completely into a temporary directory next to the store and
-renaming it into place (atomic on one filesystem), then recording it in Redis and appending a
-``candidate_created`` event. A directory, once named ``vN``, is never modified. Every state or alias
+renaming it into place (atomic on one filesystem), then recording it in Redis together with its
+``candidate_created`` event (one transaction). Only a recorded version is visible: a publisher killed
+before the record leaves at most a directory that nothing reads (``.tmp-*`` or an unrecorded ``vN``). A directory, once named ``vN``, is never modified. Every state or alias
 change goes through this class and is appended to the audit stream with its actor and evidence.
 Exceptions are drawn in ``registry.errors``.
 
@@ -16,6 +17,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +76,32 @@ class Registry:
         self.root = self.store_root if scope == GLOBAL_SCOPE else self.store_root / "scopes" / scope
         self.root.mkdir(parents=True, exist_ok=True)
         self.base_model = base_model  # the name the policy server serves the base model under
+        self._writes: Any = None  # inside ``atomic()``: the MULTI/EXEC pipeline every write is queued on
+
+    @property
+    def _w(self) -> Any:
+        """Where writes go: the open transaction inside ``atomic()``, else Redis directly."""
+        return self._writes if self._writes is not None else self.redis
+
+    @contextmanager
+    def atomic(self) -> Iterator[Any]:
+        """Queue every state, alias, canary and audit write made inside into one MULTI/EXEC transaction.
+
+        All of them land or none does: a process killed half-way leaves Redis as it was, so no alias ever
+        names a version whose state, or whose predecessor's alias, was not written with it. Reads inside
+        still see the state before the block (hold ``lock()`` around it so nothing else changes it).
+        Yields the transaction, so a caller can add writes of its own (the learner acks its samples there).
+        """
+        if self._writes is not None:
+            yield self._writes  # already inside one: the outer block commits
+            return
+        self._writes = self.redis.pipeline(transaction=True)
+        try:
+            yield self._writes
+            self._writes.execute()
+        finally:
+            self._writes.reset()
+            self._writes = None
 
     # -- scopes ---------------------------------------------------------------------------------
     def scoped(self, scope: str) -> Registry:
@@ -121,13 +150,14 @@ class Registry:
             started_from=manifest.started_from,
             **extra,
         )
-        if self.scope != GLOBAL_SCOPE:
-            self.redis.sadd(SCOPES_KEY, self.scope)
-        self.redis.hset(self._versions_key(), manifest.version, info.model_dump_json())
-        self.log(AuditEvent(kind="candidate_created", version=manifest.version, actor=actor,
-                            reason="training run published a candidate" if actor == "learner" else f"published by {actor}",
-                            evidence={"metrics": manifest.metrics, "samples": len(manifest.sample_ids),
-                                      "parent": manifest.parent, **extra}))
+        with self.atomic():  # the record and its event together: a version is never visible unannounced
+            if self.scope != GLOBAL_SCOPE:
+                self._w.sadd(SCOPES_KEY, self.scope)
+            self._w.hset(self._versions_key(), manifest.version, info.model_dump_json())
+            self.log(AuditEvent(kind="candidate_created", version=manifest.version, actor=actor,
+                                reason="training run published a candidate" if actor == "learner" else f"published by {actor}",
+                                evidence={"metrics": manifest.metrics, "samples": len(manifest.sample_ids),
+                                          "parent": manifest.parent, **extra}))
         return info
 
     def discard_staging(self, staging: Path) -> None:
@@ -174,7 +204,7 @@ class Registry:
 
     def _save(self, info: VersionInfo) -> None:
         info.updated_at = time.time()
-        self.redis.hset(self._versions_key(), info.version, info.model_dump_json())
+        self._w.hset(self._versions_key(), info.version, info.model_dump_json())
 
     def set_state(self, version: str, target: VersionState, actor: str, reason: str = "",
                   evidence: dict[str, Any] | None = None, kind: str | None = None) -> VersionInfo:
@@ -216,12 +246,12 @@ class Registry:
         if version is not None and name == "stable":
             self.check_loadable(version)
         if version is None:
-            self.redis.hdel(self.keys.aliases, name)
+            self._w.hdel(self.keys.aliases, name)
         else:
             self.get(version)
-            self.redis.hset(self.keys.aliases, name, version)
+            self._w.hset(self.keys.aliases, name, version)
         if name == "stable" and version is not None:
-            self.redis.rpush(self.keys.stable_history, version)
+            self._w.rpush(self.keys.stable_history, version)
         self.log(AuditEvent(kind="alias_changed", version=version, actor=actor, reason=reason,
                             evidence={"alias": name, "from": old, "to": version, **(evidence or {})}))
 
@@ -235,9 +265,9 @@ class Registry:
 
     def save_canary_state(self, state: CanaryState | None) -> None:
         if state is None:
-            self.redis.delete(self.keys.canary)
+            self._w.delete(self.keys.canary)
         else:
-            self.redis.set(self.keys.canary, state.model_dump_json())
+            self._w.set(self.keys.canary, state.model_dump_json())
 
     def frozen(self) -> bool:
         return bool(self.redis.exists(self.keys.frozen))
@@ -254,9 +284,11 @@ class Registry:
 
     # -- audit ----------------------------------------------------------------------------------
     def log(self, event: AuditEvent) -> str:
+        """Append ``event`` to the audit stream; its id ("" inside ``atomic()``, known only at commit)."""
         if event.scope != self.scope:
             event = event.model_copy(update={"scope": self.scope})
-        return str(self.redis.xadd(self.keys.events, {"event": event.model_dump_json()}))
+        added = self._w.xadd(self.keys.events, {"event": event.model_dump_json()})
+        return "" if self._writes is not None else str(added)
 
     def history(self) -> list[AuditEvent]:
         entries = self.redis.xrange(self.keys.events)

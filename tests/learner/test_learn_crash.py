@@ -18,6 +18,7 @@ from learner import learn
 from registry.records import COUNTER_KEY
 from registry.store import Registry
 from tests.learner.test_learn_once import push
+from tests.support import figures
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,8 +66,10 @@ def test_sigkill_mid_train_leaves_no_version_and_the_next_run_trains_the_samples
             if stream is not None:
                 stream.close()
     assert proc.returncode == -signal.SIGKILL
+    figures.add("faults", "faults injected: learner SIGKILLed mid-training")  # the fault suite's summary
 
     registry = Registry(redis_client, Path(env["NEXTSTATE_HOME"]) / "adapters")
+    figures.add("faults", "partial versions visible", len(registry.versions()))
     assert registry.versions() == []
     assert [p.name for p in registry.root.iterdir() if not p.name.startswith(".")] == []
     assert redis_client.get(COUNTER_KEY) is None  # no version number was even reserved
@@ -76,5 +79,8 @@ def test_sigkill_mid_train_leaves_no_version_and_the_next_run_trains_the_samples
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     assert learn.main(["--once", "--no-gate"]) == learn.EXIT_PUBLISHED
-    assert sorted(registry.manifest("v1").sample_ids) == sorted(turns)
+    trained = registry.manifest("v1").sample_ids
+    figures.add("faults", "samples lost after a learner kill", len(set(turns) - set(trained)))
+    figures.add("faults", "samples trained twice after a learner kill", len(trained) - len(set(trained)))
+    assert sorted(trained) == sorted(turns)
     assert redis_client.xpending(SAMPLES_STREAM, "learner")["pending"] == 0

@@ -59,3 +59,23 @@ def test_every_change_is_appended_to_the_audit_log(registry: Registry, publish: 
                      ("promoted", v1, "operator"), ("alias_changed", v1, "operator")]
     assert registry.history()[2].evidence == {"from": "gated_pass", "to": "promoted", "ticket": 7}
     assert registry.stable_history() == [v1]
+
+
+def test_writes_inside_atomic_land_together_or_not_at_all(registry: Registry, publish: PublishFn) -> None:
+    v1, v2 = publish(gate=True), publish(gate=True)
+    registry.set_state(v1, "promoted", "operator")
+    registry.set_alias("stable", v1, "operator")
+    events = len(registry.history())
+    with pytest.raises(UnknownVersion), registry.atomic():
+        registry.set_state(v2, "promoted", "operator")
+        registry.set_alias("previous", v1, "operator")
+        registry.set_alias("canary", "v9", "operator")  # fails half-way: nothing before it is written either
+    assert (registry.get(v2).state, registry.aliases()) == ("gated_pass", {"stable": v1, "canary": None, "previous": None})
+    assert len(registry.history()) == events
+    with registry.atomic():
+        registry.set_state(v2, "promoted", "operator")
+        registry.set_alias("previous", v1, "operator")
+        registry.set_alias("stable", v2, "operator")
+        assert registry.alias("stable") == v1  # reads inside still see the state before the block
+    assert (registry.get(v2).state, registry.alias("stable"), registry.alias("previous")) == ("promoted", v2, v1)
+    assert [e.kind for e in registry.history()[events:]] == ["promoted", "alias_changed", "alias_changed"]
