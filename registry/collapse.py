@@ -7,7 +7,7 @@ each compared with the stable policy's answers to the same prompts at the same s
   answer (a decoding loop: "the sky is blue. the sky is blue. ..."), averaged over answers;
 - **self-similarity** — the mean ROUGE-L F1 between answers to *different* prompts (mode collapse: one
   answer whatever is asked);
-- **degenerate length** — the share of answers that are empty (under two words) or run to the token cap
+- **degenerate length** — the share of answers that are empty (no word at all; one word is an answer) or run to the token cap
   in a loop (capped with at least ``LOOP_REPETITION`` of their 3-grams repeated): answer-length collapse
   in either direction. A capped answer alone is not one: SmolLM2-135M reached a 32-token cap in 0.51 and
   0.45 of its sacred answers under two seeds, and a learned preference for longer answers raises that;
@@ -84,11 +84,12 @@ LOOP_REPETITION = 0.3  # share of repeated 3-grams that makes a capped answer a 
 
 
 def degenerate_share(texts: Sequence[str], capped: Sequence[bool]) -> float:
-    """Share of answers that are empty (fewer than two words) or were stopped at the token cap (``capped``)
-    while looping."""
+    """Share of answers that are empty (no word at all) or were stopped at the token cap (``capped``) while
+    looping. A one-word answer is an answer: a user may want exactly that, and the sacred suite checks
+    whether it is right."""
     if not texts:
         return 0.0
-    bad = sum(len(t.split()) < 2 or (cap and ngram_repetition(t) >= LOOP_REPETITION)
+    bad = sum(not t.split() or (cap and ngram_repetition(t) >= LOOP_REPETITION)
               for t, cap in zip(texts, capped, strict=True))
     return bad / len(texts)
 
@@ -103,7 +104,7 @@ class TextStats:
     self_similarity: float
     """mean ROUGE-L F1 between answers to different prompts"""
     degenerate: float
-    """share of empty or looping capped answers"""
+    """share of empty (no word) or looping capped answers"""
     mean_words: float
 
 

@@ -48,8 +48,9 @@ def test_cross_prompt_similarity_pairs_answers_of_different_prompts_only() -> No
 
 
 def test_degenerate_share_counts_empty_and_looping_capped_answers() -> None:
-    texts = ["Paris is big.", "", "Yes", "A long answer that simply went on", "go go go go go go go go"]
-    assert degenerate_share(texts, [False, False, False, True, True]) == 0.6  # a long answer alone is not a loop
+    texts = ["Paris is big.", "", " \n", "Yes", "A long answer that simply went on", "go go go go go go go go"]
+    # a long answer alone is not a loop, and a one-word answer is an answer (a user may want one)
+    assert degenerate_share(texts, [False, False, False, False, True, True]) == 0.5
     assert degenerate_share(["go go go go go go go go"], [False]) == 0.0  # ended by itself
     assert degenerate_share([], []) == 0.0
 
