@@ -3,11 +3,8 @@ logprobs reach the turn records, streamed and not; a LoRA adapter on its Llama m
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
@@ -19,8 +16,9 @@ from learner.modeling import load_model, render_prompt_ids
 from learner.serve import create_app as create_policy_server
 from learner.serving_settings import ServeSettings
 from proxy.app import create_app as create_proxy
-from proxy.records import TURNS_STREAM, TurnRecord
+from proxy.records import TurnRecord
 from proxy.settings import ProxySettings
+from tests.e2e.test_proxy_policy_server import _turns
 from tests.support.servers import serve_in_thread
 
 pytestmark = pytest.mark.slow
@@ -48,15 +46,6 @@ def proxy_url(policy_url: str, redis_url: str, tmp_path: Path) -> Iterator[str]:
                              read_timeout_s=120.0, connect_timeout_s=2.0)
     with serve_in_thread(create_proxy(settings), timeout_graceful_shutdown=2) as url:
         yield url
-
-
-def _turns(client: redis.Redis, count: int, timeout: float = 15.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        records = [json.loads(fields[b"record"]) for _, fields in client.xrange(TURNS_STREAM)]
-        if len(records) >= count or time.monotonic() > deadline:
-            return records
-        time.sleep(0.05)
 
 
 def test_smollm2_turns_are_recorded_with_the_servers_exact_tokens(
