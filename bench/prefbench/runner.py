@@ -223,7 +223,8 @@ def run_one(config: BenchConfig, method: str, persona_name: str, seed: int, home
         summary = {"turns": progress.turns, "transitions": progress.transitions,
                    "with_next_state": progress.with_next_state, "samples": progress.samples,
                    "prefer": progress.prefer, "avoid": progress.avoid, "hints": progress.hints,
-                   "events": dict(progress.events), "states": progress.states, "stable": progress.stable}
+                   "events": dict(progress.events), "states": progress.states, "stable": progress.stable,
+                   "decisions": progress.decisions}
         return RunResult(method, persona_name, seed, points, interactions, summary,
                          round(time.monotonic() - started, 1), round(startup_s, 1), timeouts, stack.restarts())
     finally:

@@ -118,6 +118,8 @@ class Progress:
     states: dict[str, str] = field(default_factory=dict)
     stable: str | None = None
     ready: list[str] = field(default_factory=list)
+    decisions: list[dict[str, object]] = field(default_factory=list)
+    """The scope's audit trail, oldest first: kind, version, reason and the canary's evidence."""
 
     @property
     def reward_rate(self) -> float | None:
@@ -164,6 +166,8 @@ class Pipeline:
                 passed = (event.get("evidence") or {}).get("to") == "gated_pass"
                 kind = "gate_passed" if passed else "gate_failed"
             p.events[kind] += 1
+            p.decisions.append({"kind": kind, "version": event.get("version"), "reason": event.get("reason", ""),
+                                "evidence": event.get("evidence") or {}})
         infos = {k.decode(): json.loads(v) for k, v in self.redis.hgetall(self.keys.versions).items()}
         p.states = {version: info.get("state", "") for version, info in infos.items()}
         stable = self.redis.hget(self.keys.aliases, "stable")
