@@ -6,7 +6,11 @@ user's labeled turns arrive one at a time, each served by the candidate with the
 rule decides after every turn. Prints, per candidate rate, how often it was promoted, rolled back and
 rejected, and how many labeled turns that took. Product defaults only (``PersonalPolicy()``).
 
-    python -m bench.personal_canary_sim --runs 20000
+``--supersede-every K``: the learner publishes a version trained on top of the canary every K labeled
+turns, which replaces the canary while it is undecided and inherits its turns (as ``registry.controller``
+does); every version of the chain has the same true rate, so the rows show what inheritance costs.
+
+    python -m bench.personal_canary_sim --runs 20000 [--supersede-every 4]
 """
 
 from __future__ import annotations
@@ -20,17 +24,20 @@ from registry.personal_canary import Evidence, PersonalPolicy, decide
 
 
 def one_run(rng: random.Random, policy: PersonalPolicy, p_stable: float, p_canary: float, stable_prior: int,
-            max_turns: int) -> tuple[str, int]:
+            max_turns: int, supersede_every: int = 0) -> tuple[str, int]:
     stable = [1 if rng.random() < p_stable else -1 for _ in range(stable_prior)]
     canary: list[int] = []
+    inherited: list[int] = []
     for turn in range(1, max_turns + 1):
         if rng.random() < policy.fraction:
             canary.append(1 if rng.random() < p_canary else -1)
         else:
             stable.append(1 if rng.random() < p_stable else -1)
-        action = decide(Evidence(tuple(canary), tuple(stable)), policy, 0.0).action
+        action = decide(Evidence(tuple(canary), tuple(stable), tuple(inherited)), policy, 0.0).action
         if action != "continue":
             return action, turn
+        if supersede_every and turn % supersede_every == 0:  # a newer version replaces the undecided canary
+            inherited, canary = inherited + canary, []
     return "continue", max_turns
 
 
@@ -41,16 +48,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stable-prior", type=int, default=6)
     parser.add_argument("--max-turns", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--supersede-every", type=int, default=0,
+                        help="a version trained on top of the canary replaces it every K labeled turns (0 = never)")
     args = parser.parse_args(argv)
     policy = PersonalPolicy()
     print(f"policy (product defaults): {policy}")
     print(f"p_stable {args.p_stable}, {args.stable_prior} labeled stable turns before the canary, "
-          f"{args.runs} runs per row, at most {args.max_turns} labeled turns\n")
+          f"{args.runs} runs per row, at most {args.max_turns} labeled turns"
+          + (f", a newer version every {args.supersede_every} labeled turns" if args.supersede_every else "") + "\n")
     print(f"{'p_canary':>8} {'promote':>8} {'rollback':>9} {'reject':>7} {'undecided':>9} {'turns mean':>10} {'median':>6}")
     started = time.perf_counter()
     rng = random.Random(args.seed)
     for p_canary in (0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 0.9):
-        outcomes = [one_run(rng, policy, args.p_stable, p_canary, args.stable_prior, args.max_turns)
+        outcomes = [one_run(rng, policy, args.p_stable, p_canary, args.stable_prior, args.max_turns,
+                            args.supersede_every)
                     for _ in range(args.runs)]
         share = {a: sum(o == a for o, _ in outcomes) / args.runs for a in ("promote", "rollback", "reject", "continue")}
         turns = [t for _, t in outcomes]

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import redis
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import start_http_server
 from pydantic import Field
 from tqdm import tqdm
 
@@ -50,7 +50,7 @@ from learner.train import TrainResult, attach_adapter, train
 from proxy.embedded_redis import resolve_redis_url
 from proxy.logs import configure_logging
 from registry.lineage import training_parent
-from registry.records import GLOBAL_SCOPE, AuditEvent, LearnerState, Manifest, learner_state_key, stream_id
+from registry.records import GLOBAL_SCOPE, AuditEvent, LearnerState, Manifest, learner_state_key
 from registry.settings import RegistrySettings
 from registry.store import Registry
 
@@ -94,7 +94,9 @@ class LearnerSettings(RegistrySettings):
     learner_poll_ms: int = Field(default=1000, description="Continuous mode: blocking read timeout.")
     learner_metrics_port: int = Field(default=9465, description="Continuous mode: Prometheus port (0 = none).")
     learner_gate: bool = Field(default=True, description="Hand every published candidate to the gate.")
-    learner_retries: int = Field(default=2, description="Rounds a gate-failed candidate's samples join again.")
+    learner_retries: int = Field(default=2, description="Rounds the samples of a candidate that will never be stable "
+                                 "(gate failed, rejected, rolled back) join again.")
+    learner_recall: int = Field(default=256, description="Continuous mode: how many trained samples are remembered for that.")
 
 
 @dataclass
@@ -185,8 +187,8 @@ class Learner:
         self.base, self.tokenizer = load_model(self.model_dir, self.device, self.config.dtype)
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
         self.held: list[Entry] = []  # continuous mode: trainable entries read but not trained yet
-        self.retry: list[Entry] = []  # continuous mode: samples of gate-failed candidates (acknowledged) to train again
-        self.attempts: dict[str, int] = {}  # entry id -> candidates it was in that failed the gate
+        self.trained: dict[str, Entry] = {}  # continuous mode: entries trained into candidates, oldest first (bounded)
+        self.attempts: dict[str, int] = {}  # entry id -> candidates it was trained into
         self.retain_prompts = load_prompts(settings.retain_file) if self.config.w_retain > 0 else []
         self.rounds = 0
 
@@ -332,78 +334,6 @@ def summary(outcome: RoundOutcome, config: TrainConfig) -> str:
     return "\n".join(lines)
 
 
-class Metrics:
-    """Prometheus metrics of the continuous learner (own registry, so tests can run several)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.rounds = Counter("nextstate_learner_rounds", "Training rounds by outcome", ["status"], registry=self.registry)
-        self.samples = Counter("nextstate_learner_samples", "Samples trained on", registry=self.registry)
-        self.tokens = Counter("nextstate_learner_tokens", "Tokens processed in training", registry=self.registry)
-        self.last = Gauge("nextstate_learner_last", "Metrics of the last round", ["metric"], registry=self.registry)
-        self.pending = Gauge("nextstate_learner_pending_samples", "Trainable samples waiting", registry=self.registry)
-
-    def observe(self, outcome: RoundOutcome) -> None:
-        self.rounds.labels(outcome.status).inc()
-        if outcome.result is not None:
-            m = outcome.result.metrics
-            self.samples.inc(m["samples"])
-            self.tokens.inc(m["tokens"])
-            for key in ("loss", "reward_mean", "kl_base", "kl_parent", "entropy", "clip_fraction", "tokens_per_s", "wall_seconds"):
-                self.last.labels(key).set(m[key])
-
-
-def run_continuous(learner: Learner, stop: threading.Event, metrics: Metrics, rounds: int | None = None) -> int:
-    """Train whenever ``batch_size`` new trainable samples of one scope wait; stop on ``stop`` or after ``rounds`` rounds.
-
-    The samples of a candidate the gate failed are not lost with it: they join the next round (up to
-    ``learner_retries`` more times), so the next candidate sees them together with newer evidence.
-    After every read the learner says what it is doing (``Learner.tell``).
-    """
-    held, attempts = learner.held, learner.attempts  # held: delivered to this consumer, waiting for a full batch
-    done = 0
-    seen = "0-0"
-    try:
-        while not stop.is_set() and (rounds is None or done < rounds):
-            read = learner.reader.read(256, block_ms=learner.settings.learner_poll_ms)
-            held += read
-            seen = max([seen, *(e.entry_id for e in read)], key=stream_id)
-            kept: list[Entry] = []
-            ready: str | None = None  # the first scope with a full batch waiting
-            for scope, entries in by_scope(held).items():
-                _, selection = learner.classify(entries, scope)
-                trainable = {e.entry_id for e in selection.train}
-                learner.reader.ack([i for i in selection.entry_ids if i not in trainable])
-                kept += [e for e in entries if e.entry_id in trainable]
-                if ready is None and len(trainable) >= learner.config.batch_size:
-                    ready = scope
-            held[:] = kept
-            metrics.pending.set(len(held) + len(learner.retry))
-            if ready is None:
-                learner.tell("waiting", len(held), seen)
-                continue
-            learner.tell("training", len(held), seen)
-            batch = [e for e in held if entry_scope(e) == ready]
-            retry = [e for e in learner.retry if entry_scope(e) == ready]  # ``round`` skips what the lineage holds
-            outcome = learner.round(batch + retry, scope=ready)
-            metrics.observe(outcome)
-            log().info("round", scope=ready, status=outcome.status, version=outcome.version,
-                       samples=len(outcome.selection.train), retried=len(retry))
-            learner.retry = [e for e in learner.retry if entry_scope(e) != ready]
-            if outcome.status == "gate_failed":
-                for entry in outcome.selection.train:
-                    attempts[entry.entry_id] = attempts.get(entry.entry_id, 0) + 1
-                    if attempts[entry.entry_id] <= learner.settings.learner_retries:
-                        learner.retry.append(entry)
-            # published entries are acked; refused ones stay pending until the next start
-            held[:] = [e for e in held if entry_scope(e) != ready]
-            learner.tell("waiting", len(held), seen)
-            done += 1
-    finally:
-        learner.tell(None)
-    return EXIT_PUBLISHED
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="nextstate learn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--once", action="store_true", help="consume what is available, train one candidate, exit")
@@ -455,6 +385,11 @@ def main(argv: list[str] | None = None) -> int:
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
+        from learner.continuous import (  # the continuous loop drives this module's Learner
+            Metrics,
+            run_continuous,
+        )
+
         metrics = Metrics()
         if settings.learner_metrics_port:
             start_http_server(settings.learner_metrics_port, registry=metrics.registry)

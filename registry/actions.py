@@ -1,4 +1,4 @@
-"""Registry actions — start a canary, step it, promote, roll back, reject, pin — each one atomic.
+"""Registry actions — start a canary, step it, replace it, promote, roll back, reject, pin — each one atomic.
 
 Every action takes the registry lock, loads what must be served before any alias names it (so
 ``stable`` always points at a loadable, loaded version), changes states and aliases (each change goes
@@ -185,6 +185,37 @@ class Control:
                     self._end_canary(actor, f"{version} rejected")
             self.sync()
             return version
+
+    def supersede(self, version: str, fraction: float, actor: str, reason: str = "",
+                  evidence: dict[str, Any] | None = None, inherited: tuple[int, ...] = ()) -> CanaryState:
+        """Replace the running canary by ``version`` (a gated version trained on top of it) in one transaction.
+
+        The old canary is rejected and the new one started together, so nobody reading the aliases in between
+        (the learner choosing what to train on top of) sees no canary and picks an older branch. ``inherited``:
+        the labeled turns the new canary carries over from those it replaces (a personal canary's evidence).
+        """
+        reg = self.registry
+        with reg.lock():
+            running = self._running()
+            if reg.frozen():
+                raise RegistryError("the registry is pinned; release it (`registry pin --release`) first")
+            info = reg.get(version)
+            if info.state != "gated_pass":
+                raise RegistryError(f"{version} is {info.state}; only a version that passed the gate gets traffic")
+            self._load(version)
+            state = CanaryState(version=version, fraction=fraction, stable_at_start=reg.alias("stable"),
+                                inherited=list(inherited))
+            with reg.atomic():
+                reg.set_state(running.version, "rejected", actor, reason or f"superseded by {version}",
+                              evidence={"superseded_by": version, **(evidence or {})})
+                reg.set_state(version, "canary", actor, f"replaces {running.version} as canary at {fraction:.0%}",
+                              kind="canary_started", evidence={"fraction": fraction, "stable": state.stable_at_start,
+                                                               "replaces": running.version,
+                                                               "inherited": list(inherited)})
+                reg.set_alias("canary", version, actor, f"replaces {running.version}")
+                reg.save_canary_state(state)
+            self.sync()
+            return state
 
     def pin(self, version: str, actor: str = "operator", reason: str = "") -> None:
         """Serve ``version`` to everyone and stop automatic actions until released."""

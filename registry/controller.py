@@ -166,7 +166,7 @@ class Controller:
         stable = tuple(self._stable_before) + tuple(
             1 if cls == "prefer" else -1 for _, arm, cls in self._labels.values() if arm == "stable")
         health = self._health(state)
-        return Evidence(canary, stable, requests=health.requests, errors=health.errors)
+        return Evidence(canary, stable, tuple(state.inherited), requests=health.requests, errors=health.errors)
 
     # -- the loop body --------------------------------------------------------------------------
     def tick(self) -> Decision | None:
@@ -198,22 +198,19 @@ class Controller:
             return self._start_next()
         return self._decide(state) if reg.scope == GLOBAL_SCOPE else self._decide_personal(state)
 
-    def _supersede(self, state: CanaryState) -> Decision | None:
-        """A personal canary that had its chance (``min_labeled`` labeled turns, undecided) gives way to the
-        newest gated version trained on top of it: that one holds the canary's training and the user's
-        newer turns, so the user's next turns are better spent on it."""
+    def _supersede(self, state: CanaryState, evidence: Evidence) -> Decision | None:
+        """A personal canary still undecided gives way to the newest gated version trained on top of it: that
+        one holds the canary's training and the user's newer turns, so the user's next turns are better spent
+        on it. It inherits the canary's labeled turns (and those the canary inherited), at the policy's weight."""
         tip = pending_tip(self.registry.versions(), state.version)
         if tip is None:
             return None
         reason = f"superseded by {tip}, trained on top of it with the user's newer turns"
-        self.control.reject(state.version, "controller", reason, {"superseded_by": tip, "rule": "personal"})
-        try:
-            self.control.start_canary(tip, self._first_fraction(), "controller",
-                                      f"passed the gate; carries the training of {state.version}")
-        except CanaryRunning:
-            return None
+        inherited = evidence.inherited + evidence.canary
+        self.control.supersede(tip, self._first_fraction(), "controller", reason, {"rule": "personal"}, inherited)
         log.info("canary_superseded", scope=self.registry.scope, version=state.version, by=tip)
-        return Decision("step", reason, {"version": tip, "superseded": state.version}, self._first_fraction())
+        return Decision("step", reason, {"version": tip, "superseded": state.version, "inherited": len(inherited)},
+                        self._first_fraction())
 
     def _first_fraction(self) -> float:
         return self.policy.steps[0] if self.registry.scope == GLOBAL_SCOPE else self.personal.fraction
@@ -268,8 +265,8 @@ class Controller:
     def _decide_personal(self, state: CanaryState) -> Decision:
         evidence = self._collect_personal(state)
         verdict = decide_personal(evidence, self.personal, self.clock() - state.started_at)
-        if verdict.action == "continue" and len(evidence.canary) >= self.personal.min_labeled:
-            superseded = self._supersede(state)
+        if verdict.action == "continue":
+            superseded = self._supersede(state, evidence)
             if superseded is not None:
                 return superseded
         stats = {**verdict.evidence, "compared_to": state.stable_at_start, "rule": "personal"}

@@ -2,52 +2,67 @@
 
 A personal scope has one user, so the statistical canary of the shared scope (``registry.canary``:
 tens of labeled turns per arm) would never finish. Here the evidence is that user's labeled turns:
-the candidate serves a share of the user's conversations (``fraction``, sticky per conversation), and
-each labeled turn is a success (``prefer``) or a failure (``avoid``) of the version that served it.
+the candidate serves the user's conversations (``fraction``, 1.0: all of them, sticky per
+conversation), and each labeled turn is a success (``prefer``) or a failure (``avoid``) of the
+version that served it.
 
 The rule (``decide``), with the numbers of ``PersonalPolicy``'s defaults:
 
 - Prior: each arm's success rate ``p`` is Beta(1, 1) (uniform: no opinion before the user speaks).
-  The stable arm's evidence is the user's recent labeled turns on stable, the turns before the canary
-  started included (``stable_window`` of them) — the dissatisfaction the candidate was trained on.
-- Promote when the candidate has at least ``min_labeled`` (3) labeled turns, its newest one is not a
-  failure, and ``P(p_canary > p_stable - margin) >= confidence`` under the posteriors (margin 0.10,
-  confidence 0.90): the candidate is not worse than stable beyond the margin, with that confidence.
-- Roll back at once when the user's reactions to the candidate turn negative: its ``rollback_run`` (2)
-  newest labeled turns are both failures and it is more likely worse than stable beyond the margin
-  than not (``P(p_canary > p_stable - margin) < 0.5``), or ``P(p_canary < p_stable - margin) >=
-  confidence`` (clearly worse). Two failures of a candidate serving a user who was no happier with
-  stable are no reason to go back to stable: the candidate stays, and once it has had ``min_labeled``
-  turns without a decision, the newer candidate the learner trained on top of it replaces it in the
-  canary (``registry.controller``), carrying its training.
-- Reject when ``max_labeled`` (12) candidate turns or the deadline pass without a decision; roll back
-  on an upstream error-rate breach as the shared canary does. The sacred gate is always in front: only
-  a version that passed it reaches this rule.
+  The stable arm's evidence is the user's recent labeled turns on stable (``stable_window``, 20), the
+  turns before the canary started included — the dissatisfaction the candidate was trained on. With
+  the whole of the user's traffic on the candidate they are all of it: one user's turns before and
+  after are the comparison (a shared-scope canary would need both arms at once; one person's requests
+  over a few minutes do not drift the way a population's do).
+- Inherited turns (a power prior): the learner trains each candidate on top of the running canary, and
+  the newest such version replaces an undecided canary at once (``registry.controller``); it carries
+  the canary's labeled turns, and those the canary carried, each at weight ``inherit_weight`` (0.5) —
+  evidence about the version it was trained from, discounted because it is not the same version.
+- Promote when the candidate has at least one labeled turn of its own, the newest of them not a
+  failure, at least ``min_labeled`` (3) labeled turns counting the inherited ones at their weight,
+  and ``P(p_canary > p_stable - margin) >= confidence`` under the posteriors (margin 0.10,
+  confidence 0.90): not worse than stable beyond the margin, with that confidence.
+- Roll back at once when the user's reactions to it turn negative: its ``rollback_run`` (3) newest
+  labeled turns are all failures and it is more likely worse than stable beyond the margin than not
+  (``P(p_canary > p_stable - margin) < 0.5``), or it is clearly worse (``P(p_canary <= p_stable -
+  margin) >= confidence``, with a turn of its own). Three, not two: a user corrects a wrong fact
+  whatever the style, so two failures in a row are common for a candidate that learned the style —
+  and a rollback discards the training the lineage carries.
+- Reject when ``max_labeled`` (12) labeled turns (own and inherited) or the deadline pass without a
+  decision; roll back on an upstream error-rate breach as the shared canary does. The sacred gate is
+  always in front: only a version that passed it reaches this rule.
 
 Error rates, simulated (``python -m bench.personal_canary_sim --runs 4000``: stable's true prefer
-rate 0.3 with 6 labeled stable turns known before the canary, the candidate serving half of the
-user's turns, the rule applied after every labeled turn; 4000 simulated users per row):
+rate 0.3 with 6 labeled stable turns known before the canary, the candidate serving every turn, the
+rule applied after every labeled turn; 4000 simulated users per row; second table: ``--supersede-every
+4``, a newer version of the same rate replacing the undecided canary every 4 labeled turns):
 
     candidate's true rate   0.1    0.2    0.3    0.4    0.6    0.8    0.9
-    promoted                8.5%  23.5%  39.8%  54.9%  82.0%  95.5%  99.0%
-    rolled back            86.7%  68.7%  52.4%  38.6%  15.7%   4.3%   1.1%
-    rejected (undecided)    4.8%   7.7%   7.8%   6.5%   2.3%   0.1%   0.0%
-    labeled turns to decide 8.2    9.2    9.3    9.3    8.3    7.0    6.5   (mean; median 6-7)
+    promoted                7.7%  18.4%  30.3%  45.2%  75.8%  95.1%  99.2%
+    rolled back            74.6%  60.7%  46.3%  32.9%   9.3%   0.9%   0.1%
+    rejected (undecided)   17.8%  21.0%  23.4%  21.9%  14.9%   4.0%   0.7%
+    labeled turns to decide 5.6    6.2    6.6    6.6    5.7    4.2    3.6   (mean)
+
+    superseded every 4:
+    promoted               10.2%  22.4%  34.7%  49.4%  76.1%  95.1%  98.9%
+    rolled back            71.5%  56.6%  42.6%  28.8%   8.2%   0.9%   0.1%
 
 A candidate that fixes what the user complained about (0.8-0.9) is promoted for 95-99 % of users
-after about 7 of their labeled turns (3-4 of them on the candidate). The price of deciding on so few
-turns, with a look after every one of them, is the error at the margin: a candidate worse than stable
-by the margin (0.2 against 0.3) is promoted for 23.5 % of users, one three times worse (0.1) for
-8.5 % — for that user only; the user's next turns keep training candidates on top of it, each checked
-against it in turn (an operator can roll it back with ``nextstate registry rollback --scope``).
-An earlier form that rolled back on any two negative reactions promoted 9.8 % / 2.4 % there, but
-threw away candidates still learning (a user no happier with stable than with the candidate) and
-with them the training they carried. The margin and confidence are product defaults; nothing widens
-them for a benchmark.
+after about 4 of their labeled turns. The price of deciding on so few turns, with a look after every
+one of them, is the error at the margin: a candidate worse than stable by the margin (0.2 against 0.3)
+is promoted for 18 % of users (22 % in a chain of replacements, which pools turns of related
+versions), one three times worse (0.1) for 8-10 % — for that user only; the user's next turns keep
+training candidates on top of it, each checked against it in turn (an operator can roll it back with
+``nextstate registry rollback --scope``). Two negative turns in a row instead of three promote as
+often but roll back 17 % of 0.6-candidates instead of 9 %, 5 % of 0.8-candidates instead of 1 %.
+The margin and confidence are product defaults; nothing widens them for a benchmark.
 
 Why this shape: a Beta-Binomial posterior is exact at n = 3 where a normal approximation is not; the
 margin keeps a version that is as good as stable from being stuck (the user taught it something the
-rate cannot see yet), and the fast rollback bounds what a bad version costs one user to a couple of
+rate cannot see yet); the candidate serves all of the user's turns because one user has few, and
+half of them spent on the stable the user already complained about halves the speed of every
+decision; inheriting at half weight lets continuous training replace the canary without starting its
+evidence over each time, and the run of failures bounds what a bad version costs one user to a few
 turns — cheaper than waiting for significance.
 """
 
@@ -74,7 +89,7 @@ class PersonalPolicy:
     """Posterior probability the promotion (or clearly-worse rollback) claim needs."""
     min_labeled: int = 3
     """Labeled candidate turns before any promotion."""
-    rollback_run: int = 2
+    rollback_run: int = 3
     """This many newest candidate turns all failures = the user's reactions turned negative."""
     max_labeled: int = 12
     """Labeled candidate turns after which an undecided canary is rejected."""
@@ -82,8 +97,10 @@ class PersonalPolicy:
     """Time after which an undecided canary is rejected."""
     max_error_rate: float = 0.05
     health_min_requests: int = 20
-    fraction: float = 0.5
-    """Share of the user's conversations the candidate serves."""
+    fraction: float = 1.0
+    """Share of the user's conversations the candidate serves (stable's evidence: the user's turns before it)."""
+    inherit_weight: float = 0.5
+    """Weight of each inherited turn (a power prior): the turns of the canaries this one replaced."""
     stable_window: int = 20
     """The user's newest labeled stable turns that are stable's evidence."""
 
@@ -94,6 +111,8 @@ class Evidence:
 
     canary: tuple[int, ...]
     stable: tuple[int, ...]
+    inherited: tuple[int, ...] = ()
+    """Labeled turns of the canaries this one replaced since stable (it was trained on top of them)."""
     requests: int = 0
     """Upstream calls the candidate served (for the error-rate bound)."""
     errors: int = 0
@@ -143,27 +162,34 @@ def prob_not_worse(a_c: float, b_c: float, a_s: float, b_s: float, margin: float
 
 def decide(evidence: Evidence, policy: PersonalPolicy, age_seconds: float) -> PersonalDecision:
     """What to do with a personal canary given the user's labeled turns on each arm (pure)."""
-    canary, stable = evidence.canary, evidence.stable[-policy.stable_window:]
-    wins_c, wins_s = sum(r > 0 for r in canary), sum(r > 0 for r in stable)
-    a_c, b_c = policy.prior_a + wins_c, policy.prior_b + len(canary) - wins_c
+    own, inherited, stable = evidence.canary, evidence.inherited, evidence.stable[-policy.stable_window:]
+    w = policy.inherit_weight
+    wins_c = sum(r > 0 for r in own) + w * sum(r > 0 for r in inherited)
+    n_c = len(own) + w * len(inherited)
+    wins_s = sum(r > 0 for r in stable)
+    a_c, b_c = policy.prior_a + wins_c, policy.prior_b + n_c - wins_c
     a_s, b_s = policy.prior_a + wins_s, policy.prior_b + len(stable) - wins_s
     not_worse = prob_not_worse(a_c, b_c, a_s, b_s, policy.margin)
-    clearly_worse = 1.0 - prob_not_worse(a_c, b_c, a_s, b_s, -policy.margin)  # P(p_c < p_s - margin)
-    stats = {"canary": {"labeled": len(canary), "prefer": wins_c}, "stable": {"labeled": len(stable), "prefer": wins_s},
+    clearly_worse = 1.0 - not_worse  # P(p_c <= p_s - margin)
+    stats = {"canary": {"labeled": len(own), "prefer": sum(r > 0 for r in own)},
+             "inherited": {"labeled": len(inherited), "prefer": sum(r > 0 for r in inherited), "weight": w},
+             "stable": {"labeled": len(stable), "prefer": wins_s},
              "p_not_worse": round(not_worse, 4), "p_clearly_worse": round(clearly_worse, 4), "margin": policy.margin,
              "confidence": policy.confidence, "prior": [policy.prior_a, policy.prior_b]}
     if evidence.requests >= policy.health_min_requests and evidence.errors / evidence.requests > policy.max_error_rate:
         return PersonalDecision("rollback", f"error rate {evidence.errors / evidence.requests:.1%} above "
                                 f"{policy.max_error_rate:.0%}", stats)
-    run = canary[-policy.rollback_run:]
+    run = own[-policy.rollback_run:]
     if len(run) == policy.rollback_run and all(r < 0 for r in run) and not_worse < 0.5:
         return PersonalDecision("rollback", f"the user's last {policy.rollback_run} reactions to it were negative", stats)
-    if clearly_worse >= policy.confidence:
+    if own and clearly_worse >= policy.confidence:
         return PersonalDecision("rollback", f"worse than stable by more than {policy.margin:.2f} with "
                                 f"P={clearly_worse:.2f}", stats)
-    if len(canary) >= policy.min_labeled and canary[-1] > 0 and not_worse >= policy.confidence:
+    if own and own[-1] > 0 and n_c >= policy.min_labeled and not_worse >= policy.confidence:
         return PersonalDecision("promote", f"not worse than stable by more than {policy.margin:.2f} with "
-                                f"P={not_worse:.2f} over {len(canary)} labeled turns", stats)
-    if len(canary) >= policy.max_labeled or age_seconds >= policy.deadline_seconds:
-        return PersonalDecision("reject", f"inconclusive after {len(canary)} labeled turns", stats)
+                                f"P={not_worse:.2f} over {len(own)} labeled turns"
+                                + (f" and {len(inherited)} inherited at weight {w:g}" if inherited else ""), stats)
+    if len(own) + len(inherited) >= policy.max_labeled or age_seconds >= policy.deadline_seconds:
+        return PersonalDecision("reject", f"inconclusive after {len(own) + len(inherited)} labeled turns"
+                                + (f" ({len(inherited)} inherited)" if inherited else ""), stats)
     return PersonalDecision("continue", "collecting the user's turns", stats)

@@ -135,6 +135,9 @@ class CanaryState(BaseModel):
     started_at: float = Field(default_factory=time.time)
     step_started_at: float = Field(default_factory=time.time)
     stable_at_start: str | None = None  # the version it is compared against (None = base model)
+    inherited: list[int] = Field(default_factory=list)
+    """A personal canary's inherited evidence: the labeled turns (+1/-1, oldest first) of the canaries it replaced
+    since stable, each trained into it (``registry.personal_canary``)."""
 
 
 class AuditEvent(BaseModel):

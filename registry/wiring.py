@@ -31,7 +31,7 @@ def personal_policy(settings: RegistrySettings) -> PersonalPolicy:
         min_labeled=settings.personal_canary_min_labeled, rollback_run=settings.personal_canary_rollback_run,
         max_labeled=settings.personal_canary_max_labeled, deadline_seconds=settings.canary_deadline_seconds,
         max_error_rate=settings.canary_max_error_rate, health_min_requests=settings.canary_health_min_requests,
-        fraction=settings.personal_canary_fraction,
+        fraction=settings.personal_canary_fraction, inherit_weight=settings.personal_canary_inherit_weight,
     )
 
 

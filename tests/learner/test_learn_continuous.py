@@ -12,8 +12,9 @@ import redis
 from prometheus_client import start_http_server
 
 from labeler.records import SAMPLES_STREAM
-from learner.learn import Learner, LearnerSettings, Metrics, run_continuous
-from registry.records import LearnerState, learner_state_key
+from learner.continuous import Metrics, run_continuous
+from learner.learn import Learner, LearnerSettings
+from registry.records import GateVerdict, LearnerState, learner_state_key
 from tests.learner.test_learn_once import push
 from tests.support.servers import free_port
 
@@ -84,6 +85,36 @@ def test_samples_of_a_gate_failed_candidate_join_the_next_round(
     assert sorted(learner.registry.manifest("v3").sample_ids) == ["Chile", "Egypt", "Kenya", "Oslo"]
     assert redis_client.xpending(SAMPLES_STREAM, "learner")["pending"] == 0
     assert metrics.registry.get_sample_value("nextstate_learner_rounds_total", {"status": "gate_failed"}) == 3
+
+
+def test_samples_of_a_rolled_back_lineage_join_the_next_round_and_forgotten_ones_do_not(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, tiny_model_path: Path
+) -> None:
+    learner = _ungated_learner(tmp_path, redis_url, redis_client, tiny_model_path)
+    metrics = Metrics()
+    reg = learner.registry
+    for turn in ("Cuba", "Peru"):
+        push(redis_client, turn, "prefer", 1)
+    run_continuous(learner, threading.Event(), metrics, rounds=1)
+    reg.record_gate("v1", GateVerdict(passed=True))
+    for turn in ("Chile", "Kenya"):
+        push(redis_client, turn, "avoid", -1, hint="Answer in lowercase.")
+    run_continuous(learner, threading.Event(), metrics, rounds=1)  # v2 on top of v1: v1's samples are in its lineage
+    assert reg.manifest("v2").parent == "v1" and sorted(reg.manifest("v2").sample_ids) == ["Chile", "Kenya"]
+    reg.record_gate("v2", GateVerdict(passed=True))
+    reg.set_state("v1", "rejected", "controller", "inconclusive")  # the canary gave up on the lineage v1 -> v2
+    reg.set_state("v2", "rejected", "controller", "inconclusive")
+    peru = next(i for i, f in redis_client.xrange(SAMPLES_STREAM) if b'"Peru"' in f[b"record"])
+    redis_client.xdel(SAMPLES_STREAM, peru)  # the user had Peru forgotten meanwhile
+    for turn in ("Egypt", "Oslo"):
+        push(redis_client, turn, "prefer", 1)
+    run_continuous(learner, threading.Event(), metrics, rounds=1)
+    # from stable again (the base model), with the newest of what v1 and v2 were taught: a round trains at most
+    # two batches (here 2 x 2 samples), so Cuba waits; Peru is gone
+    assert reg.manifest("v3").parent is None
+    assert sorted(reg.manifest("v3").sample_ids) == ["Chile", "Egypt", "Kenya", "Oslo"]
+    assert metrics.registry.get_sample_value("nextstate_learner_recalled_samples_total") == 2
+    assert redis_client.xpending(SAMPLES_STREAM, "learner")["pending"] == 0
 
 
 def test_the_learner_says_what_it_is_doing(

@@ -10,7 +10,8 @@ import pytest
 import redis
 
 from labeler.records import SAMPLES_STREAM, SampleRecord
-from learner.learn import Learner, LearnerSettings, Metrics, run_continuous
+from learner.continuous import Metrics, run_continuous
+from learner.learn import Learner, LearnerSettings
 from registry.records import GateVerdict
 
 

@@ -79,6 +79,27 @@ def test_canary_rollback_and_reject_clear_the_canary(control: Control, publish: 
         control.rollback("operator")
 
 
+def test_a_canary_is_replaced_in_one_step_by_the_version_trained_on_top_of_it(
+        control: Control, publish: PublishFn, replicas: list[Any]) -> None:
+    v1 = publish(gate=True)
+    v2, ungated = publish(parent=v1, gate=True), publish(parent=v1)
+    with pytest.raises(RegistryError, match="no canary is running"):
+        control.supersede(v2, 0.5, "controller")
+    control.start_canary(v1, 0.5, "controller")
+    with pytest.raises(RegistryError, match="only a version that passed the gate"):
+        control.supersede(ungated, 0.5, "controller")
+    assert control.registry.alias("canary") == v1  # a refused replacement leaves the running canary alone
+    control.supersede(v2, 0.5, "controller", "superseded")
+    assert (control.registry.get(v1).state, control.registry.get(v2).state) == ("rejected", "canary")
+    state = control.registry.canary_state()
+    assert state is not None and (state.version, state.fraction) == (v2, 0.5)
+    table = read_table(control.registry.redis)
+    assert table is not None and (table.canary, table.canary_fraction) == (v2, 0.5)
+    changes = [e.evidence for e in control.registry.history() if e.kind == "alias_changed"]
+    assert [(c["from"], c["to"]) for c in changes] == [(None, v1), (v1, v2)]  # never no canary in between
+    assert all("tiny-chat@v2" in names for names in loaded(replicas))
+
+
 def test_gate_failures_and_candidates_never_get_traffic(control: Control, publish: PublishFn, replicas: list[Any]) -> None:
     failed, candidate = publish(gate=False), publish()
     for version in (failed, candidate):

@@ -43,9 +43,11 @@ def test_promotion_waits_for_a_good_newest_turn() -> None:
     assert decide(Evidence((1, 1, 1, -1), (-1,) * 6), POLICY, 60.0).action == "continue"
 
 
-def test_two_negative_reactions_roll_back_at_once() -> None:
-    verdict = decide(Evidence((-1, -1), (-1, 1, -1)), POLICY, 60.0)
-    assert verdict.action == "rollback" and "negative" in verdict.reason
+def test_three_negative_reactions_in_a_row_roll_back_at_once() -> None:
+    verdict = decide(Evidence((-1, -1, -1), (-1, 1, -1)), POLICY, 60.0)
+    assert verdict.action == "rollback" and "last 3 reactions" in verdict.reason
+    # two are not enough: the user's corrections are noisy (a wrong fact draws one whatever the style)
+    assert decide(Evidence((-1, -1), (-1, 1, -1)), POLICY, 60.0).action == "continue"
 
 
 def test_a_mixed_start_against_a_mixed_stable_waits() -> None:
@@ -56,10 +58,33 @@ def test_a_mixed_start_against_a_mixed_stable_waits() -> None:
 
 
 def test_clearly_worse_than_a_happy_stable_rolls_back() -> None:
-    # no two failures in a row, but 2 of 3 against 8/8 (Beta(3, 2) vs Beta(9, 1)) is worse by more than the margin
-    verdict = decide(Evidence((1, -1, 1), (1,) * 8), POLICY, 60.0)
+    # no two failures in a row, but 3 of 6 against 10/10 (Beta(4, 4) vs Beta(11, 1)): P(p_c <= p_s - 0.1) ~ 0.96
+    verdict = decide(Evidence((1, -1, 1, -1, 1, -1), (1,) * 10), POLICY, 60.0)
     assert verdict.action == "rollback" and "worse than stable" in verdict.reason
+    assert verdict.evidence["p_clearly_worse"] == pytest.approx(1 - verdict.evidence["p_not_worse"], abs=1e-4)
     assert verdict.evidence["p_clearly_worse"] >= 0.9
+
+
+def test_worse_only_within_doubt_waits() -> None:
+    # 2 of 3 against 8/8 (Beta(3, 2) vs Beta(9, 1)): P(p_c <= p_s - 0.1) ~ 0.81, below 0.9 -- not clearly worse yet
+    verdict = decide(Evidence((1, -1, 1), (1,) * 8), POLICY, 60.0)
+    assert verdict.action == "continue" and 0.75 < verdict.evidence["p_clearly_worse"] < 0.9
+
+
+def test_inherited_turns_count_at_half_weight() -> None:
+    # one own good turn + 4 inherited good turns at weight 0.5 = 3 effective turns: Beta(4, 1) vs Beta(1, 7)
+    verdict = decide(Evidence((1,), (-1,) * 6, inherited=(1, 1, 1, 1)), POLICY, 60.0)
+    assert verdict.action == "promote" and "4 inherited" in verdict.reason
+    assert verdict.evidence["inherited"] == {"labeled": 4, "prefer": 4, "weight": 0.5}
+    # 1 own + 2 inherited = 2 effective turns: not yet; and inherited turns alone never promote
+    assert decide(Evidence((1,), (-1,) * 6, inherited=(1, 1)), POLICY, 60.0).action == "continue"
+    assert decide(Evidence((), (-1,) * 6, inherited=(1,) * 8), POLICY, 60.0).action == "continue"
+
+
+def test_inherited_failures_weigh_against_promotion() -> None:
+    # 3 own good turns, but 6 inherited failures (3 effective): Beta(4, 4) vs stable 2 of 6 (Beta(3, 5))
+    verdict = decide(Evidence((1, 1, 1), (1, 1, -1, -1, -1, -1), inherited=(-1,) * 6), POLICY, 60.0)
+    assert verdict.action == "continue" and verdict.evidence["p_not_worse"] < 0.9
 
 
 def test_inconclusive_at_the_limit_rejects() -> None:

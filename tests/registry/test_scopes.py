@@ -99,7 +99,7 @@ def test_personal_canary_promotes_on_the_users_own_turns(control: Control, adapt
     controller = Controller(control, POLICY, personal=PersonalPolicy())
     controller.tick()
     assert alice.registry.alias("canary") == candidate
-    assert alice.registry.canary_state().fraction == 0.5
+    assert alice.registry.canary_state().fraction == PersonalPolicy().fraction
     label(control, "bob", "alice", candidate, "---")  # another scope's turns are not alice's evidence
     label(control, "alice", "alice", candidate, "++")
     controller.tick()
@@ -119,7 +119,7 @@ def test_personal_canary_rolls_back_when_the_user_turns_negative(control: Contro
     controller = Controller(control, POLICY, personal=PersonalPolicy())
     controller.tick()
     assert alice.registry.alias("canary") == candidate
-    label(control, "alice", "alice", candidate, "+--")
+    label(control, "alice", "alice", candidate, "+---")
     controller.tick()
     assert alice.registry.get(candidate).state == "rolled_back" and alice.registry.alias("canary") is None
     assert control.registry.aliases()["stable"] is None  # the global lineage never moved
@@ -131,18 +131,32 @@ def test_a_newer_candidate_supersedes_the_personal_canary_it_extends(control: Co
     first = publish_in(alice.registry, adapter_files)
     controller = Controller(control, POLICY, personal=PersonalPolicy())
     controller.tick()
-    label(control, "alice", "alice", first, "--")  # no happier with the candidate: no worse either
+    label(control, "alice", "alice", first, "-+")  # undecided
     controller.tick()
     assert alice.registry.alias("canary") == first
     second = publish_in(alice.registry, adapter_files, parent=first)  # the learner trained on top of it
-    controller.tick()
-    assert alice.registry.alias("canary") == first  # two labeled turns: it has not had its chance yet
-    label(control, "alice", "alice", first, "-")  # three: undecided (no worse than stable, not better)
-    controller.tick()
+    controller.tick()  # at once: the newer one carries the first one's training and the user's newer turns
     assert alice.registry.alias("canary") == second and alice.registry.get(first).state == "rejected"
+    assert alice.registry.canary_state().inherited == [-1, 1]
     label(control, "alice", "alice", first, "-")  # late labels of the superseded one count for neither arm
-    label(control, "alice", "alice", second, "+++")
+    label(control, "alice", "alice", second, "++")  # 2 own + 2 inherited at weight 0.5 = 3 effective turns
     controller.tick()
     assert alice.registry.alias("stable") == second
     promoted = next(e for e in alice.registry.history() if e.kind == "promoted")
     assert promoted.evidence["stable"] == {"labeled": 6, "prefer": 0}
+    assert promoted.evidence["canary"] == {"labeled": 2, "prefer": 2}
+    assert promoted.evidence["inherited"] == {"labeled": 2, "prefer": 1, "weight": 0.5}
+
+
+def test_a_superseded_canary_never_leaves_the_scope_without_one(control: Control, adapter_files: Path) -> None:
+    alice = control.scoped("alice")
+    first = publish_in(alice.registry, adapter_files)
+    controller = Controller(control, POLICY, personal=PersonalPolicy())
+    controller.tick()
+    second = publish_in(alice.registry, adapter_files, parent=first)
+    third = publish_in(alice.registry, adapter_files, parent=second)
+    controller.tick()  # the tip of the chain over the canary replaces it; the link between is never canaried
+    assert alice.registry.alias("canary") == third
+    changes = [(e.evidence["from"], e.evidence["to"]) for e in alice.registry.history()
+               if e.kind == "alias_changed" and e.evidence.get("alias") == "canary"]
+    assert changes == [(None, first), (first, third)]
