@@ -101,16 +101,9 @@ def main(argv: list[str]) -> int:
     config = BenchConfig(methods=(args.method,), personas=(args.persona,), seeds=(args.seed,),
                          interactions=args.interactions, every=args.every, eval_prompts=12,
                          mix=FeedbackMix(silent_p=0.1, noise_p=0.0), model_cache=cache, jobs=1)
-    if args.model != "tiny-chat":
-        from learner.config import TrainConfig
-
-        # PrefBench's learning rate and steps are tuned for the tiny model: a real model keeps its own preset's
-        preset = TrainConfig.small()
-        config = dataclasses.replace(config, lr=preset.lr, steps_per_batch=preset.steps_per_batch,
-                                     extra_env={"NEXTSTATE_BASE_MODEL": MODELS[args.model]})
-        print(f"   settings: NEXTSTATE_BASE_MODEL={MODELS[args.model]} (--model); learner lr {preset.lr} x "
-              f"{preset.steps_per_batch} steps per batch (the small preset's, not PrefBench's {BenchConfig.lr} x "
-              f"{BenchConfig.steps_per_batch}, which are the tiny model's)")
+    if args.model != "tiny-chat":  # the learner takes the real model's own preset ('small')
+        config = dataclasses.replace(config, extra_env={"NEXTSTATE_BASE_MODEL": MODELS[args.model]})
+        print(f"   settings: NEXTSTATE_BASE_MODEL={MODELS[args.model]} (--model)")
     home = root / f"{args.model}-{args.method}-{args.persona}-s{args.seed}"
     print(settings_report(config), flush=True)
     print("2/3 starting the stack (redis, policy server, proxy, labeler, learner, controller) ...", flush=True)

@@ -8,7 +8,8 @@ with its statistics. Run it as ``nextstate controller`` or call ``tick()`` from 
 
 The global scope's controller also ticks one controller per personal learning scope: those count only
 their own scope's labeled turns (and the user's labeled stable turns from before the canary) and decide
-with ``registry.personal_canary``.
+with ``registry.personal_canary``. An undecided personal canary is replaced at once by the newest gated
+version trained on top of it, which inherits its labeled turns (``Control.supersede``, one transaction).
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ from bench.prefbench.report import curve, interactions_to, markdown_table, plot,
 from bench.prefbench.runner import METHODS, BenchConfig, run_matrix, settings_report
 from bench.prefbench.simulator import FeedbackMix
 from bench.prefbench.streak import sessions_to_streak
-from learner.config import TrainConfig
 
 DEFAULT_OUT = Path("bench/out/prefbench")
 TEXT_DEFAULT_PERSONAS = ("brief", "lowkey", "courteous")
@@ -31,19 +30,12 @@ def real_model_changes(model: str, args: argparse.Namespace) -> dict[str, object
         env = {"NEXTSTATE_BASE_MODEL": str(path), "NEXTSTATE_SERVED_MODEL_NAME": path.name,
                "NEXTSTATE_SERVED_BASE_MODEL": path.name}
     model_id = env["NEXTSTATE_BASE_MODEL"]
-    small = TrainConfig.small()
     changes: dict[str, object] = {"extra_env": env}
     reasons = [f"base model {model_id}: the real model under test (the learner takes its 'small' preset)"]
     if args.personas is None:
         changes["personas"] = TEXT_DEFAULT_PERSONAS
         reasons.append(f"personas {','.join(TEXT_DEFAULT_PERSONAS)}: preferences on free text (personas_text.py); "
                        "the tiny model's personas want its trained styles")
-    if args.lr is None:
-        changes["lr"] = small.lr
-        reasons.append(f"lr {small.lr}: the product's 'small' preset (the bench's 3e-3 was measured on the tiny model)")
-    if args.steps_per_batch is None:
-        changes["steps_per_batch"] = small.steps_per_batch
-        reasons.append(f"steps per batch {small.steps_per_batch}: the product's 'small' preset")
     for line in reasons:
         print(f"setting: {line}")
     return changes

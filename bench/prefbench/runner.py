@@ -50,12 +50,10 @@ class BenchConfig:
     mix: FeedbackMix = field(default_factory=FeedbackMix)
     batch_size: int = 4
     """The learner's batch size (the library default; also used to tell a waiting learner from a training one)."""
-    lr: float = 3e-3
-    """Learner learning rate, with 3 steps per batch (DESIGN.md decision 8's library default is 2e-3 x 2). Measured
-    with the retain set sampled from the base model and hint demonstrations, 3 personas, seed 0: 3e-3 x 2 reached
-    0.73 at 24 interactions, 3e-3 x 3 0.83, facts kept (0.875-1.00 on fresh prompts) and no candidate failed the
-    gate. Before those two, faster settings (5e-3 x 4, 3e-3 x 4) damaged facts and the gate rejected them."""
-    steps_per_batch: int = 3
+    lr: float | None = None
+    """Learner learning rate; None = the learner's preset (the tiny model's: 3e-3, with 3 steps per batch)."""
+    steps_per_batch: int | None = None
+    """Learner optimiser steps per batch; None = the learner's preset."""
     opt_in: bool = False
     """False: a plain client (no nextstate headers). True: the user names and closes its sessions and opts in to
     the canary (``X-NextState-Canary: 1``), for comparison."""
@@ -63,7 +61,6 @@ class BenchConfig:
     """``NEXTSTATE_SESSION_IDLE_TIMEOUT_S`` for the plain client: its conversations end by idleness."""
     gate_samples: int = 4
     """Sampled answers per sacred case and policy in the gate."""
-    gate_replay_tolerance: float = 0.05
     settle_timeout_s: float = 240.0
     think_s: float = 0.3
     """Pause before each message of the simulated user (reading time), so records reach the loop."""
@@ -97,18 +94,16 @@ def changed_settings(config: BenchConfig, method: str, seed: int) -> dict[str, t
         "NEXTSTATE_GATE_SAMPLES": (
             str(config.gate_samples), "fewer sampled answers per sacred case and policy (default 8): every gate "
             "check still runs, at half the CPU time"),
-        "NEXTSTATE_GATE_REPLAY_TOLERANCE": (
-            str(config.gate_replay_tolerance), "held-out replay over the handful of samples a short run has moves "
-            "by a few hundredths of a nat on noise alone (measured 0.0002 to 0.09): a wrong-way move within the "
-            "tolerance passes (default 0)"),
         "NEXTSTATE_METHOD": (method if method != "none" else "combined", "the method under test"),
-        "NEXTSTATE_LR": (str(config.lr), "measured for the tiny model (BenchConfig.lr; library default 2e-3)"),
-        "NEXTSTATE_STEPS_PER_BATCH": (str(config.steps_per_batch), "with lr, measured (library default 2)"),
         "NEXTSTATE_SEED": (str(seed), "the run's seed"),
         "NEXTSTATE_LEARNER_METRICS_PORT": ("0", "runs at once must not share the learner's metrics port"),
     }
     if config.batch_size != 4:
         settings["NEXTSTATE_BATCH_SIZE"] = (str(config.batch_size), "set on the command line")
+    if config.lr is not None:
+        settings["NEXTSTATE_LR"] = (str(config.lr), "set on the command line")
+    if config.steps_per_batch is not None:
+        settings["NEXTSTATE_STEPS_PER_BATCH"] = (str(config.steps_per_batch), "set on the command line")
     if config.jobs > 1:
         settings["OMP_NUM_THREADS"] = ("1", "two runs at once share the cores instead of fighting over them")
     settings.update({k: (v, "set by the caller") for k, v in config.extra_env.items()})

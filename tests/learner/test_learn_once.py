@@ -66,7 +66,7 @@ def test_learn_once_publishes_a_candidate_then_only_trains_new_samples(
     assert manifest.parent is None and manifest.method == "combined"
     assert manifest.base_model == env["NEXTSTATE_BASE_MODEL"] and (manifest.base_revision or "").startswith("tiny:")
     assert sorted(manifest.sample_ids) == ["Chile", "France", "Peru"]
-    assert manifest.config["lr"] == 2e-3 and manifest.config["eps_high"] == 0.28
+    assert manifest.config["lr"] == 3e-3 and manifest.config["eps_high"] == 0.28
     for key in ("loss", "reward_mean", "kl_base", "kl_parent", "entropy", "clip_fraction", "tokens", "wall_seconds"):
         assert key in manifest.metrics
     assert manifest.metrics["reward_mean"] == pytest.approx(1 / 3)

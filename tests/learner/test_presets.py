@@ -15,7 +15,8 @@ def test_each_preset_is_what_its_docstring_says() -> None:
     assert (small.lr, small.lora_r, small.batch_size, small.steps_per_batch) == (5e-4, 8, 4, 2)
     assert small.hint_demos == 0 and small.w_retain == 1.0
     assert TrainConfig.small(lr=1e-3).lr == 1e-3  # overrides win
-    assert TrainConfig.tiny().lr == 2e-3 and TrainConfig.gpu().dtype == "bfloat16"
+    assert (TrainConfig.tiny().lr, TrainConfig.tiny().steps_per_batch) == (3e-3, 3)
+    assert TrainConfig.gpu().dtype == "bfloat16"
 
 
 @pytest.mark.parametrize(("base_model", "device", "preset", "expected"), [
