@@ -104,7 +104,7 @@ class Dispatcher:
             if self.redis.sismember(SWEPT_KEY, job_id):
                 continue
             try:
-                job = Job.fetch(job_id, connection=self.redis, serializer=self.rt.queue().serializer)
+                job = Job.fetch(job_id, connection=self.rt.queues, serializer=self.rt.queue().serializer)
             except Exception:  # the job hash expired: nothing left to recover
                 self.redis.sadd(SWEPT_KEY, job_id)
                 continue

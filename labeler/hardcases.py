@@ -16,7 +16,6 @@ import argparse
 import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-import redis
 import structlog
 from rq import get_current_job
 from rq.job import Job
@@ -72,7 +71,7 @@ def drain(rt: Runtime, limit: int | None = None, concurrency: int = 8, progress:
     counts: dict[str, int] = {"written": 0, "duplicate": 0, "missing": 0, "skipped": 0, "failed": 0}
 
     def one(job_id: str) -> str:
-        job = Job.fetch(job_id, connection=rt.redis, serializer=queue.serializer)
+        job = Job.fetch(job_id, connection=rt.queues, serializer=queue.serializer)
         outcome = relabel(str(job.args[0]), event_id=f"strong:{job.id}:{job.created_at.timestamp()}")
         queue.remove(job_id)
         job.delete()
@@ -113,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = LabelerSettings(**overrides)  # type: ignore[arg-type]
     configure_logging(settings.log_level, settings.log_json)
     url, _ = resolve_redis_url(settings.redis_url, settings.home_dir())
-    rt = Runtime(settings=settings, redis=redis.Redis.from_url(url), strong=True)
+    rt = Runtime.open(settings, url, strong=True)
     try:
         counts = drain(rt, limit=args.limit, concurrency=settings.strong_concurrency)
     except JudgeError as exc:

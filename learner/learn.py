@@ -49,6 +49,7 @@ from learner.retain import DEFAULT_RETAIN, load_prompts, sample_retain
 from learner.train import TrainResult, attach_adapter, train
 from proxy.embedded_redis import resolve_redis_url
 from proxy.logs import configure_logging
+from proxy.redis_connect import connect
 from registry.lineage import training_parent
 from registry.records import GLOBAL_SCOPE, AuditEvent, LearnerState, Manifest, learner_state_key, stream_id
 from registry.settings import RegistrySettings
@@ -436,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = LearnerSettings(**overrides)
     configure_logging(settings.log_level, settings.log_json)
     url, embedded = resolve_redis_url(settings.redis_url, settings.home_dir())
-    client = redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10)
+    client = connect(url, socket_timeout=30, socket_connect_timeout=10)
     try:
         learner = Learner(settings, client)
         if args.once:

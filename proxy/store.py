@@ -35,7 +35,7 @@ from proxy.records import (
 )
 from proxy.sessions import PreviousTurn, chain_hash, link
 
-IDLE_SESSIONS_KEY = "nextstate:sessions:idle"
+IDLE_SESSIONS_KEY = "nextstate:{rec}:sessions:idle"  # every key a record write touches is in slot {rec}
 
 _PUT = """
 local function put(seen, stream, payload, ttl, copy)
@@ -101,7 +101,7 @@ class Work(Protocol):
 
 def chain_key(digest: str) -> str:
     """Key mapping the fingerprint of a history (request + reply) to its session id."""
-    return f"nextstate:chain:{{{digest}}}"
+    return f"nextstate:{{rec}}:chain:{digest}"
 
 
 def transition_id(turn_id: str) -> str:

@@ -24,6 +24,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from proxy.embedded_redis import resolve_redis_url
+from proxy.redis_connect import connect
 from proxy.settings import CommonSettings
 from registry import observe
 
@@ -171,8 +172,8 @@ def dashboard_for(settings: CommonSettings, *, sample_window: int = 5000) -> Sta
     """The dashboard on the Redis the settings name (the embedded one when none is set: by the time
     the first page is requested the proxy's lifespan has started it, and this reuses it)."""
 
-    def connect() -> redis.Redis:
+    def open_client() -> redis.Redis:
         url, _ = resolve_redis_url(settings.redis_url, settings.home_dir())
-        return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        return connect(url, socket_timeout=5, socket_connect_timeout=5)
 
-    return create_dashboard(connect, sample_window=sample_window)
+    return create_dashboard(open_client, sample_window=sample_window)

@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from pydantic import Field
 from rq import Queue, Worker
 
+from proxy.redis_connect import connect
 from proxy.settings import CommonSettings
 from registry import observe
 from registry.records import EVENTS_STREAM, UPSTREAM_OUTCOMES_KEY, AuditEvent
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = ExporterSettings(**{k: v for k, v in vars(args).items() if v is not None})
     configure_logging(settings.log_level, settings.log_json)
     url, embedded = resolve_redis_url(settings.redis_url, settings.home_dir())
-    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    client = connect(url, socket_timeout=5, socket_connect_timeout=5)
     server, thread = start_http_server(settings.exporter_port, settings.exporter_host,
                                        registry=build_registry(client, settings.exporter_sample_window))
     log.info("exporter_started", host=settings.exporter_host, port=settings.exporter_port, redis=url)

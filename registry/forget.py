@@ -33,7 +33,8 @@ from proxy.records import (
     session_key,
     turn_key,
 )
-from proxy.store import IDLE_SESSIONS_KEY
+from proxy.redis_connect import connect
+from proxy.store import IDLE_SESSIONS_KEY, chain_key
 from registry.records import EVENTS_STREAM, AuditEvent
 
 _HEX16 = re.compile(r"^[0-9a-f]{16}$")
@@ -185,8 +186,8 @@ def forget(client: redis.Redis, who: Who, *, actor: str = "operator") -> dict[st
         except (ValueError, AttributeError):
             return False
 
-    linked = _scan_values(client, "nextstate:chain:*", in_session)
-    linked += _scan_values(client, response_context_key("*").replace("{*}", "*"), in_session)
+    linked = _scan_values(client, chain_key("*"), in_session)
+    linked += _scan_values(client, response_context_key("*"), in_session)
     removed.add("chains_and_contexts", int(client.delete(*linked)) if linked else 0)
     removed.add("hard_cases", _jobs(client, HARD_QUEUE, lambda args: bool(args) and args[0] in turn_ids))
     removed.add("label_jobs", _jobs(client, LABEL_QUEUE, lambda args: len(args) > 1 and args[1] in transitions))
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     who = Who(session=args.session, key_hash=key_hash_of(args.key) if args.key else None, user=args.user)
     settings = RegistrySettings()
     url, embedded = resolve_redis_url(settings.redis_url, settings.home_dir())
-    client = redis.Redis.from_url(url, socket_timeout=30)
+    client = connect(url, socket_timeout=30)
     try:
         counts = forget(client, who)
     finally:
