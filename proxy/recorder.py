@@ -19,6 +19,7 @@ from typing import Any, Literal
 import redis
 import structlog
 from pydantic import BaseModel
+from redis.exceptions import RedisClusterUnreachableError, SlotNotCoveredError
 
 from proxy import fastjson, items
 from proxy.accumulate import Accumulator
@@ -35,8 +36,9 @@ log = structlog.get_logger("proxy.recorder")
 
 _NOT_PARAMS = frozenset({"messages", "tools", "model"})
 # what makes a write wait in the spool: any Redis error (down, loading, read-only, out of memory), or
-# the socket failing; such records are retried, never dropped
-REDIS_DOWN = (redis.RedisError, OSError)
+# the socket failing, a Redis Cluster with no reachable node or a slot without one; such records are
+# retried, never dropped
+REDIS_DOWN = (redis.RedisError, OSError, RedisClusterUnreachableError, SlotNotCoveredError)
 
 
 @dataclass

@@ -82,6 +82,11 @@ def connect_async(url: str, **options: Any) -> aioredis.Redis:
     return client  # type: ignore[no-any-return]
 
 
+def connect_queues(redis_url: str, configured: str | None, **options: Any) -> redis.Redis:
+    """A plain client of the Redis the RQ queues live on (see ``queue_url``)."""
+    return redis.Redis.from_url(queue_url(redis_url, configured), **options)
+
+
 def queue_url(redis_url: str, configured: str | None) -> str:
     """The Redis URL of the RQ queues: ``configured`` (``NEXTSTATE_QUEUE_URL``), else the Redis URL itself.
 

@@ -63,21 +63,29 @@ class RedisCluster:
         """A plain client of one node (cluster commands, or everything when the cluster is one node)."""
         return redis.Redis(host="127.0.0.1", port=self.ports[index], **kwargs)  # type: ignore[arg-type]
 
+    def _spawn(self, index: int) -> subprocess.Popen[bytes]:
+        home = self.directory / f"node-{index}"
+        home.mkdir(parents=True, exist_ok=True)
+        process = subprocess.Popen(
+            [redis_binary(), "--port", str(self.ports[index]), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+             "--cluster-config-file", str(home / "nodes.conf"), "--cluster-node-timeout", "2000",
+             "--dir", str(home), "--save", "", "--appendonly", "yes", "--daemonize", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self._wait(lambda: bool(self._ask(index, "PING")), "start")
+        return process
+
+    def restart(self) -> RedisCluster:
+        """Start the stopped nodes again on their ports; they rejoin from their config and append-only files."""
+        self.processes = [self._spawn(index) for index in range(self.masters)]
+        self._wait(self._ok, "form again")
+        return self
+
     def start(self) -> RedisCluster:
-        binary = redis_binary()
         try:
             for index in range(self.masters):
-                port = _free_port()
-                home = self.directory / f"node-{index}"
-                home.mkdir(parents=True, exist_ok=True)
-                self.processes.append(subprocess.Popen(
-                    [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                     "--cluster-config-file", str(home / "nodes.conf"), "--cluster-node-timeout", "2000",
-                     "--dir", str(home), "--save", "", "--appendonly", "no", "--daemonize", "no"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                ))
-                self.ports.append(port)
-                self._wait(lambda index=index: bool(self._ask(index, "PING")), "start")
+                self.ports.append(_free_port())
+                self.processes.append(self._spawn(index))
             if self.masters == 1:
                 self._ask(0, "CLUSTER", "ADDSLOTSRANGE", 0, 16383)
             else:
