@@ -105,12 +105,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from proxy.embedded_redis import resolve_redis_url
     from proxy.logs import configure_logging
+    from proxy.redis_connect import queue_settings_problem
 
     overrides = {k: v for k, v in {"strong_model": args.model, "strong_api_base": args.api_base,
                                    "strong_api_key": args.api_key, "judge_votes": args.votes,
                                    "strong_concurrency": args.concurrency}.items() if v is not None}
     settings = LabelerSettings(**overrides)  # type: ignore[arg-type]
     configure_logging(settings.log_level, settings.log_json)
+    if problem := queue_settings_problem(settings.redis_url, settings.queue_url):
+        print(f"nextstate label: {problem}", file=sys.stderr)
+        return 2
     url, _ = resolve_redis_url(settings.redis_url, settings.home_dir())
     rt = Runtime.open(settings, url, strong=True)
     try:

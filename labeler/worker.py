@@ -175,9 +175,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from proxy.embedded_redis import resolve_redis_url
     from proxy.logs import configure_logging
+    from proxy.redis_connect import queue_settings_problem
 
     settings = LabelerSettings(**({"workers": args.workers} if args.workers else {}))
     configure_logging(settings.log_level, settings.log_json)
+    if problem := queue_settings_problem(settings.redis_url, settings.queue_url):
+        print(f"nextstate worker: {problem}", file=sys.stderr)
+        return 2
     url, embedded = resolve_redis_url(settings.redis_url, settings.home_dir())
     if args.child:
         return run_child(settings, url, burst=args.burst)

@@ -101,3 +101,12 @@ def queue_url(redis_url: str, configured: str | None) -> str:
         raise ValueError("NEXTSTATE_REDIS_URL names a Redis Cluster: set NEXTSTATE_QUEUE_URL to a single Redis "
                          "node for the labeler's RQ queues (RQ does not run on Redis Cluster)")
     return redis_url
+
+
+def queue_settings_problem(redis_url: str | None, configured: str | None) -> str | None:
+    """Why these settings name no usable Redis for the RQ queues (None: they do); checked at start."""
+    try:
+        queue_url(redis_url or "redis://embedded", configured)
+    except ValueError as exc:
+        return str(exc)
+    return None

@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 from pydantic import Field
 from rq import Queue, Worker
 
-from proxy.redis_connect import connect, connect_queues
+from proxy.redis_connect import connect, connect_queues, queue_settings_problem
 from proxy.settings import CommonSettings
 from registry import observe
 from registry.records import EVENTS_STREAM, UPSTREAM_OUTCOMES_KEY, AuditEvent
@@ -238,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     settings = ExporterSettings(**{k: v for k, v in vars(args).items() if v is not None})
     configure_logging(settings.log_level, settings.log_json)
+    if problem := queue_settings_problem(settings.redis_url, settings.queue_url):
+        print(f"nextstate exporter: {problem}", file=sys.stderr)
+        return 2
     url, embedded = resolve_redis_url(settings.redis_url, settings.home_dir())
     client = connect(url, socket_timeout=5, socket_connect_timeout=5)
     queues = connect_queues(url, settings.queue_url, socket_timeout=5, socket_connect_timeout=5)

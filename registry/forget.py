@@ -33,7 +33,7 @@ from proxy.records import (
     session_key,
     turn_key,
 )
-from proxy.redis_connect import connect, connect_queues
+from proxy.redis_connect import connect, connect_queues, queue_settings_problem
 from proxy.store import IDLE_SESSIONS_KEY, chain_key
 from registry.records import EVENTS_STREAM, AuditEvent
 
@@ -217,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         return run(args.scope)
     who = Who(session=args.session, key_hash=key_hash_of(args.key) if args.key else None, user=args.user)
     settings = RegistrySettings()
+    if problem := queue_settings_problem(settings.redis_url, settings.queue_url):
+        print(f"nextstate forget: {problem}", file=sys.stderr)
+        return 2
     url, embedded = resolve_redis_url(settings.redis_url, settings.home_dir())
     client = connect(url, socket_timeout=30)
     queues = connect_queues(url, settings.queue_url, socket_timeout=30)
