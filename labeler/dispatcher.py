@@ -30,6 +30,7 @@ from rq.registry import FailedJobRegistry
 from labeler.jobs import Runtime, enqueue_feedback, enqueue_hard, enqueue_label
 from labeler.samples import SampleStore, apply_verdict, load_turn, payload_from_turn
 from proxy.records import FEEDBACK_STREAM, TRANSITIONS_STREAM, FeedbackRecord, TransitionRecord
+from proxy.redis_connect import CLUSTER_UNREACHABLE
 
 log = structlog.get_logger("labeler.dispatcher")
 
@@ -145,7 +146,7 @@ class Dispatcher:
                 if time.monotonic() - last_sweep > sweep_every_s:
                     self.sweep_failed()
                     last_sweep = time.monotonic()
-            except redis.ConnectionError as exc:
+            except (redis.ConnectionError, *CLUSTER_UNREACHABLE) as exc:
                 log.warning("redis_unavailable", error=str(exc)[:200])
                 stop.wait(1.0)
             except redis.ResponseError as exc:

@@ -49,7 +49,7 @@ from learner.retain import DEFAULT_RETAIN, load_prompts, sample_retain
 from learner.train import TrainResult, attach_adapter, train
 from proxy.embedded_redis import resolve_redis_url
 from proxy.logs import configure_logging
-from proxy.redis_connect import connect
+from proxy.redis_connect import CLUSTER_UNREACHABLE, connect
 from registry.lineage import training_parent
 from registry.records import GLOBAL_SCOPE, AuditEvent, LearnerState, Manifest, learner_state_key, stream_id
 from registry.settings import RegistrySettings
@@ -217,7 +217,7 @@ class Learner:
             said = LearnerState(consumer=self.reader.consumer, state=state, held=held, seen=seen)
             # training may take long on a big model: that state stays until the round ends
             self.reader.redis.set(key, said.model_dump_json(), ex=None if state == "training" else 60)
-        except redis.RedisError as exc:
+        except (redis.RedisError, *CLUSTER_UNREACHABLE) as exc:
             log().info("learner_state_not_written", error=repr(exc))
 
     def round(self, entries: list[Entry], progress: bool = False, scope: str = GLOBAL_SCOPE) -> RoundOutcome:

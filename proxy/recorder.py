@@ -19,13 +19,13 @@ from typing import Any, Literal
 import redis
 import structlog
 from pydantic import BaseModel
-from redis.exceptions import RedisClusterUnreachableError, SlotNotCoveredError
 
 from proxy import fastjson, items
 from proxy.accumulate import Accumulator
 from proxy.metrics import Metrics
 from proxy.records import FeedbackRecord, ResponseContext, Serving, Timings, TurnRecord, TurnRequest
 from proxy.redact import Redactor
+from proxy.redis_connect import CLUSTER_UNREACHABLE
 from proxy.routing import Decision
 from proxy.sessions import message_digest, turn_index
 from proxy.spool import Spool
@@ -38,7 +38,7 @@ _NOT_PARAMS = frozenset({"messages", "tools", "model"})
 # what makes a write wait in the spool: any Redis error (down, loading, read-only, out of memory), or
 # the socket failing, a Redis Cluster with no reachable node or a slot without one; such records are
 # retried, never dropped
-REDIS_DOWN = (redis.RedisError, OSError, RedisClusterUnreachableError, SlotNotCoveredError)
+REDIS_DOWN = (redis.RedisError, OSError, *CLUSTER_UNREACHABLE)
 
 
 @dataclass

@@ -19,8 +19,12 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterUnreachableError, SlotNotCoveredError
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+# What a cluster client raises, beside redis.RedisError, when no node (or none serving a slot) answers:
+# catch it wherever "Redis is down" is caught.
+CLUSTER_UNREACHABLE: tuple[type[Exception], ...] = (RedisClusterUnreachableError, SlotNotCoveredError)
 
 
 @dataclass(frozen=True)

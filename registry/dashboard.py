@@ -24,7 +24,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from proxy.embedded_redis import resolve_redis_url
-from proxy.redis_connect import connect, connect_queues
+from proxy.redis_connect import CLUSTER_UNREACHABLE, connect, connect_queues
 from proxy.settings import CommonSettings
 from registry import observe
 
@@ -140,7 +140,7 @@ def _endpoint(view: Callable[[Request], dict[str, Any]]) -> Callable[[Request], 
             return JSONResponse(await run_in_threadpool(view, request))
         except ValueError as exc:
             return _error(400, str(exc), "invalid_request_error")
-        except redis.RedisError as exc:
+        except (redis.RedisError, *CLUSTER_UNREACHABLE) as exc:
             return _error(503, f"redis unavailable: {exc}", "service_unavailable", code="redis_unavailable")
 
     return endpoint

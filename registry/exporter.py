@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 from pydantic import Field
 from rq import Queue, Worker
 
-from proxy.redis_connect import connect, connect_queues, queue_settings_problem
+from proxy.redis_connect import CLUSTER_UNREACHABLE, connect, connect_queues, queue_settings_problem
 from proxy.settings import CommonSettings
 from registry import observe
 from registry.records import EVENTS_STREAM, UPSTREAM_OUTCOMES_KEY, AuditEvent
@@ -88,7 +88,7 @@ class StackCollector(Collector):
         up = GaugeMetricFamily("nextstate_exporter_up", "1 when the last scrape could read Redis.")
         try:
             families = list(self._families())
-        except redis.RedisError as exc:
+        except (redis.RedisError, *CLUSTER_UNREACHABLE) as exc:
             log.warning("scrape_failed", error=repr(exc))
             up.add_metric([], 0)
             yield up
