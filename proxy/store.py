@@ -6,7 +6,8 @@ therefore never duplicate a record. A batch of turns costs two round trips: read
 then one pipeline of scripts, each writing a previous turn's transition, the turn and the new session
 state, and only if the session is still where the reader saw it (compare-and-set). Session
 state is JSON with a TTL; sessions are also listed in a sorted set by last activity so that any
-replica can close idle ones, and ``ZREM`` decides which replica does.
+replica can close idle ones, and ``ZREM`` decides which replica does. Every key a script names carries
+the hash tag ``{rec}`` (``proxy.records``), so both scripts run on Redis Cluster too.
 """
 
 from __future__ import annotations
