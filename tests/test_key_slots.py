@@ -40,6 +40,7 @@ from proxy.redis_connect import connect
 from proxy.settings import ProxySettings
 from proxy.store import IDLE_SESSIONS_KEY, chain_key
 from registry.actions import Control
+from registry.forget_scope import forget_scope
 from registry.publisher import Publisher
 from registry.records import RETIRED_KEY, SCOPES_KEY, GateVerdict, Manifest, scope_keys
 from registry.routing import write_table
@@ -196,5 +197,7 @@ def test_samples_the_dispatcher_and_the_registry_on_a_cluster(cluster_url: str, 
         assert registry.scopes() == ["global", "u-0123456789abcdef"]
         stored = control.sync()
         assert write_table(client, stored).revision == stored.revision + 1
+        forgotten = forget_scope(control, "u-0123456789abcdef")
+        assert len(forgotten.versions) == 3 and registry.scopes() == ["global"]
     finally:
         client.close()
