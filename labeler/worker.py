@@ -7,8 +7,9 @@ A worker process that dies is restarted. SIGTERM or Ctrl-C stops everything: wor
 job in hand first (RQ's warm shutdown).
 
 Scaling across machines: run ``nextstate worker`` on as many hosts as needed with the same
-``NEXTSTATE_REDIS_URL`` (and ``NEXTSTATE_QUEUE_URL`` when the queues live on a Redis of their own). All workers pull from the same RQ queue, and all dispatchers join the
-same consumer group, so each stream entry is handed to exactly one of them; entries left pending
+``NEXTSTATE_REDIS_URL`` (and ``NEXTSTATE_QUEUE_URL``, when the queues live on a Redis of their own, as
+they must beside a Redis Cluster). All workers pull from the same RQ queue, and all dispatchers join
+the same consumer group, so each stream entry is handed to exactly one of them; entries left pending
 by a host that died are re-claimed by the others after ``NEXTSTATE_CLAIM_IDLE_MS``. ``--no-dispatch``
 runs workers only; ``python -m labeler worker --child`` is one bare worker process.
 """
