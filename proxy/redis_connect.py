@@ -11,7 +11,7 @@ clients run the same code. RQ cannot run on a cluster (its keys span slots and i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -57,7 +57,7 @@ def parse_cluster_url(url: str) -> ClusterURL:
             raise ValueError(f"every node of a Redis Cluster URL needs host:port, got {part!r} in {url!r}")
         nodes.append((parsed.hostname, parsed.port))
     username, _, password = auth.partition(":") if auth else ("", "", "")
-    if auth and not password:  # "redis+cluster://secret@host:port": a password alone
+    if auth and ":" not in auth:  # "redis+cluster://secret@host:port": a password alone
         username, password = "", username
     return ClusterURL(tuple(nodes), unquote(username) or None, unquote(password) or None,
                       ssl=scheme.lower() == "rediss+cluster")
@@ -71,9 +71,9 @@ def connect(url: str, **options: Any) -> redis.Redis:
     if not is_cluster(url):
         return redis.Redis.from_url(url, **options)
     parts = parse_cluster_url(url)
-    client: Any = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in parts.nodes],
-                               username=parts.username, password=parts.password, ssl=parts.ssl, **options)
-    return client  # type: ignore[no-any-return]
+    return cast(redis.Redis, RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in parts.nodes],
+                                          username=parts.username, password=parts.password, ssl=parts.ssl,
+                                          **options))
 
 
 def connect_async(url: str, **options: Any) -> aioredis.Redis:
@@ -81,9 +81,9 @@ def connect_async(url: str, **options: Any) -> aioredis.Redis:
     if not is_cluster(url):
         return aioredis.Redis.from_url(url, **options)
     parts = parse_cluster_url(url)
-    client: Any = AsyncRedisCluster(startup_nodes=[AsyncClusterNode(h, p) for h, p in parts.nodes],
-                                    username=parts.username, password=parts.password, ssl=parts.ssl, **options)
-    return client  # type: ignore[no-any-return]
+    return cast(aioredis.Redis, AsyncRedisCluster(startup_nodes=[AsyncClusterNode(h, p) for h, p in parts.nodes],
+                                                  username=parts.username, password=parts.password, ssl=parts.ssl,
+                                                  **options))
 
 
 def connect_queues(redis_url: str, configured: str | None, **options: Any) -> redis.Redis:
