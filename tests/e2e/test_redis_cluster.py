@@ -125,6 +125,7 @@ def test_proxy_labeler_and_learner_reader_on_a_redis_cluster(cluster: RedisClust
         reasons = Counter(t["reason"] for t in transitions)
         assert reasons == {"next_request": 3, "session_done": 2}, reasons
         assert [t["has_next_state"] for t in transitions].count(True) == 3
+        assert [f["turn_id"] for f in records(data, FEEDBACK_STREAM)] == [rated]
 
         # the labeler: the dispatcher enqueues one job per transition and feedback, a worker process runs them
         labeler = LabelerSettings(redis_url=cluster.url, queue_url=queues.url, judge="embedded", dispatch_block_ms=1,
@@ -138,6 +139,7 @@ def test_proxy_labeler_and_learner_reader_on_a_redis_cluster(cluster: RedisClust
             run_worker(cluster.url, queues.url, tmp_path / "worker-home")
             assert dispatcher.run_once(block_ms=1) == 0  # everything was acknowledged
             assert dispatcher.sweep_failed() == 0
+            assert rt.queues.keys("rq:job:*") and not list(data.scan_iter(match="rq:*"))  # RQ kept off the cluster
         finally:
             rt.redis.close()
             rt.queues.close()
