@@ -30,6 +30,7 @@ from rq.registry import FailedJobRegistry
 from labeler.jobs import Runtime, enqueue_feedback, enqueue_hard, enqueue_label
 from labeler.samples import SampleStore, apply_verdict, load_turn, payload_from_turn
 from proxy.records import FEEDBACK_STREAM, TRANSITIONS_STREAM, FeedbackRecord, TransitionRecord
+from proxy.redis_connect import CLUSTER_UNREACHABLE
 
 log = structlog.get_logger("labeler.dispatcher")
 
@@ -104,7 +105,7 @@ class Dispatcher:
             if self.redis.sismember(SWEPT_KEY, job_id):
                 continue
             try:
-                job = Job.fetch(job_id, connection=self.redis, serializer=self.rt.queue().serializer)
+                job = Job.fetch(job_id, connection=self.rt.queues, serializer=self.rt.queue().serializer)
             except Exception:  # the job hash expired: nothing left to recover
                 self.redis.sadd(SWEPT_KEY, job_id)
                 continue
@@ -145,7 +146,7 @@ class Dispatcher:
                 if time.monotonic() - last_sweep > sweep_every_s:
                     self.sweep_failed()
                     last_sweep = time.monotonic()
-            except redis.ConnectionError as exc:
+            except (redis.ConnectionError, *CLUSTER_UNREACHABLE) as exc:
                 log.warning("redis_unavailable", error=str(exc)[:200])
                 stop.wait(1.0)
             except redis.ResponseError as exc:

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 import redis
 
 from labeler.records import SAMPLES_STREAM, SampleRecord
+from proxy.redis_connect import connect
 
 KINDS = ("sft", "preference", "kto")
 # keys an OpenAI chat fine-tuning message may carry; everything else (reasoning, logprobs) is dropped
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     settings = LabelerSettings()
     url, _ = resolve_redis_url(settings.redis_url, settings.home_dir())
-    client = redis.Redis.from_url(url, socket_timeout=30)
+    client = connect(url, socket_timeout=30)
     try:
         if args.output:
             with open(args.output, "w", encoding="utf-8") as out:

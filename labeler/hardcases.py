@@ -16,7 +16,6 @@ import argparse
 import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-import redis
 import structlog
 from rq import get_current_job
 from rq.job import Job
@@ -72,7 +71,7 @@ def drain(rt: Runtime, limit: int | None = None, concurrency: int = 8, progress:
     counts: dict[str, int] = {"written": 0, "duplicate": 0, "missing": 0, "skipped": 0, "failed": 0}
 
     def one(job_id: str) -> str:
-        job = Job.fetch(job_id, connection=rt.redis, serializer=queue.serializer)
+        job = Job.fetch(job_id, connection=rt.queues, serializer=queue.serializer)
         outcome = relabel(str(job.args[0]), event_id=f"strong:{job.id}:{job.created_at.timestamp()}")
         queue.remove(job_id)
         job.delete()
@@ -106,14 +105,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from proxy.embedded_redis import resolve_redis_url
     from proxy.logs import configure_logging
+    from proxy.redis_connect import queue_settings_problem
 
     overrides = {k: v for k, v in {"strong_model": args.model, "strong_api_base": args.api_base,
                                    "strong_api_key": args.api_key, "judge_votes": args.votes,
                                    "strong_concurrency": args.concurrency}.items() if v is not None}
     settings = LabelerSettings(**overrides)  # type: ignore[arg-type]
     configure_logging(settings.log_level, settings.log_json)
+    if problem := queue_settings_problem(settings.redis_url, settings.queue_url):
+        print(f"nextstate label: {problem}", file=sys.stderr)
+        return 2
     url, _ = resolve_redis_url(settings.redis_url, settings.home_dir())
-    rt = Runtime(settings=settings, redis=redis.Redis.from_url(url), strong=True)
+    rt = Runtime.open(settings, url, strong=True)
     try:
         counts = drain(rt, limit=args.limit, concurrency=settings.strong_concurrency)
     except JudgeError as exc:

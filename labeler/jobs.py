@@ -27,6 +27,7 @@ from labeler.samples import SampleStore, apply_verdict, job_safe, load_turn, pay
 from labeler.settings import LabelerSettings
 from labeler.tally import accept_hint, classify, disagrees, select_hint
 from proxy.records import FEEDBACK_STREAM, TRANSITIONS_STREAM, FeedbackRecord, TransitionRecord
+from proxy.redis_connect import connect, queue_url
 
 log = structlog.get_logger("labeler.jobs")
 
@@ -41,8 +42,24 @@ class Runtime:
 
     settings: LabelerSettings
     redis: redis.Redis
+    """Where records and samples live (a Redis Cluster client when the URL names one)."""
     strong: bool = False
+    queue_redis: redis.Redis | None = None
+    """Where the RQ queues live, when not with the data (``NEXTSTATE_QUEUE_URL``: RQ cannot run on a cluster)."""
     _judge: Judge | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, settings: LabelerSettings, url: str, *, strong: bool = False) -> Runtime:
+        """Clients for the data at ``url`` and for the queues at ``settings.queue_url`` (default: the same)."""
+        data = connect(url)
+        queues_at = queue_url(url, settings.queue_url)
+        return cls(settings=settings, redis=data, strong=strong,
+                   queue_redis=None if queues_at == url else redis.Redis.from_url(queues_at))
+
+    @property
+    def queues(self) -> redis.Redis:
+        """The client RQ's queues, jobs and workers use."""
+        return self.queue_redis if self.queue_redis is not None else self.redis
 
     @property
     def judge(self) -> Judge:
@@ -51,7 +68,7 @@ class Runtime:
         return self._judge
 
     def queue(self, name: str = LABEL_QUEUE) -> Queue:
-        return Queue(name, connection=self.redis, serializer=JSONSerializer)
+        return Queue(name, connection=self.queues, serializer=JSONSerializer)
 
 
 _installed: list[Runtime] = []

@@ -15,14 +15,18 @@ from proxy.records import TokenCapture
 
 SCHEMA_VERSION = 2  # 2: turns, samples and the routing table carry learning scopes
 
-SAMPLES_STREAM = "nextstate:samples"
+# The samples stream, the per-turn sample copies and the registry's keys share the hash tag ``{learn}``
+# (one Redis Cluster slot): a sample revision is appended together with its copy, and the learner
+# acknowledges the samples a candidate trained on in the transaction that records the candidate.
+LEARNING_TAG = "{learn}"
+SAMPLES_STREAM = "nextstate:{learn}:samples"
 HARD_QUEUE = "hard"
 LABEL_QUEUE = "label"
 
 
 def sample_key(turn_id: str) -> str:
     """Key of the current (latest revision) sample of a turn."""
-    return f"nextstate:sample:{{{turn_id}}}"
+    return f"nextstate:{{learn}}:sample:{turn_id}"
 
 
 SampleClass = Literal["prefer", "avoid", "observation"]

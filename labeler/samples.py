@@ -4,8 +4,8 @@ Every label event (a judged transition, an explicit feedback, a strong-judge rel
 A revision is written by one Lua script that checks, atomically, that the event was not applied
 yet and that nobody wrote a newer revision meanwhile; then it appends the revision to the stream
 and replaces the current copy. A re-delivered or retried event is therefore a no-op, and two
-writers of the same turn serialise (the loser re-reads and re-applies). On Redis Cluster, give the
-samples stream the turn's hash tag scheme or run the labeler against one shard for its streams.
+writers of the same turn serialise (the loser re-reads and re-applies). The turn's sample copy and the
+samples stream share the hash tag ``{learn}``, so the script runs on Redis Cluster too.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ A worker process that dies is restarted. SIGTERM or Ctrl-C stops everything: wor
 job in hand first (RQ's warm shutdown).
 
 Scaling across machines: run ``nextstate worker`` on as many hosts as needed with the same
-``NEXTSTATE_REDIS_URL``. All workers pull from the same RQ queue, and all dispatchers join the
-same consumer group, so each stream entry is handed to exactly one of them; entries left pending
+``NEXTSTATE_REDIS_URL`` (and ``NEXTSTATE_QUEUE_URL``, when the queues live on a Redis of their own, as
+they must beside a Redis Cluster). All workers pull from the same RQ queue, and all dispatchers join
+the same consumer group, so each stream entry is handed to exactly one of them; entries left pending
 by a host that died are re-claimed by the others after ``NEXTSTATE_CLAIM_IDLE_MS``. ``--no-dispatch``
 runs workers only; ``python -m labeler worker --child`` is one bare worker process.
 """
@@ -26,7 +27,6 @@ import threading
 import time
 from types import FrameType
 
-import redis
 import structlog
 from rq import SimpleWorker, Worker
 from rq.worker import BaseWorker
@@ -73,14 +73,13 @@ class InlineWorker(SimpleWorker):
 
 def run_child(settings: LabelerSettings, url: str, burst: bool = False) -> int:
     """One RQ worker process on the label queue."""
-    client = redis.Redis.from_url(url)
-    rt = install(Runtime(settings=settings, redis=client))
+    rt = install(Runtime.open(settings, url))
     try:
         rt.judge  # noqa: B018 -- build it before forking work horses, so each job starts ready
     except JudgeError as exc:  # the judge may come up later; jobs retry until it does
         log.warning("judge_not_ready", error=str(exc)[:300])
     # maintenance also re-queues a job stranded by a worker that died while taking it (after ~1 min)
-    worker = LabelWorker([rt.queue(LABEL_QUEUE)], connection=client, serializer=rt.queue().serializer,
+    worker = LabelWorker([rt.queue(LABEL_QUEUE)], connection=rt.queues, serializer=rt.queue().serializer,
                          name=f"labeler-{socket.gethostname()}-{os.getpid()}",
                          maintenance_interval=settings.maintenance_interval_s)
     worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level.upper())
@@ -105,7 +104,8 @@ class Supervisor:
         self.restarts = 0
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "NEXTSTATE_REDIS_URL": self.url}
+        env = {**os.environ, "NEXTSTATE_REDIS_URL": self.url,
+               **({"NEXTSTATE_QUEUE_URL": self.settings.queue_url} if self.settings.queue_url else {})}
         # its own process group: when a worker dies, its scheduler process (which shares the worker's
         # Redis socket and would keep a dead BLMOVE alive, swallowing the next job) dies with it
         child = subprocess.Popen([sys.executable, "-m", "labeler", "worker", "--child"], env=env,
@@ -130,7 +130,7 @@ class Supervisor:
         return self._shutdown(thread)
 
     def _start_dispatcher(self) -> threading.Thread:
-        rt = Runtime(settings=self.settings, redis=redis.Redis.from_url(self.url))
+        rt = Runtime.open(self.settings, self.url)
         dispatcher = Dispatcher(rt)
 
         def run() -> None:
@@ -176,9 +176,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from proxy.embedded_redis import resolve_redis_url
     from proxy.logs import configure_logging
+    from proxy.redis_connect import queue_settings_problem
 
     settings = LabelerSettings(**({"workers": args.workers} if args.workers else {}))
     configure_logging(settings.log_level, settings.log_json)
+    if problem := queue_settings_problem(settings.redis_url, settings.queue_url):
+        print(f"nextstate worker: {problem}", file=sys.stderr)
+        return 2
     url, embedded = resolve_redis_url(settings.redis_url, settings.home_dir())
     if args.child:
         return run_child(settings, url, burst=args.burst)

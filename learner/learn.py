@@ -49,6 +49,7 @@ from learner.retain import DEFAULT_RETAIN, load_prompts, sample_retain
 from learner.train import TrainResult, attach_adapter, train
 from proxy.embedded_redis import resolve_redis_url
 from proxy.logs import configure_logging
+from proxy.redis_connect import CLUSTER_UNREACHABLE, connect
 from registry.lineage import training_parent
 from registry.records import GLOBAL_SCOPE, AuditEvent, LearnerState, Manifest, learner_state_key
 from registry.settings import RegistrySettings
@@ -218,7 +219,7 @@ class Learner:
             said = LearnerState(consumer=self.reader.consumer, state=state, held=held, seen=seen)
             # training may take long on a big model: that state stays until the round ends
             self.reader.redis.set(key, said.model_dump_json(), ex=None if state == "training" else 60)
-        except redis.RedisError as exc:
+        except (redis.RedisError, *CLUSTER_UNREACHABLE) as exc:
             log().info("learner_state_not_written", error=repr(exc))
 
     def round(self, entries: list[Entry], progress: bool = False, scope: str = GLOBAL_SCOPE) -> RoundOutcome:
@@ -366,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = LearnerSettings(**overrides)
     configure_logging(settings.log_level, settings.log_json)
     url, embedded = resolve_redis_url(settings.redis_url, settings.home_dir())
-    client = redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10)
+    client = connect(url, socket_timeout=30, socket_connect_timeout=10)
     try:
         learner = Learner(settings, client)
         if args.once:

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, list[str], str]] = {
     "controller": ("registry.__main__", ["controller"], "run the canary controller"),
     "exporter": ("registry.__main__", ["exporter"], "serve Prometheus metrics on streams, queues and the canary"),
     "forget": ("registry.__main__", ["forget"], "delete one person's data (--session, --key or --user) or a learning scope (--scope)"),
+    "migrate-keys": ("registry.__main__", ["migrate-keys"], "rename keys written by a version before cluster hash tags (once, on upgrade)"),
     "up": ("nextstate.up", [], "start the whole local stack"),
     "demo": ("nextstate.demo", [], "start the stack and show the model learning"),
 }

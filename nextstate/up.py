@@ -28,6 +28,7 @@ from typing import TextIO
 import redis
 from pydantic import Field
 
+from proxy.redis_connect import CLUSTER_UNREACHABLE, connect
 from proxy.settings import CommonSettings
 
 COMPONENTS = ("redis", "serve", "proxy", "worker", "learner", "controller")
@@ -91,9 +92,9 @@ def http_ready(url: str) -> Callable[[], bool]:
 def redis_ready(url: str) -> Callable[[], bool]:
     def probe() -> bool:
         try:
-            with redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1) as client:
+            with connect(url, socket_timeout=1, socket_connect_timeout=1) as client:
                 return bool(client.ping())
-        except (redis.RedisError, OSError):
+        except (redis.RedisError, OSError, *CLUSTER_UNREACHABLE):
             return False
 
     return probe

@@ -12,7 +12,6 @@ import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator
 
-import redis.asyncio as aioredis
 import structlog
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
@@ -30,6 +29,7 @@ from proxy.middleware import AdminGuard, CanonicalLog
 from proxy.recorder import REDIS_DOWN, Recorder
 from proxy.records import UPSTREAM_OUTCOMES_KEY
 from proxy.redact import Redactor
+from proxy.redis_connect import connect_async
 from proxy.routing import RoutingRefresher
 from proxy.settings import ProxySettings
 from proxy.spool import Spool, UnwritableSpool
@@ -208,7 +208,7 @@ def create_app(settings: ProxySettings, *, mounts: list[tuple[str, ASGIApp]] | N
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, ProxyState]]:
         redis_url, embedded = resolve_redis_url(settings.redis_url, settings.home_dir())
-        redis_client = aioredis.Redis.from_url(
+        redis_client = connect_async(
             redis_url, socket_timeout=settings.redis_timeout_s, socket_connect_timeout=settings.redis_timeout_s,
             health_check_interval=30,
         )

@@ -25,6 +25,7 @@ from proxy.accumulate import Accumulator
 from proxy.metrics import Metrics
 from proxy.records import FeedbackRecord, ResponseContext, Serving, Timings, TurnRecord, TurnRequest
 from proxy.redact import Redactor
+from proxy.redis_connect import CLUSTER_UNREACHABLE
 from proxy.routing import Decision
 from proxy.sessions import message_digest, turn_index
 from proxy.spool import Spool
@@ -35,8 +36,9 @@ log = structlog.get_logger("proxy.recorder")
 
 _NOT_PARAMS = frozenset({"messages", "tools", "model"})
 # what makes a write wait in the spool: any Redis error (down, loading, read-only, out of memory), or
-# the socket failing; such records are retried, never dropped
-REDIS_DOWN = (redis.RedisError, OSError)
+# the socket failing, a Redis Cluster with no reachable node or a slot without one; such records are
+# retried, never dropped
+REDIS_DOWN = (redis.RedisError, OSError, *CLUSTER_UNREACHABLE)
 
 
 @dataclass

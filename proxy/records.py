@@ -15,11 +15,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 2  # 2: turns, samples and the routing table carry learning scopes
 
-# Redis keys. Everything nextstate stores lives under the ``nextstate:`` prefix; per-entity keys use
-# a ``{hash tag}`` so that related keys land in one Redis Cluster slot.
-TURNS_STREAM = "nextstate:turns"
-TRANSITIONS_STREAM = "nextstate:transitions"
-FEEDBACK_STREAM = "nextstate:feedback"
+# Redis keys. Everything nextstate stores lives under the ``nextstate:`` prefix. On Redis Cluster the keys
+# one script or transaction touches must share a slot, so every key the proxy's record writes touch
+# carries the hash tag ``{rec}``: the three streams, the seen-markers, the turn copies, the session
+# state, the idle set, the chain and response-context keys. (One script appends a turn, its session's
+# previous transition and the new session state together; a stream is one key, so its slot is the one
+# all of them share. docs/operations.md, "Redis Cluster".)
+RECORDS_TAG = "{rec}"
+TURNS_STREAM = "nextstate:{rec}:turns"
+TRANSITIONS_STREAM = "nextstate:{rec}:transitions"
+FEEDBACK_STREAM = "nextstate:{rec}:feedback"
 ROUTING_KEY = "nextstate:routing"
 # hash "<version>:ok" / "<version>:error" -> count of upstream calls per served version (canary health);
 # "<version>:missing" counts the errors that were a 404 (the version's adapter is not loaded upstream)
@@ -33,22 +38,22 @@ def outcome_field(version_scope: str, version: str) -> str:
 
 def turn_key(turn_id: str) -> str:
     """Key of the JSON copy of one turn record, so a consumer can load a turn by id."""
-    return f"nextstate:turn:{{{turn_id}}}"
+    return f"nextstate:{{rec}}:turn:{turn_id}"
 
 
 def session_key(session_id: str) -> str:
     """Key of the per-session state hash (expires with the idle timeout)."""
-    return f"nextstate:session:{{{session_id}}}"
+    return f"nextstate:{{rec}}:session:{session_id}"
 
 
 def response_context_key(response_id: str) -> str:
     """Key of what a Responses API request naming ``response_id`` as its previous response continues."""
-    return f"nextstate:response:{{{response_id}}}"
+    return f"nextstate:{{rec}}:response:{response_id}"
 
 
 def record_seen_key(record_id: str) -> str:
     """Marker that a record id has been stored once already (idempotent writes)."""
-    return f"nextstate:seen:{{{record_id}}}"
+    return f"nextstate:{{rec}}:seen:{record_id}"
 
 
 TokenMethod = Literal["captured", "retokenized", "none"]

@@ -20,7 +20,8 @@ class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NEXTSTATE_", extra="ignore")
 
     home: Path = Field(default=Path("~/.nextstate"), description="Data directory (embedded Redis, spool, adapters, model cache).")
-    redis_url: str | None = Field(default=None, description="Redis URL; unset = start an embedded Redis under home.")
+    redis_url: str | None = Field(default=None, description="Redis URL (redis://, rediss://, unix://, or redis+cluster://host:port[,host:port...] for Redis Cluster); unset = start an embedded Redis under home.")
+    queue_url: str | None = Field(default=None, description="Single-node Redis URL of the labeler's RQ queues; unset = NEXTSTATE_REDIS_URL. Required with a Redis Cluster (RQ does not run on one).")
     log_level: str = Field(default="info", description="Log level.")
     log_json: bool | None = Field(default=None, description="JSON logs; unset = JSON when stderr is not a TTY.")
     retention_days: float = Field(default=0.0, ge=0, description="Turns, transitions, feedback and samples older than this are deleted (streams and the spool); 0 = kept.")

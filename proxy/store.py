@@ -6,7 +6,8 @@ therefore never duplicate a record. A batch of turns costs two round trips: read
 then one pipeline of scripts, each writing a previous turn's transition, the turn and the new session
 state, and only if the session is still where the reader saw it (compare-and-set). Session
 state is JSON with a TTL; sessions are also listed in a sorted set by last activity so that any
-replica can close idle ones, and ``ZREM`` decides which replica does.
+replica can close idle ones, and ``ZREM`` decides which replica does. Every key a script names carries
+the hash tag ``{rec}`` (``proxy.records``), so both scripts run on Redis Cluster too.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from proxy.records import (
 )
 from proxy.sessions import PreviousTurn, chain_hash, link
 
-IDLE_SESSIONS_KEY = "nextstate:sessions:idle"
+IDLE_SESSIONS_KEY = "nextstate:{rec}:sessions:idle"  # every key a record write touches is in slot {rec}
 
 _PUT = """
 local function put(seen, stream, payload, ttl, copy)
@@ -101,7 +102,7 @@ class Work(Protocol):
 
 def chain_key(digest: str) -> str:
     """Key mapping the fingerprint of a history (request + reply) to its session id."""
-    return f"nextstate:chain:{{{digest}}}"
+    return f"nextstate:{{rec}}:chain:{digest}"
 
 
 def transition_id(turn_id: str) -> str:

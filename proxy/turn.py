@@ -9,12 +9,12 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import redis
 import structlog
 
 from proxy.forward import Flight
 from proxy.headers import header_value, key_hash
 from proxy.ids import new_id
+from proxy.recorder import REDIS_DOWN
 from proxy.routing import Decision, route
 from proxy.scopes import parse_sources, request_scope
 from proxy.sessions import last_assistant_index, message_digest, opening_fingerprint
@@ -62,7 +62,7 @@ async def find_session(state: ProxyState, history: list[dict[str, Any]]) -> str:
         found = await state.store.find_session([message_digest(m) for m in history])
         if found:
             return found
-    except (redis.RedisError, OSError) as exc:  # serving goes on; this turn starts a new session
+    except REDIS_DOWN as exc:  # serving goes on; this turn starts a new session
         log.info("session_lookup_failed", error=repr(exc))
     return f"fp-{new_id()}"
 

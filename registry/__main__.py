@@ -12,6 +12,7 @@ COMMANDS = {
     "controller": "registry.controller",  # the canary controller loop
     "exporter": "registry.exporter",  # Prometheus metrics read from Redis (streams, queues, canary)
     "forget": "registry.forget",  # delete one person's data: --session | --key | --user
+    "migrate-keys": "registry.migrate_keys",  # rename keys written before they carried cluster hash tags
 }
 
 

@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from labeler.records import SAMPLES_STREAM, SampleRecord
 from proxy.logs import configure_logging
 from proxy.records import TURNS_STREAM, TurnRecord, outcome_field
+from proxy.redis_connect import CLUSTER_UNREACHABLE
 from registry import retention
 from registry.actions import Control
 from registry.canary import ArmCounts, CanaryPolicy, Decision, Health, decide, p99
@@ -290,7 +291,7 @@ class Controller:
             except RegistryError as exc:
                 log.warning("controller_tick_failed", error=str(exc))
                 self.registry.log(AuditEvent(kind="controller_error", actor="controller", reason=str(exc)))
-            except redis.RedisError as exc:  # Redis is down: nothing can change, try again next tick
+            except (redis.RedisError, *CLUSTER_UNREACHABLE) as exc:  # Redis is down: nothing can change, try again next tick
                 log.warning("controller_redis_unavailable", error=str(exc))
             self._wait(interval, stop)
 

@@ -24,6 +24,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from proxy.embedded_redis import resolve_redis_url
+from proxy.redis_connect import CLUSTER_UNREACHABLE, connect, connect_queues
 from proxy.settings import CommonSettings
 from registry import observe
 
@@ -62,10 +63,13 @@ def _sample_row(sample: Any) -> dict[str, Any]:
 class Views:
     """The JSON views, each a plain function of a synchronous Redis client (run in a thread)."""
 
-    def __init__(self, connect: Callable[[], redis.Redis], sample_window: int) -> None:
+    def __init__(self, connect: Callable[[], redis.Redis], sample_window: int,
+                 connect_queues: Callable[[], redis.Redis] | None = None) -> None:
         self.connect = connect
+        self.connect_queues = connect_queues
         self.sample_window = sample_window
         self._client: redis.Redis | None = None
+        self._queues: redis.Redis | None = None
         self._lock = threading.Lock()
 
     @property
@@ -76,11 +80,22 @@ class Views:
                 self._client = self.connect()
             return self._client
 
+    @property
+    def queue_client(self) -> redis.Redis:
+        """Where the RQ queues are: the data's Redis unless they have one of their own (NEXTSTATE_QUEUE_URL)."""
+        if self.connect_queues is None:
+            return self.client
+        with self._lock:
+            if self._queues is None:
+                self._queues = self.connect_queues()
+            return self._queues
+
     def close(self) -> None:
         with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+            for client in (self._client, self._queues):
+                if client is not None:
+                    client.close()
+            self._client = self._queues = None
 
     def summary(self, request: Request) -> dict[str, Any]:
         table = observe.routing_table(self.client)
@@ -111,7 +126,7 @@ class Views:
         }
 
     def queues(self, request: Request) -> dict[str, Any]:
-        return {"queues": observe.queue_stats(self.client), "streams": observe.stream_stats(self.client)}
+        return {"queues": observe.queue_stats(self.queue_client), "streams": observe.stream_stats(self.client)}
 
     def samples(self, request: Request) -> dict[str, Any]:
         limit = _int_param(request, "limit", 25, 1, MAX_SAMPLES)
@@ -125,7 +140,7 @@ def _endpoint(view: Callable[[Request], dict[str, Any]]) -> Callable[[Request], 
             return JSONResponse(await run_in_threadpool(view, request))
         except ValueError as exc:
             return _error(400, str(exc), "invalid_request_error")
-        except redis.RedisError as exc:
+        except (redis.RedisError, *CLUSTER_UNREACHABLE) as exc:
             return _error(503, f"redis unavailable: {exc}", "service_unavailable", code="redis_unavailable")
 
     return endpoint
@@ -138,16 +153,18 @@ async def page(request: Request) -> HTMLResponse:
     return HTMLResponse(text, headers={"cache-control": "no-store"})
 
 
-def create_dashboard(client: redis.Redis | Callable[[], redis.Redis], *, sample_window: int = 5000) -> Starlette:
-    """The dashboard app on a Redis client (or a function making one on first use).
+def create_dashboard(client: redis.Redis | Callable[[], redis.Redis], *, sample_window: int = 5000,
+                     queues: Callable[[], redis.Redis] | None = None) -> Starlette:
+    """The dashboard app on a Redis client (or a function making one on first use); ``queues`` makes the
+    client of the RQ queues when they are not on that Redis.
 
     The composition root mounts it at ``/dashboard`` on the proxy, behind the admin token.
     """
-    if isinstance(client, redis.Redis):
+    if callable(client):
+        views = Views(client, sample_window, queues)
+    else:  # a client (plain or cluster) shared with the caller
         shared = client
-        views = Views(lambda: shared, sample_window)
-    else:
-        views = Views(client, sample_window)
+        views = Views(lambda: shared, sample_window, queues)
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return _error(404, f"no dashboard route {request.url.path}", "invalid_request_error", code="not_found")
@@ -171,8 +188,12 @@ def dashboard_for(settings: CommonSettings, *, sample_window: int = 5000) -> Sta
     """The dashboard on the Redis the settings name (the embedded one when none is set: by the time
     the first page is requested the proxy's lifespan has started it, and this reuses it)."""
 
-    def connect() -> redis.Redis:
+    def open_client() -> redis.Redis:
         url, _ = resolve_redis_url(settings.redis_url, settings.home_dir())
-        return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        return connect(url, socket_timeout=5, socket_connect_timeout=5)
 
-    return create_dashboard(connect, sample_window=sample_window)
+    def open_queues() -> redis.Redis:
+        url, _ = resolve_redis_url(settings.redis_url, settings.home_dir())
+        return connect_queues(url, settings.queue_url, socket_timeout=5, socket_connect_timeout=5)
+
+    return create_dashboard(open_client, sample_window=sample_window, queues=open_queues)

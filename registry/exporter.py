@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from pydantic import Field
 from rq import Queue, Worker
 
+from proxy.redis_connect import CLUSTER_UNREACHABLE, connect, connect_queues, queue_settings_problem
 from proxy.settings import CommonSettings
 from registry import observe
 from registry.records import EVENTS_STREAM, UPSTREAM_OUTCOMES_KEY, AuditEvent
@@ -77,8 +78,9 @@ class AuditCounts:
 class StackCollector(Collector):
     """Yields every metric family from a fresh read of Redis; ``nextstate_exporter_up`` 0 when it fails."""
 
-    def __init__(self, client: redis.Redis, sample_window: int = 5000) -> None:
+    def __init__(self, client: redis.Redis, sample_window: int = 5000, queues: redis.Redis | None = None) -> None:
         self.client = client
+        self.queues = queues if queues is not None else client  # RQ's Redis (NEXTSTATE_QUEUE_URL), else the data's
         self.sample_window = sample_window
         self.audit = AuditCounts()
 
@@ -86,7 +88,7 @@ class StackCollector(Collector):
         up = GaugeMetricFamily("nextstate_exporter_up", "1 when the last scrape could read Redis.")
         try:
             families = list(self._families())
-        except redis.RedisError as exc:
+        except (redis.RedisError, *CLUSTER_UNREACHABLE) as exc:
             log.warning("scrape_failed", error=repr(exc))
             up.add_metric([], 0)
             yield up
@@ -122,10 +124,10 @@ class StackCollector(Collector):
         jobs = GaugeMetricFamily("nextstate_rq_jobs", "RQ jobs per queue and registry (queued, started, failed, ...).",
                                  labels=["queue", "state"])
         workers = GaugeMetricFamily("nextstate_rq_workers", "RQ workers listening on a queue.", labels=["queue"])
-        for queue in observe.queue_stats(self.client):
+        for queue in observe.queue_stats(self.queues):
             for state in ("queued", "started", "failed", "deferred", "scheduled", "finished"):
                 jobs.add_metric([queue["queue"], state], queue[state])
-            workers.add_metric([queue["queue"]], Worker.count(connection=self.client, queue=Queue(queue["queue"], connection=self.client)))
+            workers.add_metric([queue["queue"]], Worker.count(connection=self.queues, queue=Queue(queue["queue"], connection=self.queues)))
         yield from (jobs, workers)
 
     def _samples(self, samples: Sequence[Any]) -> Iterator[Metric]:
@@ -220,9 +222,9 @@ class StackCollector(Collector):
         yield outcomes
 
 
-def build_registry(client: redis.Redis, sample_window: int = 5000) -> CollectorRegistry:
+def build_registry(client: redis.Redis, sample_window: int = 5000, queues: redis.Redis | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StackCollector(client, sample_window))
+    registry.register(StackCollector(client, sample_window, queues))
     return registry
 
 
@@ -236,10 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     settings = ExporterSettings(**{k: v for k, v in vars(args).items() if v is not None})
     configure_logging(settings.log_level, settings.log_json)
+    if problem := queue_settings_problem(settings.redis_url, settings.queue_url):
+        print(f"nextstate exporter: {problem}", file=sys.stderr)
+        return 2
     url, embedded = resolve_redis_url(settings.redis_url, settings.home_dir())
-    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    client = connect(url, socket_timeout=5, socket_connect_timeout=5)
+    queues = connect_queues(url, settings.queue_url, socket_timeout=5, socket_connect_timeout=5)
     server, thread = start_http_server(settings.exporter_port, settings.exporter_host,
-                                       registry=build_registry(client, settings.exporter_sample_window))
+                                       registry=build_registry(client, settings.exporter_sample_window, queues))
     log.info("exporter_started", host=settings.exporter_host, port=settings.exporter_port, redis=url)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -249,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     server.server_close()
     thread.join(timeout=5)
     client.close()
+    queues.close()
     if embedded is not None:
         embedded.stop()
     log.info("exporter_stopped")

@@ -33,7 +33,8 @@ from proxy.records import (
     session_key,
     turn_key,
 )
-from proxy.store import IDLE_SESSIONS_KEY
+from proxy.redis_connect import connect, connect_queues, queue_settings_problem
+from proxy.store import IDLE_SESSIONS_KEY, chain_key
 from registry.records import EVENTS_STREAM, AuditEvent
 
 _HEX16 = re.compile(r"^[0-9a-f]{16}$")
@@ -142,7 +143,7 @@ def _jobs(client: redis.Redis, queue_name: str, wanted: Callable[[list[Any]], bo
     return removed
 
 
-def forget(client: redis.Redis, who: Who, *, actor: str = "operator") -> dict[str, int]:
+def forget(client: redis.Redis, who: Who, *, actor: str = "operator", queues: redis.Redis | None = None) -> dict[str, int]:
     """Delete everything kept of ``who``; the counts of what was deleted, by kind."""
     removed = Removed()
     turn_ids: set[str] = set()
@@ -185,11 +186,12 @@ def forget(client: redis.Redis, who: Who, *, actor: str = "operator") -> dict[st
         except (ValueError, AttributeError):
             return False
 
-    linked = _scan_values(client, "nextstate:chain:*", in_session)
-    linked += _scan_values(client, response_context_key("*").replace("{*}", "*"), in_session)
+    linked = _scan_values(client, chain_key("*"), in_session)
+    linked += _scan_values(client, response_context_key("*"), in_session)
     removed.add("chains_and_contexts", int(client.delete(*linked)) if linked else 0)
-    removed.add("hard_cases", _jobs(client, HARD_QUEUE, lambda args: bool(args) and args[0] in turn_ids))
-    removed.add("label_jobs", _jobs(client, LABEL_QUEUE, lambda args: len(args) > 1 and args[1] in transitions))
+    queues = queues if queues is not None else client  # RQ's Redis (NEXTSTATE_QUEUE_URL), else the data's
+    removed.add("hard_cases", _jobs(queues, HARD_QUEUE, lambda args: bool(args) and args[0] in turn_ids))
+    removed.add("label_jobs", _jobs(queues, LABEL_QUEUE, lambda args: len(args) > 1 and args[1] in transitions))
     counts = dict(removed.counts)
     client.xadd(EVENTS_STREAM, {"event": AuditEvent(
         kind="data_forgotten", actor=actor, reason="forget request", evidence={**who.described(), "removed": counts},
@@ -215,12 +217,17 @@ def main(argv: list[str] | None = None) -> int:
         return run(args.scope)
     who = Who(session=args.session, key_hash=key_hash_of(args.key) if args.key else None, user=args.user)
     settings = RegistrySettings()
+    if problem := queue_settings_problem(settings.redis_url, settings.queue_url):
+        print(f"nextstate forget: {problem}", file=sys.stderr)
+        return 2
     url, embedded = resolve_redis_url(settings.redis_url, settings.home_dir())
-    client = redis.Redis.from_url(url, socket_timeout=30)
+    client = connect(url, socket_timeout=30)
+    queues = connect_queues(url, settings.queue_url, socket_timeout=30)
     try:
-        counts = forget(client, who)
+        counts = forget(client, who, queues=queues)
     finally:
         client.close()
+        queues.close()
         if embedded is not None:
             embedded.stop()
     print(json.dumps({"forgotten": who.described(), "removed": counts}))

@@ -17,16 +17,19 @@ from proxy.records import UPSTREAM_OUTCOMES_KEY as UPSTREAM_OUTCOMES_KEY  # writ
 
 SCHEMA_VERSION = 2  # 2: versions, manifests and events name their learning scope
 
-EVENTS_STREAM = "nextstate:registry:events"
-VERSIONS_KEY = "nextstate:registry:versions"  # hash: version -> VersionInfo JSON
-ALIASES_KEY = "nextstate:registry:aliases"  # hash: alias -> version
-COUNTER_KEY = "nextstate:registry:counter"  # INCR gives the next version number
-CANARY_KEY = "nextstate:registry:canary"  # JSON CanaryState of the running canary (absent = none)
-FROZEN_KEY = "nextstate:registry:frozen"  # set by `registry pin`: the controller takes no automatic action
-STABLE_HISTORY_KEY = "nextstate:registry:stable-history"  # list of versions that were stable, newest last
-RETIRED_KEY = "nextstate:registry:retired"  # hash: served name -> time it stopped being referenced
-LOCK_KEY = "nextstate:registry:lock"  # one registry action at a time, across processes
-SCOPES_KEY = "nextstate:registry:scopes"  # set of the personal learning scopes that have a lineage
+# Every registry key carries the samples' hash tag ``{learn}`` (labeler.records): a registry action writes
+# states, aliases, canary and audit events in one transaction, and the learner's publish adds the ack of
+# the samples it trained on to it, so on Redis Cluster all of them must be in one slot.
+EVENTS_STREAM = "nextstate:{learn}:registry:events"
+VERSIONS_KEY = "nextstate:{learn}:registry:versions"  # hash: version -> VersionInfo JSON
+ALIASES_KEY = "nextstate:{learn}:registry:aliases"  # hash: alias -> version
+COUNTER_KEY = "nextstate:{learn}:registry:counter"  # INCR gives the next version number
+CANARY_KEY = "nextstate:{learn}:registry:canary"  # JSON CanaryState of the running canary (absent = none)
+FROZEN_KEY = "nextstate:{learn}:registry:frozen"  # set by `registry pin`: the controller takes no automatic action
+STABLE_HISTORY_KEY = "nextstate:{learn}:registry:stable-history"  # list of versions that were stable, newest last
+RETIRED_KEY = "nextstate:{learn}:registry:retired"  # hash: served name -> time it stopped being referenced
+LOCK_KEY = "nextstate:{learn}:registry:lock"  # one registry action at a time, across processes
+SCOPES_KEY = "nextstate:{learn}:registry:scopes"  # set of the personal learning scopes that have a lineage
 GLOBAL_SCOPE = "global"
 
 
@@ -44,11 +47,11 @@ class ScopeKeys(NamedTuple):
 
 
 def scope_keys(scope: str) -> ScopeKeys:
-    """Keys of ``scope``'s lineage; a personal scope's keys share one hash tag (one Cluster slot)."""
+    """Keys of ``scope``'s lineage; every scope's keys share the hash tag ``{learn}`` (one Cluster slot)."""
     if scope == GLOBAL_SCOPE:
         return ScopeKeys(VERSIONS_KEY, ALIASES_KEY, COUNTER_KEY, CANARY_KEY, FROZEN_KEY, STABLE_HISTORY_KEY,
                          LOCK_KEY, EVENTS_STREAM)
-    prefix = f"nextstate:registry:scope:{{{scope}}}"
+    prefix = f"nextstate:{{learn}}:registry:scope:{scope}"
     return ScopeKeys(*(f"{prefix}:{name}" for name in (
         "versions", "aliases", "counter", "canary", "frozen", "stable-history", "lock", "events")))
 

@@ -17,6 +17,7 @@ import structlog
 
 from labeler.records import SAMPLES_STREAM
 from proxy.records import FEEDBACK_STREAM, TRANSITIONS_STREAM, TURNS_STREAM
+from proxy.redis_connect import CLUSTER_UNREACHABLE
 
 log = structlog.get_logger(__name__)
 
@@ -47,7 +48,7 @@ def run(client: redis.Redis, max_age_s: float, interval_s: float, stop: threadin
     while not stop.is_set():
         try:
             trim(client, max_age_s)
-        except redis.RedisError as exc:
+        except (redis.RedisError, *CLUSTER_UNREACHABLE) as exc:
             log.warning("retention_failed", error=repr(exc))
         stop.wait(interval_s)
 

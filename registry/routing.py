@@ -70,7 +70,7 @@ def read_table(client: redis.Redis) -> RoutingTable | None:
 def write_table(client: redis.Redis, table: RoutingTable) -> RoutingTable:
     """Store ``table`` with the revision after the stored one (optimistic transaction, retried)."""
     while True:
-        with client.pipeline() as pipe:
+        with client.pipeline(transaction=True) as pipe:  # explicit: a cluster client defaults to none
             try:
                 pipe.watch(ROUTING_KEY)
                 raw = pipe.get(ROUTING_KEY)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 
-import redis
-
 from proxy.embedded_redis import resolve_redis_url
+from proxy.redis_connect import connect
 from registry.actions import Control
 from registry.canary import CanaryPolicy
 from registry.personal_canary import PersonalPolicy
@@ -40,7 +39,7 @@ def open_control(settings: RegistrySettings, stack: ExitStack) -> Control:
     url, server = resolve_redis_url(settings.redis_url, settings.home_dir())
     if server is not None:
         stack.callback(server.stop)
-    client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=10)
+    client = connect(url, socket_timeout=10, socket_connect_timeout=10)
     stack.callback(client.close)
     registry = Registry(client, settings.adapters_path(), base_model=settings.served_base())
     publisher = Publisher(urls=settings.replicas(), drain_seconds=settings.drain_seconds,

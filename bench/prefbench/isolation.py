@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import openai
-import redis
 
 from bench.prefbench.personas import PERSONAS
 from bench.prefbench.questions import question_stream, split_pools
 from bench.prefbench.runner import SWEEP_S, BenchConfig, changed_settings, stack_env
 from bench.prefbench.stack import Pipeline, Stack
 from bench.prefbench.user import SimulatedUser, evaluate
+from proxy.redis_connect import connect
 
 USERS = (("A", "terse", "sk-prefbench-user-a"), ("B", "curious", "sk-prefbench-user-b"))
 SCOPE_SETTINGS = {"NEXTSTATE_SCOPE_BY": ("key", "two users on one stack: each API key learns in its own scope "
@@ -55,7 +55,7 @@ def run(config: BenchConfig, seed: int, home: Path, rounds: int) -> dict[str, An
             model = config.model or clients[name].models.list().data[0].id
             users[name] = SimulatedUser(clients[name], model, PERSONAS[persona], config.mix, rng,
                                         question_stream(pools, rng), f"{name}-{seed}")
-            pipelines[name] = Pipeline(redis.Redis.from_url(stack.redis_url, socket_timeout=5), scope=scope_of(key))
+            pipelines[name] = Pipeline(connect(stack.redis_url, socket_timeout=5), scope=scope_of(key))
 
         def settle() -> None:
             for pipeline in pipelines.values():

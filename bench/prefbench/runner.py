@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import openai
-import redis
 
 from bench.prefbench.personas import PERSONAS
 from bench.prefbench.personas_text import TEXT_PERSONAS
@@ -32,6 +31,7 @@ from bench.prefbench.questions import question_stream, split_pools
 from bench.prefbench.simulator import FeedbackMix
 from bench.prefbench.stack import Pipeline, Progress, Stack
 from bench.prefbench.user import Interaction, SimulatedUser, evaluate
+from proxy.redis_connect import connect
 
 METHODS = ("none", "rl", "opd", "combined")
 USER_SCOPE = "local"  # nextstate up's scope for every request that names none: the one person on the machine
@@ -159,7 +159,7 @@ def run_one(config: BenchConfig, method: str, persona_name: str, seed: int, home
     try:
         client = openai.OpenAI(base_url=stack.base_url, api_key="prefbench", timeout=120.0, max_retries=6)
         model = config.model or client.models.list().data[0].id
-        pipeline = Pipeline(redis.Redis.from_url(stack.redis_url, socket_timeout=5), scope=USER_SCOPE)
+        pipeline = Pipeline(connect(stack.redis_url, socket_timeout=5), scope=USER_SCOPE)
         pools = split_pools(seed, config.eval_prompts)
         rng = random.Random(f"prefbench-{persona_name}-{seed}")  # the same user behaviour for every method
         user = SimulatedUser(client, model, persona, config.mix, rng, question_stream(pools, rng), f"{method}-{seed}",

@@ -212,7 +212,7 @@ def test_dashboard_page_draws_the_stack_in_chromium(stack: dict[str, Any]) -> No
     assert sorted(tuple(b) for b in drawn["bars"]) == sorted(
         (q["queue"], kind, q[kind]) for q in queues["queues"] for kind in ("queued", "started", "failed"))
     lengths = dict(tuple(s) for s in drawn["streams"])
-    assert lengths["nextstate:turns"] >= 12 and lengths["nextstate:samples"] == 72 + stack["labeled"]
+    assert lengths["nextstate:{rec}:turns"] >= 12 and lengths["nextstate:{learn}:samples"] == 72 + stack["labeled"]
     assert drawn["samples"] == len(samples["samples"]) == 25
     assert drawn["hints"] == [row["hint"] for row in samples["samples"] if row["hint"]]
     assert drawn["hints"]  # the history carries hints; the page shows each next to its sample

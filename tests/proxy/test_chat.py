@@ -42,7 +42,7 @@ def test_chat_non_stream_is_served_and_recorded(client, fake, redis_client) -> N
     assert turn["serving"] == {"upstream_model": "m", "version": None, "arm": "base", "scope": "global",
                                "version_scope": "global"}
     assert turn["client_key_hash"] and "sk-test-key" not in str(turn)
-    assert redis_client.get(f"nextstate:turn:{{{turn_id}}}") is not None  # loadable by id
+    assert redis_client.get(f"nextstate:{{rec}}:turn:{turn_id}") is not None  # loadable by id
 
 
 def test_stream_content_and_chunk_order_preserved(client, fake, redis_client) -> None:

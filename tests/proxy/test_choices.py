@@ -35,7 +35,7 @@ def test_every_choice_is_recorded_as_a_turn(client, redis_client, stream: bool) 
         [ord(c) for c in r["response"]["message"]["content"]] for r in records]
     assert {r["session_id"] for r in records} == {"many"} and {r["turn_index"] for r in records} == {0}
     assert records[0]["response"]["usage"] is not None and records[1]["response"]["usage"] is None
-    assert redis_client.get(f"nextstate:turn:{{{turn_id}-c2}}") is not None  # each loadable by id
+    assert redis_client.get(f"nextstate:{{rec}}:turn:{turn_id}-c2") is not None  # each loadable by id
 
 
 @pytest.mark.parametrize("headers", [{"X-Session-Id": "pick"}, {}], ids=["header", "fingerprint"])

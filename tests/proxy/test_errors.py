@@ -76,7 +76,7 @@ def test_upstream_errors_are_relayed_with_their_status(proxy_url, fake, redis_cl
     assert response.status_code == status
     assert response.json() == body
     time.sleep(0.2)
-    assert read_stream(redis_client, "nextstate:turns") == []
+    assert read_stream(redis_client, "nextstate:{rec}:turns") == []
 
 
 def test_unknown_pinned_version_is_404(proxy_url, http) -> None:
@@ -97,7 +97,7 @@ def test_client_disconnect_mid_stream_closes_the_upstream_request(proxy_url, fak
     assert fake.disconnected.wait(5), "the upstream request stayed open after the client left"
     assert fake.disconnects == 1
     time.sleep(0.2)
-    assert read_stream(redis_client, "nextstate:turns") == []  # an abandoned turn is not recorded
+    assert read_stream(redis_client, "nextstate:{rec}:turns") == []  # an abandoned turn is not recorded
 
 
 def test_upstream_stalling_mid_stream_ends_with_an_error_event(start_proxy, fake, redis_client) -> None:
@@ -110,7 +110,7 @@ def test_upstream_stalling_mid_stream_ends_with_an_error_event(start_proxy, fake
     assert json.loads(events[0][6:])["choices"][0]["delta"]["role"] == "assistant"
     assert json.loads(events[-1][6:])["error"]["code"] == "upstream_stream_broken"
     time.sleep(0.2)
-    assert read_stream(redis_client, "nextstate:turns") == []
+    assert read_stream(redis_client, "nextstate:{rec}:turns") == []
 
 
 def test_unknown_routes_and_methods_are_openai_shaped(proxy_url, http) -> None:

@@ -25,7 +25,7 @@ def test_embeddings_go_through_with_the_client_s_auth_and_are_not_recorded(clien
     assert seen["headers"]["authorization"] == "Bearer sk-test-key"
     client.chat.completions.create(model="m", messages=USER)  # the proxy records chat turns only
     assert len(turns(redis_client, 1)) == 1
-    assert read_stream(redis_client, "nextstate:transitions") == []
+    assert read_stream(redis_client, "nextstate:{rec}:transitions") == []
 
 
 def test_any_other_path_keeps_its_method_query_body_and_content_type(proxy_url, fake, http) -> None:

@@ -110,7 +110,7 @@ def test_errors_are_openai_shaped(proxy_url, client, http, fake, redis_client) -
     with pytest.raises(openai.InternalServerError) as failed:
         client.responses.create(model="m", input="hi")
     assert failed.value.status_code == 503
-    assert read_stream(redis_client, "nextstate:turns") == []
+    assert read_stream(redis_client, "nextstate:{rec}:turns") == []
     assert http.get(f"{proxy_url}/v1/responses/resp_1").json()["path"] == "/v1/responses/resp_1"  # passed through
 
 

@@ -90,7 +90,7 @@ def test_side_turns_and_opt_out_are_served_not_recorded(client, redis_client) ->
     assert len(turns(redis_client, 1)) == 1
     time.sleep(0.3)
     assert len(turns(redis_client, 2, timeout=0.1)) == 1  # only the main, recorded turn
-    assert redis_client.keys("nextstate:session:{s}") != []
+    assert redis_client.keys("nextstate:{rec}:session:s") != []
 
 
 def test_session_done_closes_the_last_turn(client, redis_client) -> None:
@@ -99,7 +99,7 @@ def test_session_done_closes_the_last_turn(client, redis_client) -> None:
     [closing] = transitions(redis_client, 1)
     assert (closing["turn_id"], closing["reason"], closing["has_next_state"]) == (
         raw.headers["x-nextstate-turn-id"], "session_done", False)
-    assert redis_client.exists("nextstate:session:{done-1}") == 0
+    assert redis_client.exists("nextstate:{rec}:session:done-1") == 0
 
 
 def test_idle_session_closed_once_across_replicas(start_proxy, redis_client) -> None:

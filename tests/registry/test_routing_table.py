@@ -29,7 +29,7 @@ def test_revision_increments_on_each_change_only(registry: Registry, publish: Pu
 
 def test_a_version_that_failed_the_gate_is_never_named(registry: Registry, publish: PublishFn) -> None:
     v1 = publish(gate=False)
-    registry.redis.hset("nextstate:registry:aliases", "canary", v1)  # even if an alias were forced
+    registry.redis.hset("nextstate:{learn}:registry:aliases", "canary", v1)  # even if an alias were forced
     registry.save_canary_state(CanaryState(version=v1, fraction=0.5))
     table = sync_routing(registry)
     assert table.canary is None and table.versions == {} and table.canary_fraction == 0.0

@@ -56,7 +56,7 @@ def test_a_version_recorded_elsewhere_is_never_read(redis_client: redis.Redis, t
     for path in (str(outside), str(tmp_path / "adapters" / version / ".." / ".." / "outside"),
                  str(tmp_path / "adapters" / "link"), str(tmp_path / "adapters"), "/etc"):
         info = registry.get(version).model_copy(update={"path": path})
-        redis_client.hset("nextstate:registry:versions", version, info.model_dump_json())  # a tampered record
+        redis_client.hset("nextstate:{learn}:registry:versions", version, info.model_dump_json())  # a tampered record
         for read in (lambda: registry.path_of(registry.get(version)), lambda: registry.manifest(version)):
             try:
                 read()
@@ -69,7 +69,7 @@ def test_a_version_recorded_elsewhere_is_never_read(redis_client: redis.Redis, t
     assert got_out == 0
     with pytest.raises(UnsafeName):
         registry.publish(registry.staging_dir("x"), Manifest(version="../x", base_model="b", method="combined"))
-    assert json.loads(redis_client.hget("nextstate:registry:versions", version))["path"] == "/etc"
+    assert json.loads(redis_client.hget("nextstate:{learn}:registry:versions", version))["path"] == "/etc"
 
 
 def test_publisher_refuses_unsafe_names() -> None:

@@ -93,9 +93,9 @@ def test_a_secret_sent_through_the_proxy_is_stored_nowhere(start_proxy: Callable
         messages += [{"role": "assistant", "content": reply.choices[0].message.content},
                      {"role": "user", "content": f"and {PRIVATE_KEY}"}]
         sdk.chat.completions.create(model="m", messages=messages, extra_headers={"X-Session-Id": "s1"})  # type: ignore[arg-type]
-    turns = wait_records(redis_client, "nextstate:turns", 2)
+    turns = wait_records(redis_client, "nextstate:{rec}:turns", 2)
     assert len(turns) == 2
-    assert wait_records(redis_client, "nextstate:transitions", 1)
+    assert wait_records(redis_client, "nextstate:{rec}:transitions", 1)
     stored = everything_stored(redis_client, tmp_path / "home" / "spool")
     leaked = sum(stored.count(s) for s in (secret, mail, "Alice", "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo"))
     figures.add(SUITE, "secrets found in storage after redaction", leaked)
