@@ -62,8 +62,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--persona", choices=sorted([*PERSONAS, BRIEF.name]),
                         help="the simulated user (default: terse on tiny-chat, brief on smollm2-135m)")
     parser.add_argument("--method", default="combined", choices=("none", "rl", "opd", "combined"))
-    parser.add_argument("--interactions", type=int, default=24)
-    parser.add_argument("--every", type=int, default=8, help="evaluate every k interactions")
+    parser.add_argument("--interactions", type=int, default=36)
+    parser.add_argument("--every", type=int, default=6, help="evaluate every k interactions")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 

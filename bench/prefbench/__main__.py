@@ -47,7 +47,7 @@ def _csv(text: str) -> tuple[str, ...]:
 
 def config_from_args(argv: list[str]) -> tuple[BenchConfig, Path]:
     parser = argparse.ArgumentParser(prog="python -m bench.prefbench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="CI/demo size: 1 seed, none and combined, 1 persona")
+    parser.add_argument("--quick", action="store_true", help="CI size: 1 seed, none and combined, 1 persona, 36 interactions")
     parser.add_argument("--methods", type=_csv, help=f"subset of {','.join(METHODS)}")
     parser.add_argument("--personas", type=_csv, help=f"subset of {','.join(PERSONAS)}")
     parser.add_argument("--seeds", type=int, help="number of seeds (0..n-1)")
@@ -69,7 +69,8 @@ def config_from_args(argv: list[str]) -> tuple[BenchConfig, Path]:
                         help="tiny-chat (default), smollm2-135m or a model directory: a real model with text personas")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    base = BenchConfig(methods=("none", "combined"), personas=("terse",), seeds=(0,), every=8, eval_prompts=12, jobs=1) \
+    base = BenchConfig(methods=("none", "combined"), personas=("terse",), seeds=(0,), interactions=36, every=12,
+                       eval_prompts=12, jobs=1) \
         if args.quick else BenchConfig()
     changes: dict[str, object] = {"mix": FeedbackMix(silent_p=args.silent, noise_p=args.noise),
                                   "model_cache": args.model_cache or args.out / "models"}

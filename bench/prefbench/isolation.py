@@ -16,6 +16,7 @@ import random
 import shutil
 import sys
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,9 @@ from bench.prefbench.questions import question_stream, split_pools
 from bench.prefbench.runner import SWEEP_S, BenchConfig, changed_settings, stack_env
 from bench.prefbench.stack import Pipeline, Stack
 from bench.prefbench.user import SimulatedUser, evaluate
+from labeler.records import SAMPLES_STREAM, SampleRecord
 from proxy.redis_connect import connect
+from registry.store import Registry
 
 USERS = (("A", "terse", "sk-prefbench-user-a"), ("B", "curious", "sk-prefbench-user-b"))
 SCOPE_SETTINGS = {"NEXTSTATE_SCOPE_BY": ("key", "two users on one stack: each API key learns in its own scope "
@@ -37,6 +40,28 @@ SCOPE_SETTINGS = {"NEXTSTATE_SCOPE_BY": ("key", "two users on one stack: each AP
 
 def scope_of(key: str) -> str:
     return f"k-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def trained_samples(stack: Stack, scopes: dict[str, str]) -> dict[str, dict[str, int]]:
+    """Per user: how many samples its scope's versions were trained on, by the scope those samples came from
+    (another user's samples in a user's versions would be a leak)."""
+    client = connect(stack.redis_url, socket_timeout=5)
+    try:
+        origin = {}
+        for _, fields in client.xrange(SAMPLES_STREAM):
+            sample = SampleRecord.model_validate_json(fields[b"record"])
+            origin[sample.sample_id] = sample.scope
+        counts: dict[str, dict[str, int]] = {}
+        for name, scope in scopes.items():
+            registry = Registry(client, stack.home / "adapters").scoped(scope)
+            by_origin: Counter[str] = Counter()
+            for info in registry.versions():
+                by_origin.update(origin.get(i, "forgotten") for i in registry.manifest(info.version).sample_ids)
+            owner = {s: n for n, s in scopes.items()}
+            counts[name] = {owner.get(k, k): v for k, v in by_origin.items()}
+        return counts
+    finally:
+        client.close()
 
 
 def run(config: BenchConfig, seed: int, home: Path, rounds: int) -> dict[str, Any]:
@@ -87,7 +112,8 @@ def run(config: BenchConfig, seed: int, home: Path, rounds: int) -> dict[str, An
                 users[name].interact(config.every, before_each=pause, after_session=between)
             checkpoint()
         return {"seed": seed, "points": points, "wall_s": round(time.monotonic() - started, 1),
-                "events": {name: dict(p.refresh().events) for name, p in pipelines.items()}}
+                "events": {name: dict(p.refresh().events) for name, p in pipelines.items()},
+                "trained": trained_samples(stack, {name: scope_of(key) for name, _, key in USERS})}
     finally:
         stack.stop()
 
@@ -115,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nuser  preference  start -> end")
     for key in sorted(final):
         print(f"{key[0]:<5} {key[1]:<10} {first.get(key, 0):.2f} -> {final[key]:.2f}")
+    print(f"samples trained into each user's versions, by whose they were: {json.dumps(result['trained'])}")
     print(f"wall time {result['wall_s']:.0f} s; events {json.dumps(result['events'])}")
     return 0
 
