@@ -3,7 +3,8 @@
 A version is published by writing it completely into a temporary directory next to the store and
 renaming it into place (atomic on one filesystem), then recording it in Redis together with its
 ``candidate_created`` event (one transaction). Only a recorded version is visible: a publisher killed
-before the record leaves at most a directory that nothing reads (``.tmp-*`` or an unrecorded ``vN``). A directory, once named ``vN``, is never modified. Every state or alias
+before the record leaves at most a directory that nothing reads (``.tmp-*`` or an unrecorded ``vN``),
+removed later by ``registry.sweep``. A directory, once named ``vN``, is never modified. Every state or alias
 change goes through this class and is appended to the audit stream with its actor and evidence.
 Exceptions are drawn in ``registry.errors``.
 
