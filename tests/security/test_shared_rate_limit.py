@@ -9,6 +9,7 @@ import redis
 
 from proxy.access import digest_of
 from proxy.ratelimit import bucket_key
+from registry.forget import Who, forget, key_hash_of
 from tests.security.conftest import SUITE
 from tests.support import figures
 from tests.support.redis_server import RedisServer
@@ -44,3 +45,12 @@ def test_without_redis_each_replica_falls_back_to_its_own_limit(start_proxy: Cal
     private_redis.stop()
     answers = {url: [_chat(url).status_code for _ in range(3)] for url in replicas}
     assert list(answers.values()) == [[200, 200, 429]] * 2, answers  # served, and still limited per process
+
+
+def test_forgetting_a_key_removes_its_bucket(start_proxy: Callable[..., str], redis_client: redis.Redis) -> None:
+    url = start_proxy(api_keys=f"{KEY};rpm=4")
+    assert _chat(url).status_code == 200
+    bucket = bucket_key(key_hash_of(KEY))
+    assert redis_client.exists(bucket)
+    assert forget(redis_client, Who(key_hash=key_hash_of(KEY)))["rate_limit_buckets"] == 1
+    assert not redis_client.exists(bucket)
