@@ -54,6 +54,7 @@ from registry.lineage import training_parent
 from registry.records import GLOBAL_SCOPE, AuditEvent, LearnerState, Manifest, learner_state_key
 from registry.settings import RegistrySettings
 from registry.store import Registry
+from registry.sweep import sweep
 
 
 def log() -> Any:
@@ -370,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     client = connect(url, socket_timeout=30, socket_connect_timeout=10)
     try:
         learner = Learner(settings, client)
+        sweep(learner.registry, settings.staging_grace_s)  # what a killed publish left behind
         if args.once:
             entries = learner.reader.read_all(settings.learner_max_samples)
             outcomes = [learner.round(group, progress=True, scope=scope) for scope, group in by_scope(entries).items()]
@@ -386,10 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        from learner.continuous import (  # the continuous loop drives this module's Learner
-            Metrics,
-            run_continuous,
-        )
+        # the continuous loop drives this module's Learner
+        from learner.continuous import Metrics, run_continuous
 
         metrics = Metrics()
         if settings.learner_metrics_port:

@@ -10,7 +10,8 @@ hex digest of the key, so the configuration need not hold the secret), optionall
 ``NEXTSTATE_API_KEY_RPM`` default, 0 = unlimited), ``record`` (``on``/``off``: a key set to off is
 never recorded, whatever its requests say) and ``scope`` (the learning scope its requests default
 to). Keys are held as sha256 digests and every configured digest is compared in constant time. With
-no keys configured the proxy is open, as before. Limits are per proxy process.
+no keys configured the proxy is open, as before. Limits are shared by every replica through Redis
+(``proxy.ratelimit``), per process only while Redis is unreachable.
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.errors import ProxyError, RateLimited, Unauthorized, error_response
+from proxy.ratelimit import RateLimiter, SharedLimiter
 from proxy.scopes import valid_scope
 
 CLIENT = "nextstate.client"
@@ -138,37 +138,6 @@ def match(keys: list[ClientKey], given: str | None) -> ClientKey | None:
     return found
 
 
-@dataclass
-class Bucket:
-    tokens: float
-    at: float
-
-
-@dataclass
-class RateLimiter:
-    """A token bucket per key (in this process)."""
-
-    clock: Callable[[], float] = time.monotonic
-    buckets: dict[bytes, Bucket] = field(default_factory=dict)
-
-    def take(self, key: ClientKey) -> float:
-        """0 when the request may go now, else the seconds until it may."""
-        if key.rpm <= 0:
-            return 0.0
-        now = self.clock()
-        capacity = key.burst or key.rpm
-        rate = key.rpm / 60.0
-        bucket = self.buckets.get(key.digest)
-        if bucket is None:
-            bucket = self.buckets[key.digest] = Bucket(capacity, now)
-        bucket.tokens = min(capacity, bucket.tokens + (now - bucket.at) * rate)
-        bucket.at = now
-        if bucket.tokens >= 1:
-            bucket.tokens -= 1
-            return 0.0
-        return (1 - bucket.tokens) / rate
-
-
 class ClientAccess:
     """ASGI middleware: the API needs a configured client key; health, metrics and admin mounts (which
     have their own token) do not. Sets ``scope["nextstate.client"]`` and applies the key's settings."""
@@ -177,7 +146,7 @@ class ClientAccess:
         self.app = app
         self.keys = keys
         self.admin_prefixes = admin_prefixes
-        self.limiter = RateLimiter()
+        self.limiter = SharedLimiter(RateLimiter())
 
     def _open(self, path: str) -> bool:
         if path in _OPEN_PATHS:
@@ -203,7 +172,8 @@ class ClientAccess:
                                headers={"www-authenticate": "Bearer"})
             return
         scope.setdefault("nextstate.log", {})["client"] = key.key_hash
-        wait = self.limiter.take(key)
+        state = scope.get("state", {}).get("proxy")  # the lifespan's (none before it has started)
+        wait = await self.limiter.take(key, state.redis if state is not None else None)
         if wait > 0:
             await self._refuse(RateLimited(f"rate limit of {key.rpm:g} requests per minute reached for this key"),
                                scope, receive, send, headers={"retry-after": str(math.ceil(wait))})

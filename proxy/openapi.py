@@ -107,9 +107,11 @@ def document() -> dict[str, Any]:
             "/v1/responses": _forwarded("The Responses API, recorded", responses, _CONTROLS),
             "/v1/completions": _forwarded("Text completions, not recorded", completions),
             "/v1/feedback": {"post": {
-                "summary": "Thumbs up or down on a served turn", "requestBody": {"required": True, **_json(feedback)},
-                "responses": {"200": {"description": "Accepted", **_json({"type": "object", "properties": {
-                    "id": {"type": "string"}, "status": {"const": "accepted"}}})}, **_errors(400, 404, 413, 431)},
+                "summary": "Thumbs up or down on a served turn (with recording off: checked, answered "
+                           "not_recorded and dropped)", "requestBody": {"required": True, **_json(feedback)},
+                "responses": {"200": {"description": "Accepted, or not recorded", **_json({"type": "object", "properties": {
+                    "id": {"type": "string"}, "status": {"enum": ["accepted", "not_recorded"]}}})},
+                    **_errors(400, 404, 413, 431)},
             }},
             "/v1/models": {"get": {"summary": "The upstream's models",
                                    "responses": {"200": {"description": "The list"},

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -19,11 +20,13 @@ from proxy.headers import forward_headers, key_hash
 from proxy.openapi import document
 from proxy.recorder import REDIS_DOWN, Entry
 from proxy.records import FeedbackRecord, turn_key
+from proxy.settings import ProxySettings
 from proxy.state import ProxyState
 from proxy.targets import extra_prefixes, passes_through
 from proxy.upstream import Upstream
 
 MAX_COMMENT_CHARS = 10_000
+_OFF = frozenset({"off", "0", "false", "no"})
 
 
 async def _forward(request: Request, path: str, *, method: str = "POST", check_json: bool = False) -> Reply | Response:
@@ -82,13 +85,22 @@ def parse_feedback(body: dict[str, Any]) -> tuple[str, int, str | None]:
     return turn_id, int(rating), comment
 
 
+def records_feedback(settings: ProxySettings, headers: Headers) -> bool:
+    """Is feedback kept? Not with recording off for the proxy, the request or its key (``proxy.access``
+    sets ``X-NextState-Record: off`` for a key set to ``record=off``, whatever the client sent)."""
+    return settings.record and headers.get("x-nextstate-record", "on").strip().lower() not in _OFF
+
+
 async def feedback(request: Request) -> Response:
-    """``POST /v1/feedback``: thumbs up/down on a served turn, appended once to the feedback stream."""
+    """``POST /v1/feedback``: thumbs up/down on a served turn, appended once to the feedback stream; with
+    recording off it is checked, answered ``"status": "not_recorded"`` and dropped (nothing is read or kept)."""
     state: ProxyState = request.state.proxy
     try:
         raw = await receive_body(request.receive, request.headers.get("content-length"), state.settings.max_body_bytes)
         body = parse_json_object(raw, state.settings.max_json_depth)
         turn_id, rating, comment = parse_feedback(body)
+        if not records_feedback(state.settings, request.headers):
+            return _feedback_answer(body, turn_id, rating, comment, request, "not_recorded")[0]
         try:
             known = bool(await state.redis.exists(turn_key(turn_id)))
         except REDIS_DOWN:
@@ -97,6 +109,14 @@ async def feedback(request: Request) -> Response:
             raise NotFound(f"unknown turn {turn_id!r}", param="turn_id", code="turn_not_found")
     except ProxyError as exc:
         return error_response(exc)
+    answer, record = _feedback_answer(body, turn_id, rating, comment, request, "accepted")
+    state.recorder.submit(Entry(kind="feedback", feedback=record))
+    return answer
+
+
+def _feedback_answer(body: dict[str, Any], turn_id: str, rating: int, comment: str | None, request: Request,
+                     status: str) -> tuple[Response, FeedbackRecord]:
+    """The feedback's record (its id: the client's ``feedback_id``, else a hash of what it says) and the answer."""
     client = key_hash(request.headers.get("authorization"))
     given = body.get("feedback_id")
     feedback_id = given if isinstance(given, str) and given else hashlib.sha256(
@@ -106,9 +126,8 @@ async def feedback(request: Request) -> Response:
         record_id=f"fb-{feedback_id}", feedback_id=feedback_id, turn_id=turn_id, rating=rating,  # type: ignore[arg-type]
         comment=comment, client_key_hash=client,
     )
-    state.recorder.submit(Entry(kind="feedback", feedback=record))
     return JSONResponse({"id": feedback_id, "object": "feedback", "turn_id": turn_id, "rating": rating,
-                         "status": "accepted"})
+                         "status": status}), record
 
 
 async def openapi(request: Request) -> Response:

@@ -4,9 +4,10 @@ Every action takes the registry lock, loads what must be served before any alias
 ``stable`` always points at a loadable, loaded version), changes states and aliases (each change goes
 to the audit log with its actor, reason and evidence) in one Redis transaction, so a process killed
 half-way leaves all of them or none, rewrites the routing table, and finally lets the publisher unload
-what nothing references any more (after the drain delay). A killed action leaves the lock to expire
-(``Registry.lock``'s timeout) and is decided again by whoever acts next: its decision is logged once. The CLI, the admin
-app and the canary controller all call these, so they behave identically.
+what nothing references any more (after the drain delay). The lock is a lease its live holder renews
+(``registry.lease``): a killed action's lock frees itself within one lease, and the action is decided
+again by whoever acts next: its decision is logged once. The CLI, the admin app and the canary
+controller all call these, so they behave identically.
 """
 
 from __future__ import annotations

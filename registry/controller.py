@@ -30,7 +30,7 @@ from labeler.records import SAMPLES_STREAM, SampleRecord
 from proxy.logs import configure_logging
 from proxy.records import TURNS_STREAM, TurnRecord, outcome_field
 from proxy.redis_connect import CLUSTER_UNREACHABLE
-from registry import retention
+from registry import retention, sweep
 from registry.actions import Control
 from registry.canary import ArmCounts, CanaryPolicy, Decision, Health, decide, p99
 from registry.errors import CanaryRunning, PolicyServerError, RegistryError
@@ -331,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         retention.start_in_thread(controller.registry.redis, settings.retention_days, settings.retention_interval_s, stop)
+        sweep.start_in_thread(controller.registry, settings.staging_grace_s, stop)
         try:
             controller.run(args.interval or settings.controller_interval, stop)
         except KeyboardInterrupt:

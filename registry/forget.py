@@ -1,8 +1,8 @@
 """``nextstate forget``: delete one person's data — by session, client key or ``user`` — everywhere it is kept
 (``--scope``: a whole personal learning scope, see ``registry.forget_scope``).
 
-Turns, transitions, feedback, per-turn and per-session state, Responses API contexts and fingerprint
-chains (the proxy's), samples, per-turn sample copies and queued label and hard-case jobs (the
+Turns, transitions, feedback, per-turn and per-session state, Responses API contexts, fingerprint
+chains and a client key's rate-limit bucket (the proxy's), samples, per-turn sample copies and queued label and hard-case jobs (the
 labeler's). The request (what was asked for and the counts, never the content) is appended to the
 registry's audit log. A learner trains only on samples still in the stream (``learner.data``), so a
 round after this never sees them; adapter manifests keep sample ids (the lineage), never text.
@@ -25,6 +25,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from labeler.records import HARD_QUEUE, LABEL_QUEUE, SAMPLES_STREAM, sample_key
+from proxy.ratelimit import bucket_key
 from proxy.records import (
     FEEDBACK_STREAM,
     TRANSITIONS_STREAM,
@@ -189,6 +190,8 @@ def forget(client: redis.Redis, who: Who, *, actor: str = "operator", queues: re
     linked = _scan_values(client, chain_key("*"), in_session)
     linked += _scan_values(client, response_context_key("*"), in_session)
     removed.add("chains_and_contexts", int(client.delete(*linked)) if linked else 0)
+    if who.key_hash is not None:  # the key's rate-limit bucket (it would expire on its own)
+        removed.add("rate_limit_buckets", int(client.delete(bucket_key(who.key_hash))))
     queues = queues if queues is not None else client  # RQ's Redis (NEXTSTATE_QUEUE_URL), else the data's
     removed.add("hard_cases", _jobs(queues, HARD_QUEUE, lambda args: bool(args) and args[0] in turn_ids))
     removed.add("label_jobs", _jobs(queues, LABEL_QUEUE, lambda args: len(args) > 1 and args[1] in transitions))

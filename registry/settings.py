@@ -58,6 +58,8 @@ class RegistrySettings(CommonSettings):
     gate_auto_canary: bool = Field(default=True, description="Start a canary right after a passing verdict.")
     retention_interval_s: float = Field(default=3600.0, gt=0, description="How often the controller trims the streams to NEXTSTATE_RETENTION_DAYS.")
     controller_interval: float = Field(default=10.0, description="Seconds between controller ticks.")
+    staging_grace_s: float = Field(default=3600.0, gt=0, description="A publish's leftover directory (staging, or a "
+                                   "version never recorded) unchanged this long is removed (registry.sweep).")
 
     @field_validator("policy_urls", "canary_steps", mode="before")
     @classmethod

@@ -3,7 +3,8 @@
 A version is published by writing it completely into a temporary directory next to the store and
 renaming it into place (atomic on one filesystem), then recording it in Redis together with its
 ``candidate_created`` event (one transaction). Only a recorded version is visible: a publisher killed
-before the record leaves at most a directory that nothing reads (``.tmp-*`` or an unrecorded ``vN``). A directory, once named ``vN``, is never modified. Every state or alias
+before the record leaves at most a directory that nothing reads (``.tmp-*`` or an unrecorded ``vN``),
+removed later by ``registry.sweep``. A directory, once named ``vN``, is never modified. Every state or alias
 change goes through this class and is appended to the audit stream with its actor and evidence.
 Exceptions are drawn in ``registry.errors``.
 
@@ -25,6 +26,7 @@ from typing import Any
 import redis
 
 from registry.errors import NotLoadable, RegistryError, UnknownVersion
+from registry.lease import DEFAULT_LEASE_S, Lease
 from registry.names import UnsafeName, check_version, inside
 from registry.records import (
     GLOBAL_SCOPE,
@@ -77,6 +79,7 @@ class Registry:
         self.root.mkdir(parents=True, exist_ok=True)
         self.base_model = base_model  # the name the policy server serves the base model under
         self._writes: Any = None  # inside ``atomic()``: the MULTI/EXEC pipeline every write is queued on
+        self._lease: Lease | None = None  # inside ``lock()``: the lease every commit confirms first
 
     @property
     def _w(self) -> Any:
@@ -89,7 +92,8 @@ class Registry:
 
         All of them land or none does: a process killed half-way leaves Redis as it was, so no alias ever
         names a version whose state, or whose predecessor's alias, was not written with it. Reads inside
-        still see the state before the block (hold ``lock()`` around it so nothing else changes it).
+        still see the state before the block (hold ``lock()`` around it so nothing else changes it; under
+        the lock the block commits only while its lease is still held).
         Yields the transaction, so a caller can add writes of its own (the learner acks its samples there).
         """
         if self._writes is not None:
@@ -98,6 +102,8 @@ class Registry:
         self._writes = self.redis.pipeline(transaction=True)
         try:
             yield self._writes
+            if self._lease is not None:  # a full lease ahead for the commit, or LeaseLost and nothing written
+                self._lease.confirm()
             self._writes.execute()
         finally:
             self._writes.reset()
@@ -278,9 +284,17 @@ class Registry:
         else:
             self.redis.delete(self.keys.frozen)
 
-    def lock(self, timeout: float = 120.0, wait: float = 60.0) -> Any:
-        """A cross-process lock so that two actions never interleave (CLI, admin, controller)."""
-        return self.redis.lock(self.keys.lock, timeout=timeout, blocking_timeout=wait)
+    @contextmanager
+    def lock(self, lease_s: float = DEFAULT_LEASE_S, wait: float = 60.0) -> Iterator[Lease]:
+        """A cross-process lock so that two actions never interleave (CLI, admin, controller): a short lease
+        the holder renews (``registry.lease``), so a dead holder's lock frees itself within ``lease_s``.
+        ``atomic()`` inside it commits only while the lease is still this holder's."""
+        with Lease(self.redis, self.keys.lock, lease_s, wait) as lease:
+            self._lease = lease
+            try:
+                yield lease
+            finally:
+                self._lease = None
 
     # -- audit ----------------------------------------------------------------------------------
     def log(self, event: AuditEvent) -> str:

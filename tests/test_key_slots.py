@@ -7,6 +7,7 @@ runs them against a one-node Redis Cluster, which refuses (``CROSSSLOT``) any wh
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -26,7 +27,9 @@ from labeler.records import SAMPLES_STREAM, sample_key
 from labeler.samples import SampleStore, apply_verdict
 from labeler.settings import LabelerSettings
 from learner.data import SampleReader
+from proxy.access import ClientKey
 from proxy.app import create_app
+from proxy.ratelimit import SharedLimiter
 from proxy.records import (
     FEEDBACK_STREAM,
     TRANSITIONS_STREAM,
@@ -36,7 +39,7 @@ from proxy.records import (
     session_key,
     turn_key,
 )
-from proxy.redis_connect import connect
+from proxy.redis_connect import connect, connect_async
 from proxy.settings import ProxySettings
 from proxy.store import IDLE_SESSIONS_KEY, chain_key
 from registry.actions import Control
@@ -55,6 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # here and its keys to SLOT_GROUPS (or split it, saying in a comment why it needs no atomicity).
 MULTI_KEY_SITES = {
     "proxy/store.py": 2,  # _WRITE (seen, stream, turn copy); _RECORD_TURN (a turn, its session, transitions)
+    "proxy/ratelimit.py": 1,  # _TAKE: one client key's bucket (one key)
     "labeler/samples.py": 1,  # _COMMIT (a turn's current sample, the samples stream)
     "labeler/dispatcher.py": 1,  # XREADGROUP over the transitions and feedback streams
     "learner/data.py": 1,  # XREADGROUP over the samples stream (one key)
@@ -201,3 +205,21 @@ def test_samples_the_dispatcher_and_the_registry_on_a_cluster(cluster_url: str, 
         assert len(forgotten.versions) == 3 and registry.scopes() == ["global"]
     finally:
         client.close()
+
+
+def test_the_shared_rate_limit_on_a_cluster(cluster_url: str) -> None:
+    """The bucket script runs on a cluster (its one key), and does not fall back to the local bucket."""
+    key = ClientKey(digest=b"k" * 32, rpm=60, burst=2)
+
+    async def take_three() -> list[float]:
+        client = connect_async(cluster_url)
+        try:
+            limiter = SharedLimiter()
+            waits = [await limiter.take(key, client) for _ in range(3)]
+            assert limiter.local.buckets == {}  # every answer came from Redis
+            return waits
+        finally:
+            await client.aclose()
+
+    waits = asyncio.run(take_three())
+    assert waits[:2] == [0.0, 0.0] and 0 < waits[2] <= 1.0

@@ -1,6 +1,7 @@
 """A learner SIGKILLed mid-publish — with the adapter half-written in staging, and with the version
 directory renamed into place but not yet recorded: no partial version is ever visible, and the next
-learner trains the same samples into one complete version. (Killed mid-training: tests/learner/test_learn_crash.py.)"""
+learner trains the same samples into one complete version and, starting, sweeps what the kills left.
+(Killed mid-training: tests/learner/test_learn_crash.py.)"""
 
 from __future__ import annotations
 
@@ -52,12 +53,16 @@ def test_learner_killed_mid_publish_leaves_no_partial_version(tmp_path: Path, re
     with pytest.raises(RegistryError):
         registry.check_loadable("v2")
 
-    # the next learner, a process of its own too (it configures logging for its whole process)
+    # the next learner, a process of its own too (it configures logging for its whole process); with a grace
+    # period this short its start-up sweep removes what the killed ones left
     proc = subprocess.run([sys.executable, "-m", "learner", "learn", "--once", "--no-gate", *FAST],
-                          cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=240)
+                          cwd=ROOT, env={**os.environ, **env, "NEXTSTATE_STAGING_GRACE_S": "0.001"},
+                          capture_output=True, text=True, timeout=240)
     assert proc.returncode == learn.EXIT_PUBLISHED, proc.stderr[-2000:]
     (version,) = registry.versions()
     registry.check_loadable(version.version)
+    assert sorted(p.name for p in registry.root.iterdir()) == [version.version]
+    assert proc.stdout.count("publish_leftover_removed") + proc.stderr.count("publish_leftover_removed") == 2
     trained = registry.manifest(version.version).sample_ids
     assert sorted(trained) == sorted(TURNS)
     assert redis_client.xpending(SAMPLES_STREAM, "learner")["pending"] == 0

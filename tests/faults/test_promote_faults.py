@@ -70,7 +70,8 @@ def test_controller_killed_at_each_write_of_a_promotion(redis_client: redis.Redi
         figures.add(SUITE, "dangling aliases after a kill", len(left))
         assert left == [], f"killed before write {kill_at}: {left}"
 
-        # the restarted controller: the dead one's lock expires, the canary (if still running) is decided again
+        # the restarted controller: the dead one's lease runs out (within DEFAULT_LEASE_S: test_lock_faults;
+        # cut short here), the canary (if still running) is decided again
         redis_client.pexpire(registry.keys.lock, 1)
         if registry.canary_state() is not None:
             Control(registry, control.publisher).promote(None, "controller", "canary not worse than stable")

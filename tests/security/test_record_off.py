@@ -11,13 +11,14 @@ import httpx
 import openai
 import redis
 
-from proxy.records import UPSTREAM_OUTCOMES_KEY
+from proxy.records import FEEDBACK_STREAM, UPSTREAM_OUTCOMES_KEY, turn_key
 from tests.security.conftest import SUITE
 from tests.security.stored import everything_stored, redis_dump
 from tests.support import figures
 
 KEY_OFF, KEY_ON = "sk-private-0123456789", "sk-recorded-0123456789"
 MARK = "zebra-quartz-private"
+FEEDBACK_MARK = "walrus-feldspar-private"
 # what the proxy may keep of unrecorded traffic: per-version upstream outcome counts (the canary's error rate)
 ALLOWED = {UPSTREAM_OUTCOMES_KEY}
 
@@ -35,7 +36,62 @@ def _converse(url: str, key: str, headers: dict[str, str]) -> None:
         sdk.responses.create(model="m", input=f"and {MARK}")
     response = httpx.post(f"{url}/v1/feedback", json={"turn_id": reply.id, "rating": -1, "comment": MARK},
                           headers={"authorization": f"Bearer {key}", **headers}, timeout=10)
-    assert response.status_code in (200, 404), response.text  # 404: an unrecorded turn is unknown
+    if key == KEY_OFF or headers.get("X-NextState-Record") == "off":  # dropped, whatever turn it names
+        assert response.status_code == 200 and response.json()["status"] == "not_recorded", response.text
+    else:
+        assert response.status_code == 404, response.text  # the completion's id is not a turn id
+
+
+def _rate_unrecorded(url: str, turn_id: str, key: str, headers: dict[str, str]) -> None:
+    """Feedback on a recorded turn, sent with recording off: answered, and dropped."""
+    response = httpx.post(f"{url}/v1/feedback", json={"turn_id": turn_id, "rating": 1, "comment": FEEDBACK_MARK},
+                          headers={"authorization": f"Bearer {key}", **headers}, timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "not_recorded" and response.json()["turn_id"] == turn_id
+
+
+def test_feedback_with_recording_off_is_not_stored(start_proxy: Callable[..., str], redis_client: redis.Redis,
+                                                   tmp_path: Path) -> None:
+    """The turn was recorded; feedback on it with the header off, or with a key set to record=off, is not."""
+    url = start_proxy(api_keys=f"{KEY_OFF};record=off, {KEY_ON}")
+    with openai.OpenAI(base_url=f"{url}/v1", api_key=KEY_ON, max_retries=0, timeout=10) as sdk:
+        raw = sdk.chat.completions.with_raw_response.create(model="m", messages=[{"role": "user", "content": "rate me"}])
+        turn_id = raw.headers["x-nextstate-turn-id"]
+    deadline = time.monotonic() + 5
+    while not redis_client.exists(turn_key(turn_id)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert redis_client.exists(turn_key(turn_id))
+    _rate_unrecorded(url, turn_id, KEY_ON, {"X-NextState-Record": "off"})
+    _rate_unrecorded(url, turn_id, KEY_OFF, {})
+    _rate_unrecorded(url, turn_id, KEY_OFF, {"X-NextState-Record": "on"})  # the key's setting wins
+    # a bad body is still refused with recording off
+    refused = httpx.post(f"{url}/v1/feedback", json={"turn_id": turn_id, "rating": 5},
+                         headers={"authorization": f"Bearer {KEY_OFF}"}, timeout=10)
+    assert refused.status_code == 400
+    time.sleep(0.5)  # past the recorder's batching
+    stored = everything_stored(redis_client, tmp_path / "home" / "spool")
+    kept = redis_client.xlen(FEEDBACK_STREAM) + stored.count(FEEDBACK_MARK)
+    figures.add(SUITE, "feedback kept with recording off", kept)
+    assert kept == 0
+
+    # the same feedback with recording on is kept: the check above could have seen it
+    response = httpx.post(f"{url}/v1/feedback", json={"turn_id": turn_id, "rating": 1, "comment": FEEDBACK_MARK},
+                          headers={"authorization": f"Bearer {KEY_ON}"}, timeout=10)
+    assert response.json()["status"] == "accepted"
+    deadline = time.monotonic() + 5
+    while FEEDBACK_MARK not in everything_stored(redis_client, tmp_path / "home" / "spool") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert redis_client.xlen(FEEDBACK_STREAM) == 1
+
+
+def test_feedback_is_not_stored_by_a_proxy_that_records_nothing(start_proxy: Callable[..., str],
+                                                                redis_client: redis.Redis) -> None:
+    url = start_proxy(record=False)
+    response = httpx.post(f"{url}/v1/feedback", json={"turn_id": "t-1", "rating": -1, "comment": FEEDBACK_MARK},
+                          timeout=10)
+    assert response.status_code == 200 and response.json()["status"] == "not_recorded"
+    time.sleep(0.3)
+    assert set(redis_dump(redis_client)) <= ALLOWED
 
 
 def test_unrecorded_traffic_leaves_nothing(start_proxy: Callable[..., str], redis_client: redis.Redis,
