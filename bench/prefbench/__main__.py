@@ -36,6 +36,9 @@ def real_model_changes(model: str, args: argparse.Namespace) -> dict[str, object
         changes["personas"] = TEXT_DEFAULT_PERSONAS
         reasons.append(f"personas {','.join(TEXT_DEFAULT_PERSONAS)}: preferences on free text (personas_text.py); "
                        "the tiny model's personas want its trained styles")
+    changes["idle_timeout_s"] = 20.0
+    reasons.append("idle timeout 20 s instead of the tiny model's 6 s: an answer of the real model on a busy CPU takes "
+                   "several seconds, and a conversation must not be closed between two of its messages")
     for line in reasons:
         print(f"setting: {line}")
     return changes
