@@ -99,7 +99,7 @@ def run_continuous(learner: Learner, stop: threading.Event, metrics: Metrics, ro
                 learner.tell("waiting", len(held), seen)
                 continue
             learner.tell("training", len(held), seen)
-            batch = [e for e in held if entry_scope(e) == ready]
+            batch = [e for e in held if entry_scope(e) == ready][:learner.settings.learner_round_max]
             again = recall(learner, ready, batch)
             outcome = learner.round(batch + again, scope=ready)
             recalled = [e for e in outcome.selection.train if e.entry_id in learner.trained]
@@ -108,8 +108,10 @@ def run_continuous(learner: Learner, stop: threading.Event, metrics: Metrics, ro
             log().info("round", scope=ready, status=outcome.status, version=outcome.version,
                        samples=len(outcome.selection.train), recalled=len(recalled))
             remember(learner, outcome)
-            # published entries are acked; refused ones stay pending until the next start
-            held[:] = [e for e in held if entry_scope(e) != ready]
+            # published entries are acked; refused ones stay pending until the next start; entries beyond the
+            # round's bound wait for the next round
+            taken = {e.entry_id for e in batch}
+            held[:] = [e for e in held if e.entry_id not in taken]
             learner.tell("waiting", len(held), seen)
             done += 1
     finally:

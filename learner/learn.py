@@ -98,6 +98,9 @@ class LearnerSettings(RegistrySettings):
     learner_gate: bool = Field(default=True, description="Hand every published candidate to the gate.")
     learner_retries: int = Field(default=2, description="Rounds the samples of a candidate that will never be stable "
                                  "(gate failed, rejected, rolled back) join again.")
+    learner_round_max: int = Field(default=16, description="Continuous mode: most new samples one round trains (the "
+                                   "oldest first; the rest wait for the next round): a learner that fell behind "
+                                   "does not take one step per sample of its backlog at once.")
     learner_recall: int = Field(default=256, description="Continuous mode: how many trained samples are remembered for that.")
 
 

@@ -1,6 +1,7 @@
 """``python -m bench.prefbench.shared``: many users in one shared (global) lineage, the statistical canary deciding.
 
-Six simulated users talk to one stack at once, each in its own thread; four want dash lists (``listy``),
+Six simulated users talk to one stack at once, one conversation each at the same time, then the loop
+catches up (labels, training, gate, canary) before the next conversations; four want dash lists (``listy``),
 two want lowercase (``quiet``). Every request learns in the global scope (``NEXTSTATE_SCOPE_BY`` empty:
 ``nextstate proxy``'s default, one lineage for everyone), so a candidate meets the shared canary of
 ``registry.canary``: a slice of the conversations (5 %, then 25 %, then 50 %), users who opted in
@@ -61,11 +62,11 @@ def run(config: BenchConfig, seed: int, home: Path, interactions: int, every_s: 
                                question_stream(pools, random.Random(f"shared-q-{name}-{seed}")), f"{name}-{seed}",
                                opt_in=opt_in) for name, persona, opt_in in USERS]
         errors: list[str] = []
+        timeouts: list[str] = []
 
-        def talk(user: SimulatedUser) -> None:
+        def session(user: SimulatedUser) -> None:
             try:
-                user.interact(interactions, before_each=lambda: time.sleep(config.think_s),
-                              after_session=lambda: time.sleep(config.idle_timeout_s + 2.0))
+                user.interact(3, before_each=lambda: time.sleep(config.think_s))  # one conversation (3 answers)
             except Exception as exc:  # reported in the results, never hidden
                 errors.append(f"{user.run_id}: {type(exc).__name__}: {exc}")
 
@@ -82,17 +83,25 @@ def run(config: BenchConfig, seed: int, home: Path, interactions: int, every_s: 
                   + progress.line(done), flush=True)
 
         checkpoint()
-        threads = [threading.Thread(target=talk, args=(u,), daemon=True) for u in users]
-        for thread in threads:
-            thread.start()
-        while any(t.is_alive() for t in threads):
+        last = time.monotonic()
+        while min(u.count for u in users) < interactions:
+            # every user holds one conversation at the same time; then the idle close, then the loop catches up
+            threads = [threading.Thread(target=session, args=(u,), daemon=True) for u in users
+                       if u.count < interactions]
             for thread in threads:
-                thread.join(timeout=max(0.1, every_s / len(threads)))
-            checkpoint()
-        pipeline.settle(config.settle_timeout_s)
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=600)
+            time.sleep(config.idle_timeout_s + 2.0)
+            if busy := pipeline.settle(config.settle_timeout_s):
+                timeouts.append(f"{busy} at {sum(u.count for u in users)}")
+            if time.monotonic() - last >= every_s:
+                checkpoint()
+                last = time.monotonic()
         checkpoint()
         progress = pipeline.refresh()
-        return {"seed": seed, "points": points, "errors": errors, "wall_s": round(time.monotonic() - started, 1),
+        return {"seed": seed, "points": points, "errors": errors, "settle_timeouts": timeouts,
+                "wall_s": round(time.monotonic() - started, 1),
                 "events": dict(progress.events), "decisions": [d for d in progress.decisions
                                                                 if d["kind"] not in ("alias_changed", "gate_passed")]}
     finally:
@@ -120,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             evidence = {k: decision["evidence"].get(k) for k in ("canary", "stable", "lo", "hi", "fraction", "to")
                         if k in decision["evidence"]}
             print(f"  {decision['kind']:<14} {decision['version']}: {decision['reason']} {json.dumps(evidence)}")
-    print(f"errors: {result['errors'] or 'none'}; wall time {result['wall_s']:.0f} s; events {json.dumps(result['events'])}")
+    print(f"errors: {result['errors'] or 'none'}; settle timeouts: {result['settle_timeouts'] or 'none'}; wall time {result['wall_s']:.0f} s; events {json.dumps(result['events'])}")
     return 0
 
 

@@ -117,6 +117,23 @@ def test_samples_of_a_rolled_back_lineage_join_the_next_round_and_forgotten_ones
     assert redis_client.xpending(SAMPLES_STREAM, "learner")["pending"] == 0
 
 
+def test_a_backlog_is_trained_a_bounded_round_at_a_time_oldest_first(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, tiny_model_path: Path
+) -> None:
+    settings = LearnerSettings(home=tmp_path, redis_url=redis_url, base_model=str(tiny_model_path), device="cpu",
+                               batch_size=2, learner_poll_ms=50, learner_gate=False, retain_samples=4,
+                               learner_round_max=3, learner_retries=0)  # no recall of v1 (never gated)
+    learner = Learner(settings, redis_client)
+    for turn in ("Cuba", "Peru", "Chile", "Kenya", "Egypt"):
+        push(redis_client, turn, "prefer", 1)
+    run_continuous(learner, threading.Event(), Metrics(), rounds=1)
+    assert sorted(learner.registry.manifest("v1").sample_ids) == ["Chile", "Cuba", "Peru"]
+    assert [e.sample.sample_id for e in learner.held if e.sample] == ["Kenya", "Egypt"]  # they wait, not lost
+    run_continuous(learner, threading.Event(), Metrics(), rounds=1)
+    assert sorted(learner.registry.manifest("v2").sample_ids) == ["Egypt", "Kenya"]
+    assert redis_client.xpending(SAMPLES_STREAM, "learner")["pending"] == 0
+
+
 def test_the_learner_says_what_it_is_doing(
     tmp_path: Path, redis_url: str, redis_client: redis.Redis, tiny_model_path: Path
 ) -> None:
