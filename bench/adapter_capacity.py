@@ -47,6 +47,7 @@ from bench.serve_speed import wait_ready
 from learner.config import TrainConfig
 from learner.learn import auto_preset
 from learner.modeling import BUILTINS, load_model, resolve_model
+from learner.serving_settings import ServeSettings
 from learner.train import attach_adapter
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -129,7 +130,8 @@ def start_server(label: str, model_path: Path, served: str, work: Path, max_lora
     env = dict(os.environ, NEXTSTATE_BASE_MODEL=str(model_path), NEXTSTATE_SERVED_MODEL_NAME=served,
                NEXTSTATE_SERVE_PORT=str(port), NEXTSTATE_HOME=str(work / label),
                NEXTSTATE_ADAPTERS_DIR=str(work / "adapters"), NEXTSTATE_MAX_LORAS=str(max_loras),
-               NEXTSTATE_TORCH_THREADS=str(threads), NEXTSTATE_LOG_LEVEL="WARNING")
+               NEXTSTATE_TORCH_THREADS=str(threads), NEXTSTATE_LOG_LEVEL="WARNING",
+               PYTHONWARNINGS="ignore::UserWarning,ignore::FutureWarning")  # peft warns at every eviction
     process = subprocess.Popen([sys.executable, "-m", "learner", "serve"], env=env)
     return Server(label, max_loras, process, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600))
 
@@ -187,6 +189,7 @@ def measure(model_path: Path, served: str, base_model: str, adapters: int, max_l
                                "cpu_count": os.cpu_count(), "rounds": rounds}
     summary.update(make_adapters(model_path, base_model, adapters, store))
     names = [f"{served}@u{i:03d}" for i in range(adapters)]
+    starting = time.monotonic()
     slots = start_server("slots", model_path, served, work, max_loras, threads)
     resident = start_server("resident", model_path, served, work, adapters, threads)
     servers = (slots, resident)
@@ -195,7 +198,7 @@ def measure(model_path: Path, served: str, base_model: str, adapters: int, max_l
             wait_ready(server.client, server.process)
             for _ in range(2):  # the first requests allocate the decoding working set: before the baseline
                 server.chat(served)
-        summary["server_start_s"] = round(time.monotonic() - started, 1)
+        summary["server_start_s"] = round(time.monotonic() - starting, 1)
 
         memory: dict[str, dict[int, int]] = {s.label: {} for s in servers}
         load_s: dict[str, list[float]] = {s.label: [] for s in servers}
@@ -266,7 +269,7 @@ def measure(model_path: Path, served: str, base_model: str, adapters: int, max_l
         materialised = set(slots.engine()["materialised"])
         cold = [n for n in names if n not in materialised and n != warm][: 2 * max_loras]
         summary["burst"] = burst(slots, served, cold, warm)
-        summary["max_num_seqs"] = 8  # the server's default (learner.serving_settings)
+        summary["max_num_seqs"] = ServeSettings.model_fields["max_num_seqs"].default  # the servers run the default
         summary["rss_after_churn_mib"] = {s.label: round(s.rss() / MiB, 1) for s in servers}
         summary["cold_loads_on_slots"] = rounds + len(cold)
         summary["answers"] = {"base": slots.chat(served)[2], "adapter": slots.chat(names[0])[2]}
