@@ -18,7 +18,7 @@ class ServeSettings(CommonSettings):
     serve_port: int = Field(default=8000, description="Port (vLLM's default).")
     device: str | None = Field(default=None, description="cpu, cuda, cuda:1, ...; unset = CUDA when available.")
     dtype: str | None = Field(default=None, description="float32, bfloat16, ...; unset = bfloat16 on CUDA, float32 on CPU.")
-    max_loras: int = Field(default=4, ge=1, description="Adapters loaded at once (stable + canary + draining).")
+    max_loras: int = Field(default=4, ge=1, description="Adapters materialised at once (stable + canary + draining of the scopes answering together); others stay registered and load on their next request.")
     max_num_seqs: int = Field(default=8, ge=1, description="Requests decoded concurrently (interleaved token by token).")
     max_queue: int = Field(default=64, ge=0, description="Requests waiting beyond max_num_seqs; more get 503 with Retry-After.")
     max_model_len: int | None = Field(default=None, description="Context length; unset = the model's max_position_embeddings.")
