@@ -211,9 +211,12 @@ class Store:
                                       reason="session_done").model_dump_json()
             more += [transition(turn_id=s.turn.turn_id, session_id=sid, turn_index=turn.turn_index,
                                 reason="session_done") for s in work.siblings]
+        # idle from when the answer was delivered, not from when it was asked: a slow answer (a real model on a
+        # busy CPU) must not close the conversation before the user has read it
+        answered_at = turn.created_at + turn.timings.total_ms / 1000.0
         new_state = {
             "turn_id": turn.turn_id, "turn_index": turn.turn_index, "n_messages": len(turn.request.messages),
-            "prefix_hash": chain_hash(work.digests), "reply_digest": work.reply_digest, "updated_at": turn.created_at,
+            "prefix_hash": chain_hash(work.digests), "reply_digest": work.reply_digest, "updated_at": answered_at,
             "siblings": [[s.turn.turn_id, s.reply_digest] for s in work.siblings],
         }
         keys = [
@@ -223,7 +226,7 @@ class Store:
             record_seen_key(transition_id(turn.turn_id)), *(record_seen_key(t.record_id) for t in more),
         ]
         args = [turn.model_dump_json(), self.ttl_s, previous_json, closing_json, self.session_ttl_s, sid,
-                turn.created_at, json.dumps(new_state), "1" if work.chained else "", expected,
+                answered_at, json.dumps(new_state), "1" if work.chained else "", expected,
                 *(t.model_dump_json() for t in more)]
         pipe.evalsha(self._record_turn.sha, len(keys), *keys, *args)
         for sibling in work.siblings:  # each choice is a turn of its own, stored once like any record

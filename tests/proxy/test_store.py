@@ -83,6 +83,19 @@ def test_idle_sessions_close_once_whoever_sweeps(redis_url, redis_client) -> Non
     assert [(t["turn_id"], t["reason"]) for t in closed] == [("a-1", "idle_timeout")]
 
 
+def test_a_slow_answer_is_idle_from_when_it_was_delivered(redis_url, redis_client) -> None:
+    slow = turn_entry("a-1", "a", [{"role": "user", "content": "x"}], "y", created_at=1.0)
+    slow.turn.timings.total_ms = 30_000.0  # asked at 1 s, answered at 31 s
+
+    async def work(store, client):
+        await store.apply([slow])
+        early = await store.sweep_idle(10, now=35.0)  # 34 s after the question, 4 s after the answer: still open
+        late = await store.sweep_idle(10, now=42.0)
+        return early, late
+
+    assert run(redis_url, work) == (0, 1)
+
+
 def test_a_session_moved_on_by_another_writer_is_not_overwritten(redis_url, redis_client) -> None:
     first, second = conversation("s")
 
