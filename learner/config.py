@@ -103,7 +103,8 @@ class TrainConfig:
         sampled token, so a hint says which answer to give, not only which one not to (measured: 8 avoid
         samples, most with a hint, moved held-out bullet answers 0.25 -> 0.88; the log-ratio alone 0.25 -> 0.19).
         Hint demonstrations (learner.demos): two hinted-teacher answers per context of the batch (``batch``
-        scope: on a laptop every conversation is the one user's). The retain set is sampled from the base
+        scope: in a personal scope every conversation is the one user's; the learner keeps the shared scope's
+        demonstrations to the conversation that gave the hint). The retain set is sampled from the base
         model with weight 2 (learner.retain).
         """
         return cls(**{"lr": 3e-3, "steps_per_batch": 3, "topk": 8, "hint_demos": 2, "demo_scope": "batch",

@@ -252,7 +252,10 @@ class Learner:
         retain = sample_retain(model, self.tokenizer, self.retain_prompts, self.config, self.config.seed + self.rounds)
         samples = [e.sample for e in selection.train if e.sample is not None]  # select() keeps parsed ones only
         assert len(samples) == len(items)  # sample i and item i are the same context
-        demos = sample_demos(model, self.tokenizer, samples, [it.prompt_ids for it in items], self.config,
+        # one person's scope may demonstrate a hint on all of its contexts; the shared scope only on the
+        # conversation that gave it (one user's "answer in one word" is not everyone's)
+        demo_config = self.config if scope != GLOBAL_SCOPE else self.config.replace(demo_scope="conversation")
+        demos = sample_demos(model, self.tokenizer, samples, [it.prompt_ids for it in items], demo_config,
                              self.config.seed + self.rounds) if self.config.uses_opd else []
         log().info("training", scope=scope, parent=parent, samples=len(items), retain=len(retain), demos=len(demos),
                    method=self.config.method, device=self.device)

@@ -15,9 +15,9 @@ from learner.learn import Learner, LearnerSettings
 from registry.records import GateVerdict
 
 
-def push(client: redis.Redis, scope: str, turn: str, hint: str | None = None) -> None:
+def push(client: redis.Redis, scope: str, turn: str, hint: str | None = None, session: str | None = None) -> None:
     record = SampleRecord(
-        record_id=f"{turn}:r0", sample_id=turn, turn_id=turn, session_id=f"s-{scope}", cls="avoid", reward=-1,
+        record_id=f"{turn}:r0", sample_id=turn, turn_id=turn, session_id=session or f"s-{scope}", cls="avoid", reward=-1,
         hint=hint, scope=scope, messages=[{"role": "user", "content": f"What is the capital of {turn}?"}],
         response={"role": "assistant", "content": f"The capital of {turn} is somewhere. It is nice."},
     )
@@ -57,3 +57,22 @@ def test_each_scope_trains_its_own_samples_only(tmp_path: Path, redis_url: str, 
     assert sorted(manifest.sample_ids) == ["Cuba", "Laos"]
     assert manifest.parent is None and manifest.started_from == "v1" and manifest.scope == "bob"
     assert [v.version for v in shared.versions()] == ["v1"] and [v.version for v in alice.versions()] == ["v1"]
+
+
+@pytest.mark.slow
+def test_in_the_shared_scope_a_hint_is_demonstrated_only_in_its_own_conversation(
+        tmp_path: Path, redis_url: str, redis_client: redis.Redis, tiny_model_path: Path) -> None:
+    # the tiny preset demonstrates a hint on every context of a personal scope's batch; in the shared scope
+    # one user's hint must not become a demonstration on another user's question
+    settings = LearnerSettings(home=tmp_path, redis_url=redis_url, base_model=str(tiny_model_path), device="cpu",
+                               batch_size=2, steps_per_batch=1, learner_poll_ms=50, learner_gate=False,
+                               retain_samples=2, hint_demos=1)
+    learner = Learner(settings, redis_client)
+    assert learner.config.demo_scope == "batch"
+    for scope in ("global", "alice"):
+        push(redis_client, scope, f"Peru-{scope}", hint="Answer in lowercase.", session=f"{scope}-1")
+        push(redis_client, scope, f"Chile-{scope}", session=f"{scope}-2")
+    run_continuous(learner, threading.Event(), Metrics(), rounds=2)
+    shared, alice = (learner.registry.scoped(s) for s in ("global", "alice"))
+    assert shared.manifest("v1").metrics["demo_samples"] == 1  # the hinted conversation's one context
+    assert alice.manifest("v1").metrics["demo_samples"] == 2  # both of the one user's contexts
