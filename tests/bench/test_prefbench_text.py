@@ -84,10 +84,10 @@ def test_first_replies_follow_the_interaction_order() -> None:
 def test_model_option_runs_the_product_preset_and_text_personas(capsys: pytest.CaptureFixture[str]) -> None:
     config, _ = config_from_args(["--model", "smollm2-135m"])
     assert config.personas == ("brief", "lowkey", "courteous")
-    assert (config.lr, config.steps_per_batch) == (5e-4, 2)
-    assert config.extra_env == {"NEXTSTATE_BASE_MODEL": "builtin:smollm2-135m"}
+    assert (config.lr, config.steps_per_batch) == (None, None)  # the learner takes the model's own preset
+    assert config.extra_env == {"NEXTSTATE_BASE_MODEL": "builtin:smollm2-135m"} and config.idle_timeout_s == 20.0
     printed = capsys.readouterr().out
-    assert printed.count("setting: ") == 4 and "lr 0.0005" in printed
+    assert printed.count("setting: ") == 3 and "'small' preset" in printed and "idle timeout 20 s" in printed
     config, _ = config_from_args(["--model", "smollm2-135m", "--personas", "skimmer", "--lr", "1e-3"])
     assert (config.personas, config.lr) == (("skimmer",), 1e-3)
     assert config_from_args([])[0].personas == ("terse", "quiet", "listy")  # the tiny model's bench is unchanged
