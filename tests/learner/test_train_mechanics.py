@@ -143,7 +143,7 @@ def test_fixed_quantities_and_a_train_run(tokenizer, tmp_path: Path) -> None:  #
     steps: list[int] = []
     result = train(model, items, config, pad_id=tokenizer.pad_token_id, progress=lambda n, _: steps.append(n))
     m = result.metrics
-    assert steps == [1, 2]  # one batch of 4, 2 steps per batch
+    assert steps == [1, 2, 3]  # one batch of 4, 3 steps per batch (the tiny preset)
     assert result.refused is None
     assert all(math.isfinite(v) for v in m.values())
     assert m["kl_parent"] > 0 and m["kl_base"] == pytest.approx(m["kl_parent"], rel=1e-4)
