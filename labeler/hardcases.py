@@ -122,5 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     except JudgeError as exc:
         print(f"nextstate label hard-cases: {exc}", file=sys.stderr)
         return 2
+    finally:
+        rt.close()
     print(" ".join(f"{k}={v}" for k, v in counts.items()))
     return 1 if counts["failed"] else 0

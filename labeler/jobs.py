@@ -56,6 +56,12 @@ class Runtime:
         return cls(settings=settings, redis=data, strong=strong,
                    queue_redis=None if queues_at == url else redis.Redis.from_url(queues_at))
 
+    def close(self) -> None:
+        """Close the Redis clients (their pooled connections)."""
+        self.redis.close()
+        if self.queue_redis is not None:
+            self.queue_redis.close()
+
     @property
     def queues(self) -> redis.Redis:
         """The client RQ's queues, jobs and workers use."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,26 @@ def base_model_name(api_base: str, api_key: str | None = None, timeout: float = 
     if ids:
         return ids[0].split("@")[0]
     raise JudgeMisconfigured(f"{api_base} serves no model")
+
+
+_loop_lock = threading.Lock()
+_loop: tuple[int, asyncio.AbstractEventLoop] | None = None
+
+
+def _judge_loop() -> asyncio.AbstractEventLoop:
+    """The one event loop (in a daemon thread) that runs every judge call of this process.
+
+    litellm caches its HTTP clients per event loop: a loop per call (``asyncio.run``) left a set of open
+    connections bound to each dead loop, unclosed until the cache evicted them. A forked work horse
+    starts its own loop (the parent's thread does not survive the fork).
+    """
+    global _loop
+    with _loop_lock:
+        if _loop is None or _loop[0] != os.getpid():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="llm-judge-loop", daemon=True).start()
+            _loop = (os.getpid(), loop)
+        return _loop[1]
 
 
 def _litellm() -> Any:
@@ -99,7 +120,12 @@ class LLMJudge:
         if extra_next_state:
             data = JudgeInput(data.request, data.response, f"{data.next_state}\n\n{extra_next_state}",
                               True, data.truncated)
-        return asyncio.run(self._judge(data))
+        future = asyncio.run_coroutine_threadsafe(self._judge(data), _judge_loop())
+        try:
+            return future.result()
+        except BaseException:  # e.g. the job's timeout: the calls are not left running
+            future.cancel()
+            raise
 
     async def _judge(self, data: JudgeInput) -> Verdict:
         started = time.perf_counter()

@@ -138,6 +138,8 @@ class Supervisor:
                 dispatcher.run(self.stop)
             except Exception:  # reported here, then the supervisor starts a fresh dispatcher
                 log.exception("dispatcher_failed")
+            finally:
+                rt.close()
 
         thread = threading.Thread(target=run, name="dispatcher", daemon=True)
         thread.start()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import structlog
 from starlette.applications import Starlette
@@ -204,6 +204,11 @@ PASSTHROUGH = Route("/v1/{path:path}", _passthrough, methods=["GET", "POST", "PU
 def create_app(settings: ProxySettings, *, mounts: list[tuple[str, ASGIApp]] | None = None) -> ASGIApp:
     """Build the proxy app; ``mounts`` (e.g. ``("/admin", app)``) are served behind the admin token."""
     metrics = Metrics()
+    # what a mounted app opens (Redis, HTTP clients) is closed by its ``state.close``, when it has one
+    closers: list[Callable[[], object]] = [
+        close for _, mounted in mounts or []
+        if callable(close := getattr(getattr(mounted, "state", None), "close", None))
+    ]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, ProxyState]]:
@@ -244,6 +249,8 @@ def create_app(settings: ProxySettings, *, mounts: list[tuple[str, ASGIApp]] | N
                 orphan.close()
             await upstream.close()
             await redis_client.aclose()
+            for close_mount in closers:  # a mounted app gets no lifespan: its clients are closed here
+                close_mount()
             if embedded is not None:
                 embedded.stop()
 

@@ -52,7 +52,8 @@ class EmbeddedRedis:
         if not self.socket.exists():
             return False
         try:
-            return bool(redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1).ping())
+            with redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1) as client:
+                return bool(client.ping())
         except redis.RedisError:
             return False
 
@@ -87,6 +88,7 @@ class EmbeddedRedis:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait()  # reaped, not left running behind a dropped Popen
         self.process = None
 
 

@@ -185,17 +185,16 @@ def test_a_conversation_without_session_id_never_switches_arm(proxy_url, redis_c
                          versions={"v1": "tiny@v1", "v2": "tiny@v2"})
     redis_client.set(ROUTING_KEY, table.model_dump_json())
     arms = []
-    http = httpx.Client(base_url=proxy_url)
-    wait_for_table(http, proxy_url)
-    for opening in range(8):
-        history = [{"role": "user", "content": f"opening {opening}"}]
-        seen = set()
-        for step in range(3):
-            response = http.post("/v1/chat/completions", json={"model": "tiny", "messages": history})
-            seen.add(response.headers["x-nextstate-arm"])
-            reply = response.json()["choices"][0]["message"]
-            history = [*history, reply, {"role": "user", "content": f"more {step}"}]
-        assert len(seen) == 1
-        arms.append(seen.pop())
-    http.close()
+    with httpx.Client(base_url=proxy_url) as http:
+        wait_for_table(http, proxy_url)
+        for opening in range(8):
+            history = [{"role": "user", "content": f"opening {opening}"}]
+            seen = set()
+            for step in range(3):
+                response = http.post("/v1/chat/completions", json={"model": "tiny", "messages": history})
+                seen.add(response.headers["x-nextstate-arm"])
+                reply = response.json()["choices"][0]["message"]
+                history = [*history, reply, {"role": "user", "content": f"more {step}"}]
+            assert len(seen) == 1
+            arms.append(seen.pop())
     assert set(arms) == {"stable", "canary"}  # 8 openings spread over both arms

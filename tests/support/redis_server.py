@@ -65,8 +65,10 @@ class RedisServer:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                if self.socket.exists() and self.client(socket_timeout=1).ping():
-                    return self
+                if self.socket.exists():
+                    with self.client(socket_timeout=1) as probe:
+                        if probe.ping():
+                            return self
             except redis.RedisError:
                 pass
             time.sleep(0.02)
