@@ -93,6 +93,15 @@ def test_inconclusive_at_the_limit_rejects() -> None:
     assert decide(Evidence((1,), (1, -1)), PersonalPolicy(deadline_seconds=10.0), 11.0).action == "reject"
 
 
+def test_inherited_turns_count_at_their_weight_towards_the_limit() -> None:
+    # 2 own + 11 inherited at 0.5 = 7.5 effective turns: still collecting (counted whole, 13, it was rejected)
+    mixed = (1, -1) * 5 + (1,)
+    assert decide(Evidence((1, -1), (1, -1) * 3, inherited=mixed), POLICY, 60.0).action == "continue"
+    # 6 own + 12 inherited = 12 effective: inconclusive, rejected
+    verdict = decide(Evidence((1, -1) * 3, (1, -1) * 3, inherited=(1, -1) * 6), POLICY, 60.0)
+    assert verdict.action == "reject" and "12 inherited" in verdict.reason
+
+
 def test_error_rate_breach_rolls_back() -> None:
     verdict = decide(Evidence((1, 1, 1), (-1,) * 6, requests=20, errors=5), POLICY, 60.0)
     assert verdict.action == "rollback" and "error rate" in verdict.reason
