@@ -97,25 +97,20 @@ def forget_scope(control: Control, scope: str) -> Forgotten:
 
     turn_ids: set[str] = set()
 
-    def turn_in_scope(raw: bytes) -> bool:
-        try:
-            turn = TurnRecord.model_validate_json(raw)
-        except ValidationError:
+    def in_scope(model: type[TurnRecord] | type[SampleRecord]) -> Callable[[bytes], bool]:
+        """A stream filter: the record is of ``scope`` (its turn id is kept, to find what names the turn)."""
+        def check(raw: bytes) -> bool:
+            try:
+                record = model.model_validate_json(raw)
+            except ValidationError:
+                return False
+            if record.scope == scope:
+                turn_ids.add(record.turn_id)
+                return True
             return False
-        if turn.scope == scope:
-            turn_ids.add(turn.turn_id)
-            return True
-        return False
+        return check
 
-    def sample_in_scope(raw: bytes) -> bool:
-        try:
-            sample = SampleRecord.model_validate_json(raw)
-        except ValidationError:
-            return False
-        if sample.scope == scope:
-            turn_ids.add(sample.turn_id)
-            return True
-        return False
+    turn_in_scope, sample_in_scope = in_scope(TurnRecord), in_scope(SampleRecord)
 
     def names_turn(raw: bytes) -> bool:
         return _turn_of(raw) in turn_ids
