@@ -49,7 +49,7 @@ def home(tmp_path: Path, smollm2_model_path: Path) -> Path:
 @pytest.fixture
 def policy_url(home: Path) -> Iterator[str]:
     settings = ServeSettings(home=home, base_model="builtin:smollm2-135m", max_loras=2)
-    with serve_in_thread(create_policy_server(settings)) as url:
+    with serve_in_thread(create_policy_server(settings), start_timeout=180) as url:
         yield url
 
 

@@ -36,7 +36,7 @@ def adapter_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def policy_url(smollm2_model_path: Path, adapter_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     settings = ServeSettings(home=tmp_path_factory.mktemp("policy"), base_model="builtin:smollm2-135m", max_loras=1,
                              adapters_dir=adapter_store)
-    with serve_in_thread(create_policy_server(settings, model_path=smollm2_model_path)) as url:
+    with serve_in_thread(create_policy_server(settings, model_path=smollm2_model_path), start_timeout=180) as url:
         yield url
 
 

@@ -21,15 +21,17 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: Any, port: int | None = None, **config: Any) -> Iterator[str]:
-    """Yield ``http://127.0.0.1:<port>`` while uvicorn serves ``app``; shut it down afterwards."""
+def serve_in_thread(app: Any, port: int | None = None, start_timeout: float = 15.0, **config: Any) -> Iterator[str]:
+    """Yield ``http://127.0.0.1:<port>`` while uvicorn serves ``app``; shut it down afterwards.
+
+    ``start_timeout``: how long the app's startup may take (a policy server loads its model there)."""
     port = port or free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **config)
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + start_timeout
     while not server.started:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("uvicorn did not start")
