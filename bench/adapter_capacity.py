@@ -45,7 +45,7 @@ import torch
 from bench.serve_gpu import _free_port
 from bench.serve_speed import wait_ready
 from learner.config import TrainConfig
-from learner.learn import auto_preset
+from learner.learner_settings import auto_preset
 from learner.modeling import BUILTINS, load_model, resolve_model
 from learner.serving_settings import ServeSettings
 from learner.train import attach_adapter

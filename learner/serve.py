@@ -1,8 +1,9 @@
 """``python -m learner serve``: the embedded OpenAI-compatible policy server (CPU or CUDA).
 
 It answers every call nextstate makes to vLLM, in vLLM's format: ``/v1/chat/completions`` and
-``/v1/completions`` (streamed or not, logprobs, ``return_token_ids``), ``/v1/responses`` (text, with
-``previous_response_id``, streamed or not), ``/v1/models``, and vLLM's
+``/v1/completions`` (streamed or not, logprobs, ``return_token_ids``; tool calls parsed out of the
+text as vLLM's ``hermes`` parser does, ``learner.serving_tools``), ``/v1/responses`` (text, with
+``previous_response_id``, streamed or not; ``learner.serving_responses``), ``/v1/models``, and vLLM's
 runtime LoRA API, ``POST /v1/load_lora_adapter`` / ``POST /v1/unload_lora_adapter``; a request picks
 an adapter with ``"model": "<lora_name>"``. Generation runs on the engine thread
 (``learner.serving_engine``), never on the event loop.
@@ -17,8 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
-import json
 import sys
 import time
 from collections import OrderedDict
@@ -27,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -36,6 +34,7 @@ from starlette.routing import Route
 from learner.modeling import BUILTIN_TINY, load_model, render_prompt_ids, resolve_model
 from learner.serving_engine import Engine, QueueFull
 from learner.serving_generation import Generation, PolicyServer
+from learner.serving_http import parse, policy_server, sse
 from learner.serving_protocol import (
     ChatRequest,
     CompletionRequest,
@@ -48,8 +47,9 @@ from learner.serving_protocol import (
     now,
     usage,
 )
+from learner.serving_responses import responses
 from learner.serving_settings import ServeSettings
-from proxy.items import chat_tools, to_messages
+from learner.serving_tools import ToolCallParser, parse_tool_calls, wants_tool_calls
 from registry.names import UnsafeName, check_served_name, inside
 
 log = structlog.get_logger(__name__)
@@ -60,41 +60,10 @@ def error_response(error: ServingError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 
-async def _json_object(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body() or b"null")
-    except json.JSONDecodeError as exc:
-        raise ServingError(f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise ServingError("request body must be a JSON object")
-    return body
-
-
-async def _parse(request: Request, model: type[BaseModel]) -> Any:
-    return _validate(model, await _json_object(request))
-
-
-def _validate(model: type[BaseModel], body: dict[str, Any]) -> Any:
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(part) for part in first.get("loc", ())) or None
-        raise ServingError(first.get("msg", str(exc)).removeprefix("Value error, "), param=param) from exc
-
-
-def _server(request: Request) -> PolicyServer:
-    return request.app.state.server  # type: ignore[no-any-return]
-
-
-def _sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
-
-
 # ---- chat ---------------------------------------------------------------------------------------
 async def chat_completions(request: Request) -> Response:
-    server = _server(request)
-    req: ChatRequest = await _parse(request, ChatRequest)
+    server = policy_server(request)
+    req: ChatRequest = await parse(request, ChatRequest)
     model_name, adapter = server.resolve(req.model)
     try:
         prompt_ids = render_prompt_ids(server.tokenizer, req.messages, req.tools)
@@ -110,11 +79,12 @@ async def chat_completions(request: Request) -> Response:
         token_ids += piece.token_ids
         entries += piece.logprobs
         finish = piece.finish or finish
+    content, calls = parse_tool_calls(text) if wants_tool_calls(req.tools, req.tool_choice) else (text, [])
     choice: dict[str, Any] = {
         "index": 0,
-        "message": {"role": "assistant", "content": text, "tool_calls": []},
+        "message": {"role": "assistant", "content": content, "tool_calls": [call.message() for call in calls]},
         "logprobs": {"content": [server.chat_entry(e, req) for e in entries]} if top is not None else None,
-        "finish_reason": finish,
+        "finish_reason": "tool_calls" if calls else finish,
         "stop_reason": None,
     }
     body: dict[str, Any] = {
@@ -133,44 +103,57 @@ async def _chat_stream(server: PolicyServer, req: ChatRequest, model_name: str, 
     if req.return_token_ids:
         first["prompt_token_ids"] = generation.prompt_ids
         first["choices"][0]["token_ids"] = []
-    yield _sse(first)
+    yield sse(first)
+    parser = ToolCallParser() if wants_tool_calls(req.tools, req.tool_choice) else None
 
     def choice(piece: Any) -> dict[str, Any]:
+        delta: dict[str, Any] = {"content": piece.text} if piece.text or not piece.finish else {}
+        finish = piece.finish
+        if parser is not None:  # content outside the calls; each call whole once its closing tag is read
+            text, calls = parser.feed(piece.text)
+            if piece.finish:
+                rest, more = parser.finish()
+                text, calls = text + rest, calls + more
+            first_index = len(parser.calls) - len(calls)
+            delta = {"content": text} if text or not piece.finish else {}
+            if calls:
+                delta["tool_calls"] = [call.delta(first_index + i) for i, call in enumerate(calls)]
+            finish = "tool_calls" if piece.finish and parser.calls else piece.finish
         entry: dict[str, Any] = {
             "index": 0,
-            "delta": {"content": piece.text} if piece.text or not piece.finish else {},
+            "delta": delta,
             "logprobs": {"content": [server.chat_entry(e, req) for e in piece.logprobs]} if req.logprobs else None,
-            "finish_reason": piece.finish,
+            "finish_reason": finish,
         }
         if req.return_token_ids:
             entry["token_ids"] = piece.token_ids
         return entry
 
-    async for event in _pieces_as_sse(req, base, generation, choice):
+    async for event in _pieces_assse(req, base, generation, choice):
         yield event
 
 
-async def _pieces_as_sse(req: ChatRequest | CompletionRequest, base: dict[str, Any], generation: Generation,
+async def _pieces_assse(req: ChatRequest | CompletionRequest, base: dict[str, Any], generation: Generation,
                          choice: Any) -> AsyncIterator[bytes]:
     """One chunk per generated piece, an error event if generation fails, the usage chunk, ``[DONE]``."""
     produced = 0
     try:
         async for piece in generation:
             produced += len(piece.token_ids)
-            yield _sse({**base, "choices": [choice(piece)]})
+            yield sse({**base, "choices": [choice(piece)]})
     except ServingError as exc:
-        yield _sse(exc.body())
+        yield sse(exc.body())
     finally:
         generation.close()
     if req.include_usage():
-        yield _sse({**base, "choices": [], "usage": usage(len(generation.prompt_ids), produced)})
+        yield sse({**base, "choices": [], "usage": usage(len(generation.prompt_ids), produced)})
     yield b"data: [DONE]\n\n"
 
 
 # ---- completions --------------------------------------------------------------------------------
 async def completions(request: Request) -> Response:
-    server = _server(request)
-    req: CompletionRequest = await _parse(request, CompletionRequest)
+    server = policy_server(request)
+    req: CompletionRequest = await parse(request, CompletionRequest)
     model_name, adapter = server.resolve(req.model)
     prompt = req.prompt[0] if isinstance(req.prompt, list) and isinstance(req.prompt[0], str) else req.prompt
     prompt_ids = list(prompt) if isinstance(prompt, list) else server.tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -212,112 +195,13 @@ async def _completion_stream(server: PolicyServer, req: CompletionRequest, model
         sent_prompt = True
         return entry
 
-    async for event in _pieces_as_sse(req, base, generation, choice):
+    async for event in _pieces_assse(req, base, generation, choice):
         yield event
-
-
-# ---- responses ----------------------------------------------------------------------------------
-RESPONSES_KEPT = 1024
-"""Stored responses a later request can continue by ``previous_response_id`` (the oldest are forgotten)."""
-
-
-async def responses(request: Request) -> Response:
-    """The Responses API (text in, text out) on the chat path: ``instructions``, ``input`` items,
-    ``previous_response_id`` naming a response this server stored, streamed as typed events."""
-    server = _server(request)
-    body = await _json_object(request)
-    kept: OrderedDict[str, list[dict[str, Any]]] = request.app.state.responses
-    previous = body.get("previous_response_id")
-    if previous is not None and previous not in kept:
-        raise NotFound(f"Previous response with id '{previous}' not found.", param="previous_response_id")
-    try:
-        conversation = [*kept.get(previous, []), *to_messages(body.get("input", []))]
-    except ValueError as exc:
-        raise ServingError(str(exc), param="input") from exc
-    instructions = body.get("instructions")
-    system = [{"role": "system", "content": instructions}] if isinstance(instructions, str) and instructions else []
-    req: ChatRequest = _validate(ChatRequest, {
-        "model": body.get("model"), "messages": [*system, *conversation], "tools": chat_tools(body.get("tools")),
-        "temperature": body.get("temperature"), "top_p": body.get("top_p"), "max_tokens": body.get("max_output_tokens"),
-        "stream": bool(body.get("stream")),
-    })
-    model_name, adapter = server.resolve(req.model)
-    try:
-        prompt_ids = render_prompt_ids(server.tokenizer, req.messages, req.tools)
-    except Exception as exc:
-        raise ServingError(f"the input could not be rendered with the chat template: {exc}", param="input") from exc
-    generation = server.start(req, prompt_ids, adapter, None)
-    store = body.get("store") is not False
-    response: dict[str, Any] = {
-        "id": new_id("resp"), "object": "response", "created_at": now(), "status": "in_progress", "model": model_name,
-        "instructions": instructions, "previous_response_id": previous, "output": [], "usage": None, "error": None,
-        "incomplete_details": None, "tools": body.get("tools") or [], "tool_choice": "auto", "parallel_tool_calls": True,
-        "temperature": req.temperature, "top_p": req.top_p, "max_output_tokens": req.max_tokens, "store": store,
-        "text": {"format": {"type": "text"}},
-    }
-    message_id = new_id("msg")
-
-    def finished(text: str, finish: str | None, produced: int) -> dict[str, Any]:
-        cut = finish == "length"
-        item = {"type": "message", "id": message_id, "status": "incomplete" if cut else "completed",
-                "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": []}]}
-        done = {**response, "status": "incomplete" if cut else "completed", "output": [item],
-                "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
-                "usage": {"input_tokens": len(prompt_ids), "output_tokens": produced,
-                          "total_tokens": len(prompt_ids) + produced, "input_tokens_details": {"cached_tokens": 0},
-                          "output_tokens_details": {"reasoning_tokens": 0}}}
-        if store:
-            kept[done["id"]] = [*conversation, {"role": "assistant", "content": text}]
-            while len(kept) > RESPONSES_KEPT:
-                kept.popitem(last=False)
-        return done
-
-    if req.stream:
-        return StreamingResponse(_response_events(response, message_id, generation, finished),
-                                 media_type="text/event-stream")
-    text, produced, finish = "", 0, None
-    async for piece in generation:
-        text, produced, finish = text + piece.text, produced + len(piece.token_ids), piece.finish or finish
-    return JSONResponse(finished(text, finish, produced))
-
-
-async def _response_events(response: dict[str, Any], message_id: str, generation: Generation,
-                           finished: Any) -> AsyncIterator[bytes]:
-    """The Responses API's stream: lifecycle events around one message's text deltas."""
-    sequence = itertools.count()
-
-    def event(kind: str, **fields: Any) -> bytes:
-        return f"event: {kind}\n".encode() + _sse({"type": kind, "sequence_number": next(sequence), **fields})
-
-    at = {"item_id": message_id, "output_index": 0, "content_index": 0}
-    yield event("response.created", response=response)
-    yield event("response.in_progress", response=response)
-    yield event("response.output_item.added", output_index=0,
-                item={"type": "message", "id": message_id, "status": "in_progress", "role": "assistant", "content": []})
-    yield event("response.content_part.added", **at, part={"type": "output_text", "text": "", "annotations": []})
-    text, produced, finish = "", 0, None
-    try:
-        async for piece in generation:
-            text, produced, finish = text + piece.text, produced + len(piece.token_ids), piece.finish or finish
-            if piece.text:
-                yield event("response.output_text.delta", **at, delta=piece.text)
-    except ServingError as exc:
-        yield event("response.failed", response={**response, "status": "failed",
-                                                 "error": {"code": "server_error", "message": exc.message}})
-        return
-    finally:
-        generation.close()
-    done = finished(text, finish, produced)
-    [item] = done["output"]
-    yield event("response.output_text.done", **at, text=text)
-    yield event("response.content_part.done", **at, part=item["content"][0])
-    yield event("response.output_item.done", output_index=0, item=item)
-    yield event("response.incomplete" if done["status"] == "incomplete" else "response.completed", response=done)
 
 
 # ---- models, adapters, health -------------------------------------------------------------------
 async def list_models(request: Request) -> Response:
-    server = _server(request)
+    server = policy_server(request)
     cards = [model_card(server.model_name, server.model_root, None, server.created, server.max_model_len)]
     for name, (path, created) in sorted(server.adapters.items()):
         cards.append(model_card(name, str(path), server.model_name, created, server.max_model_len))
@@ -325,8 +209,8 @@ async def list_models(request: Request) -> Response:
 
 
 async def load_lora_adapter(request: Request) -> Response:
-    server = _server(request)
-    req: LoadLoRARequest = await _parse(request, LoadLoRARequest)
+    server = policy_server(request)
+    req: LoadLoRARequest = await parse(request, LoadLoRARequest)
     if not req.lora_name or not req.lora_path:
         raise ServingError("Both 'lora_name' and 'lora_path' must be provided.", type_="InvalidUserInput")
     try:  # only a registry version, never a path elsewhere on the machine (a relative one is under the store)
@@ -339,8 +223,8 @@ async def load_lora_adapter(request: Request) -> Response:
 
 
 async def unload_lora_adapter(request: Request) -> Response:
-    server = _server(request)
-    req: UnloadLoRARequest = await _parse(request, UnloadLoRARequest)
+    server = policy_server(request)
+    req: UnloadLoRARequest = await parse(request, UnloadLoRARequest)
     if not req.lora_name:
         raise ServingError("'lora_name' needs to be provided to unload a LoRA adapter.", type_="InvalidUserInput")
     await server.unload_adapter(req.lora_name)
@@ -348,7 +232,7 @@ async def unload_lora_adapter(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
-    server = _server(request)
+    server = policy_server(request)
     return JSONResponse({"status": "ok", "model": server.model_name, **server.engine.stats()})
 
 

@@ -13,7 +13,8 @@ from prometheus_client import start_http_server
 
 from labeler.records import SAMPLES_STREAM
 from learner.continuous import Metrics, run_continuous
-from learner.learn import Learner, LearnerSettings
+from learner.learn import Learner
+from learner.learner_settings import LearnerSettings
 from registry.records import GateVerdict, LearnerState, learner_state_key
 from tests.learner.test_learn_once import push
 from tests.support.servers import free_port

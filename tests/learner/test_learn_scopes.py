@@ -11,7 +11,8 @@ import redis
 
 from labeler.records import SAMPLES_STREAM, SampleRecord
 from learner.continuous import Metrics, run_continuous
-from learner.learn import Learner, LearnerSettings
+from learner.learn import Learner
+from learner.learner_settings import LearnerSettings
 from registry.records import GateVerdict
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from learner.config import TrainConfig
-from learner.learn import LearnerSettings, build_config
+from learner.learner_settings import LearnerSettings, build_config
 
 
 def test_each_preset_is_what_its_docstring_says() -> None:
