@@ -109,3 +109,33 @@ def test_tool_choice_none_leaves_the_text_as_written(sdk) -> None:
                                          temperature=0, max_tokens=96)
     assert answer.choices[0].message.content == GENERATED and not answer.choices[0].message.tool_calls
     assert answer.choices[0].finish_reason == "stop"
+
+
+RESPONSES_TOOLS = [{"type": "function", **TOOLS[0]["function"]}]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_responses_api_answers_a_tool_call_as_a_function_call_item(sdk, redis_client, stream) -> None:
+    ask = {"model": "tiny-chat", "input": ASK["content"], "tools": RESPONSES_TOOLS, "temperature": 0,
+           "max_output_tokens": 96}
+    if stream:
+        with sdk.responses.stream(**ask) as events:
+            kinds = [e.type for e in events]
+            first = events.get_final_response()
+        assert kinds.count("response.function_call_arguments.done") == 1 and "response.output_text.delta" not in kinds
+    else:
+        first = sdk.responses.create(**ask)
+    [item] = first.output
+    assert (item.type, item.name, json.loads(item.arguments)) == ("function_call", "get_weather", {"city": "Lyon"})
+
+    second = sdk.responses.create(model="tiny-chat", previous_response_id=first.id, tools=RESPONSES_TOOLS,
+                                  temperature=0, max_output_tokens=96,
+                                  input=[{"type": "function_call_output", "call_id": item.call_id, "output": RESULT_TEXT}])
+    assert second.output_text == ANSWER and [i.type for i in second.output] == ["message"]
+
+    turn, follow_up = _stream_records(redis_client, TURNS_STREAM, 2)
+    assert turn["response"]["finish_reason"] == "tool_calls"
+    assert [c["function"]["name"] for c in turn["response"]["message"]["tool_calls"]] == ["get_weather"]
+    [link] = _stream_records(redis_client, TRANSITIONS_STREAM, 1)
+    assert (link["turn_id"], link["next_turn_id"]) == (turn["turn_id"], follow_up["turn_id"])
+    assert link["next_state"] == [{"role": "tool", "tool_call_id": item.call_id, "content": RESULT_TEXT}]
