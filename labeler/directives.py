@@ -112,6 +112,8 @@ def _imperative(clause: str) -> tuple[str, bool] | None:
     if first in {"don't", "dont", "do", "never", "stop", "avoid", "no"} and len(words) >= 2:
         if first == "do" and words[1].lower() != "not":
             return None
+        if body.endswith("?"):  # "No goodbye?", "Never a summary?": a complaint that something is missing
+            return None
         return _finish(body), True
     if first in {"less", "more", "fewer"} and len(words) >= 2:
         return _finish(f"use {_lower_first(body)}"), True

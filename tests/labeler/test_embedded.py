@@ -71,6 +71,9 @@ def test_reward_and_directive_hint(text: str, reward: int, hint: str | None) -> 
     ("Less jargon please, I'm not a biologist.", ["Use less jargon."]),
     ("try again", []),
     ("Now write one about winter too.", []),
+    ("No goodbye?", []),  # a complaint that something is missing, not "leave the goodbye out"
+    ("Hmm. No summary at the end?", []),
+    ("No emojis!", ["No emojis."]),
 ])
 def test_corrective_directives(text: str, hints: list[str]) -> None:
     assert [d.hint for d in directives(text) if d.corrective] == hints
