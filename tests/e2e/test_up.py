@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from nextstate.up import ChildSpec, Supervisor, backoff_delay
+from nextstate.supervisor import ChildSpec, Supervisor, backoff_delay
 
 ROOT = Path(__file__).resolve().parents[2]
 # a child that keeps writing into Redis: proves it really runs against the stack's Redis
