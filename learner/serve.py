@@ -129,11 +129,11 @@ async def _chat_stream(server: PolicyServer, req: ChatRequest, model_name: str, 
             entry["token_ids"] = piece.token_ids
         return entry
 
-    async for event in _pieces_assse(req, base, generation, choice):
+    async for event in _pieces_as_sse(req, base, generation, choice):
         yield event
 
 
-async def _pieces_assse(req: ChatRequest | CompletionRequest, base: dict[str, Any], generation: Generation,
+async def _pieces_as_sse(req: ChatRequest | CompletionRequest, base: dict[str, Any], generation: Generation,
                          choice: Any) -> AsyncIterator[bytes]:
     """One chunk per generated piece, an error event if generation fails, the usage chunk, ``[DONE]``."""
     produced = 0
@@ -195,7 +195,7 @@ async def _completion_stream(server: PolicyServer, req: CompletionRequest, model
         sent_prompt = True
         return entry
 
-    async for event in _pieces_assse(req, base, generation, choice):
+    async for event in _pieces_as_sse(req, base, generation, choice):
         yield event
 
 

@@ -80,10 +80,12 @@ def changed_settings(config: BenchConfig, method: str, seed: int) -> dict[str, t
         "NEXTSTATE_SESSION_IDLE_TIMEOUT_S": (
             f"{config.idle_timeout_s:g}", "the simulated user's conversations follow each other within seconds (a "
             "person's idle gap is minutes): a short idle timeout closes each one, as the default 1800 s does for a "
-            "person, so its last turn gets its next state without the bench waiting half an hour; 6 s stays above "
-            "the gap between two messages of one conversation (an answer of the busy tiny model, then 0.3 s reading)"),
+            f"person, so its last turn gets its next state without the bench waiting half an hour; "
+            f"{config.idle_timeout_s:g} s stays above the gap between two messages of one conversation (an answer "
+            f"of the busy model, then 0.3 s reading)"),
         "NEXTSTATE_SWEEP_INTERVAL_S": (
-            f"{SWEEP_S:g}", "with a 6 s idle timeout, idle sessions are looked for every second (default 5 s)"),
+            f"{SWEEP_S:g}", f"with a {config.idle_timeout_s:g} s idle timeout, idle sessions are looked for every "
+            "second (default 5 s)"),
     }
     settings |= {
         "NEXTSTATE_CONTROLLER_INTERVAL": (
