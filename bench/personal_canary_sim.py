@@ -28,13 +28,16 @@ def one_run(rng: random.Random, policy: PersonalPolicy, p_stable: float, p_canar
     stable = [1 if rng.random() < p_stable else -1 for _ in range(stable_prior)]
     canary: list[int] = []
     inherited: list[int] = []
+    fraction = policy.fraction
     for turn in range(1, max_turns + 1):
-        if rng.random() < policy.fraction:
+        if rng.random() < fraction:
             canary.append(1 if rng.random() < p_canary else -1)
         else:
             stable.append(1 if rng.random() < p_stable else -1)
         action = decide(Evidence(tuple(canary), tuple(stable), tuple(inherited)), policy, 0.0).action
-        if action != "continue":
+        if action == "share":  # stable's evidence is thin: it serves a share of the turns from now on
+            fraction = min(fraction, policy.share_fraction)
+        elif action != "continue":
             return action, turn
         if supersede_every and turn % supersede_every == 0:  # a newer version replaces the undecided canary
             inherited, canary = inherited + canary, []

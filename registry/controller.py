@@ -209,10 +209,13 @@ class Controller:
             return None
         reason = f"superseded by {tip}, trained on top of it with the user's newer turns"
         inherited = evidence.inherited + evidence.canary
-        self.control.supersede(tip, self._first_fraction(), "controller", reason, {"rule": "personal"}, inherited)
+        fraction = self._first_fraction()
+        if len(evidence.stable) < self.personal.stable_min:  # stable's share goes on until it has its turns
+            fraction = min(fraction, state.fraction)
+        self.control.supersede(tip, fraction, "controller", reason, {"rule": "personal"}, inherited)
         log.info("canary_superseded", scope=self.registry.scope, version=state.version, by=tip)
         return Decision("step", reason, {"version": tip, "superseded": state.version, "inherited": len(inherited)},
-                        self._first_fraction())
+                        fraction)
 
     def _first_fraction(self) -> float:
         return self.policy.steps[0] if self.registry.scope == GLOBAL_SCOPE else self.personal.fraction
@@ -267,7 +270,7 @@ class Controller:
     def _decide_personal(self, state: CanaryState) -> Decision:
         evidence = self._collect_personal(state)
         verdict = decide_personal(evidence, self.personal, self.clock() - state.started_at)
-        if verdict.action == "continue":
+        if verdict.action in ("continue", "share"):  # undecided: a newer version takes its place
             superseded = self._supersede(state, evidence)
             if superseded is not None:
                 return superseded
@@ -278,6 +281,10 @@ class Controller:
             self.control.rollback("controller", verdict.reason, stats)
         elif verdict.action == "reject":
             self.control.reject(state.version, "controller", verdict.reason, stats)
+        elif verdict.action == "share":
+            if state.fraction <= self.personal.share_fraction:  # already sharing: keep collecting
+                return Decision("continue", verdict.reason, stats)
+            self.control.step_canary(self.personal.share_fraction, state.step + 1, "controller", verdict.reason, stats)
         if verdict.action != "continue":
             log.info("canary_decision", scope=self.registry.scope, version=state.version, action=verdict.action,
                      reason=verdict.reason)

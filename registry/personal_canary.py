@@ -30,8 +30,18 @@ The rule (``decide``), with the numbers of ``PersonalPolicy``'s defaults:
   and a rollback discards the training the lineage carries.
 - Reject when ``max_labeled`` (12) labeled turns, the inherited ones counted at their weight, or the
   deadline pass without a decision (counting inherited turns whole rejected a chain of replacements
-  whose evidence was one turn short: 2 of its own, both good, and 11 inherited); roll back on an upstream error-rate breach as the shared canary does. The sacred gate is
-  always in front: only a version that passed it reaches this rule.
+  whose evidence was one turn short: 2 of its own, both good, and 11 inherited) — unless the verdict
+  is inconclusive because stable's side is thin: with fewer than ``stable_min`` (6) labeled stable
+  turns the canary first shares the user's conversations with stable (``share_fraction``, 0.5: half
+  go to stable) and is rejected only at twice the limit. A user whose first 4 turns happened to please
+  (3 of 4) cannot make any candidate look better however many turns it gets: that chain, 4 of its own
+  5 turns good and 8 of 14 inherited, was rejected at P = 0.62, and the next candidate began again
+  from stable. Simulated with 4 stable turns known (stable 0.3, 2000 users per cell, at most 60 turns):
+  a 0.8-candidate is promoted for 94.8 % of users instead of 91.2 %, a 0.6 one for 75.7 % instead of
+  70.3 %, while a 0.2 one is promoted for 18.3 % instead of 17.8 % and a 0.1 one for 5.9 % instead of
+  5.8 % (rolled back more: 67.5 / 80.1 % instead of 64.7 / 74.0 %). With 6 or more known, as in the
+  tables below, nothing changes. Roll back on an upstream error-rate breach as the shared canary does.
+  The sacred gate is always in front: only a version that passed it reaches this rule.
 
 Error rates, simulated (``python -m bench.personal_canary_sim --runs 4000``: stable's true prefer
 rate 0.3 with 6 labeled stable turns known before the canary, the candidate serving every turn, the
@@ -74,7 +84,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
-Action = Literal["continue", "promote", "rollback", "reject"]
+Action = Literal["continue", "promote", "rollback", "reject", "share"]
 _GRID = 2000  # midpoint rule over [0, 1]: error below 1e-4 for the Beta shapes this sees (a, b <= ~50)
 
 
@@ -104,6 +114,11 @@ class PersonalPolicy:
     """Weight of each inherited turn (a power prior): the turns of the canaries this one replaced."""
     stable_window: int = 20
     """The user's newest labeled stable turns that are stable's evidence."""
+    stable_min: int = 6
+    """Labeled stable turns a verdict of "inconclusive" needs: with fewer, the canary shares the user's
+    conversations with stable (``share_fraction``) instead of being rejected."""
+    share_fraction: float = 0.5
+    """Share of the user's conversations the candidate keeps while stable's evidence is gathered."""
 
 
 @dataclass(frozen=True)
@@ -191,6 +206,10 @@ def decide(evidence: Evidence, policy: PersonalPolicy, age_seconds: float) -> Pe
                                 f"P={not_worse:.2f} over {len(own)} labeled turns"
                                 + (f" and {len(inherited)} inherited at weight {w:g}" if inherited else ""), stats)
     if n_c >= policy.max_labeled or age_seconds >= policy.deadline_seconds:
+        if len(stable) < policy.stable_min and n_c < 2 * policy.max_labeled and age_seconds < policy.deadline_seconds:
+            return PersonalDecision("share", f"inconclusive with {len(stable)} labeled stable turns: stable serves "
+                                    f"{1 - policy.share_fraction:.0%} of the user's conversations until it has "
+                                    f"{policy.stable_min}", stats)
         return PersonalDecision("reject", f"inconclusive after {len(own)} labeled turns"
                                 + (f" and {len(inherited)} inherited at weight {w:g}" if inherited else ""), stats)
     return PersonalDecision("continue", "collecting the user's turns", stats)

@@ -39,6 +39,8 @@ class RegistrySettings(CommonSettings):
     personal_canary_min_labeled: int = Field(default=3, description="Personal scope: labeled candidate turns before promotion.")
     personal_canary_rollback_run: int = Field(default=3, description="Personal scope: this many newest candidate turns all negative roll it back.")
     personal_canary_max_labeled: int = Field(default=12, description="Personal scope: labeled candidate turns after which an undecided canary is rejected.")
+    personal_canary_stable_min: int = Field(default=6, description="Personal scope: labeled stable turns an inconclusive verdict needs; with fewer the candidate shares the user's conversations with stable and is rejected only at twice max_labeled.")
+    personal_canary_share_fraction: float = Field(default=0.5, gt=0.0, le=1.0, description="Personal scope: share of the user's conversations a candidate keeps while stable's evidence is gathered.")
     # sacred gate (the learner's settings inherit these; `nextstate gate` reads them too)
     gate_suite: Path | None = Field(default=None, description="Sacred suite JSONL; unset = the suite shipped for the base model (learner/sacred: tiny.jsonl for the built-in tiny model, chat.jsonl for any other).")
     gate_samples: int = Field(default=8, description="Sampled answers per sacred case and policy.")

@@ -31,6 +31,7 @@ def personal_policy(settings: RegistrySettings) -> PersonalPolicy:
         max_labeled=settings.personal_canary_max_labeled, deadline_seconds=settings.canary_deadline_seconds,
         max_error_rate=settings.canary_max_error_rate, health_min_requests=settings.canary_health_min_requests,
         fraction=settings.personal_canary_fraction, inherit_weight=settings.personal_canary_inherit_weight,
+        stable_min=settings.personal_canary_stable_min, share_fraction=settings.personal_canary_share_fraction,
     )
 
 

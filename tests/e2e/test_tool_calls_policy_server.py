@@ -6,7 +6,6 @@ each turn is recorded with the exact tokens the server generated and linked to t
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from learner.serving_settings import ServeSettings
 from proxy.app import create_app as create_proxy
 from proxy.records import TRANSITIONS_STREAM, TURNS_STREAM
 from proxy.settings import ProxySettings
+from tests.proxy.conftest import wait_records
 from tests.support.servers import serve_in_thread
 from tests.support.tool_model import teach
 
@@ -56,13 +56,8 @@ def sdk(policy_url: str, redis_url: str, tmp_path: Path) -> Iterator[openai.Open
         yield client
 
 
-def _stream_records(client: redis.Redis, stream: str, count: int, timeout: float = 15.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        records = [json.loads(fields[b"record"]) for _, fields in client.xrange(stream)]
-        if len(records) >= count or time.monotonic() > deadline:
-            return records
-        time.sleep(0.05)
+def _stream_records(client: redis.Redis, stream: str, count: int) -> list[dict[str, Any]]:
+    return wait_records(client, stream, count, timeout=15.0)
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -105,3 +105,17 @@ def test_inherited_turns_count_at_their_weight_towards_the_limit() -> None:
 def test_error_rate_breach_rolls_back() -> None:
     verdict = decide(Evidence((1, 1, 1), (-1,) * 6, requests=20, errors=5), POLICY, 60.0)
     assert verdict.action == "rollback" and "error rate" in verdict.reason
+
+
+def test_inconclusive_with_a_thin_stable_shares_the_user_before_rejecting() -> None:
+    # the chain of a run: 4 of its own 5 good, 8 of 14 inherited, against a stable that pleased 3 of 4
+    own, inherited, stable = (1, 1, -1, 1, 1), (1, -1, 1, 1, -1, -1, 1, -1, 1, 1, 1, 1, -1, -1), (1, 1, -1, 1)
+    verdict = decide(Evidence(own, stable, inherited=inherited), POLICY, 60.0)
+    assert verdict.action == "share" and "4 labeled stable turns" in verdict.reason
+    assert verdict.evidence["p_not_worse"] == pytest.approx(0.618, abs=0.01)
+    # the same once stable has its 6 turns: an inconclusive verdict rejects
+    assert decide(Evidence(own, (*stable, 1, -1), inherited=inherited), POLICY, 60.0).action == "reject"
+    # and with a thin stable still, at twice the limit
+    assert decide(Evidence((1, -1) * 12, stable), POLICY, 60.0).action == "reject"
+    # past the deadline nothing waits for stable
+    assert decide(Evidence(own, stable, inherited=inherited), POLICY, POLICY.deadline_seconds).action == "reject"

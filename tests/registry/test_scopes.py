@@ -160,3 +160,31 @@ def test_a_superseded_canary_never_leaves_the_scope_without_one(control: Control
     changes = [(e.evidence["from"], e.evidence["to"]) for e in alice.registry.history()
                if e.kind == "alias_changed" and e.evidence.get("alias") == "canary"]
     assert changes == [(None, first), (first, third)]
+
+
+def test_an_inconclusive_personal_canary_with_a_thin_stable_hands_stable_a_share(control: Control,
+                                                                                  adapter_files: Path) -> None:
+    shared = control.registry
+    stable = publish_in(shared, adapter_files)
+    control.promote(stable, "operator", "first stable")
+    alice = control.scoped("alice")
+    label(control, "alice", "global", stable, "++-+")  # alice's first turns happened to please
+    candidate = publish_in(alice.registry, adapter_files, started_from=stable)
+    controller = Controller(control, POLICY, personal=PersonalPolicy(max_labeled=6))
+    controller.tick()
+    label(control, "alice", "alice", candidate, "+-+-+-")  # 6 turns, no verdict either way
+    controller.tick()
+    state = alice.registry.canary_state()
+    assert alice.registry.alias("canary") == candidate and state.fraction == 0.5
+    assert read_table(shared.redis).scopes["alice"].canary_fraction == 0.5  # the proxy now sends half to stable
+    step = next(e for e in alice.registry.history() if e.kind == "canary_step")
+    assert "4 labeled stable turns" in step.reason
+    controller.tick()  # sharing already: nothing more to do until stable has its turns
+    assert alice.registry.canary_state().step == state.step
+    newer = publish_in(alice.registry, adapter_files, parent=candidate)
+    controller.tick()  # a newer version replaces it and goes on sharing while stable is thin
+    assert alice.registry.alias("canary") == newer and alice.registry.canary_state().fraction == 0.5
+    label(control, "alice", "global", stable, "--")  # stable's turns come in: the verdict is due
+    label(control, "alice", "alice", newer, "+-+-")
+    controller.tick()
+    assert alice.registry.get(newer).state == "rejected"  # 5 of 10 (6 own + 6 at half weight) against 3 of 6
