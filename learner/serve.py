@@ -107,23 +107,18 @@ async def _chat_stream(server: PolicyServer, req: ChatRequest, model_name: str, 
     parser = ToolCallParser() if wants_tool_calls(req.tools, req.tool_choice) else None
 
     def choice(piece: Any) -> dict[str, Any]:
-        delta: dict[str, Any] = {"content": piece.text} if piece.text or not piece.finish else {}
-        finish = piece.finish
-        if parser is not None:  # content outside the calls; each call whole once its closing tag is read
-            text, calls = parser.feed(piece.text)
-            if piece.finish:
-                rest, more = parser.finish()
-                text, calls = text + rest, calls + more
-            first_index = len(parser.calls) - len(calls)
-            delta = {"content": text} if text or not piece.finish else {}
-            if calls:
-                delta["tool_calls"] = [call.delta(first_index + i) for i, call in enumerate(calls)]
-            finish = "tool_calls" if piece.finish and parser.calls else piece.finish
+        # with tools: the content outside the calls, and each call whole once its closing tag is read
+        text, calls = parser.read(piece.text, bool(piece.finish)) if parser is not None else (piece.text, [])
+        delta: dict[str, Any] = {"content": text} if text or not piece.finish else {}
+        if calls:
+            first_index = len(parser.calls) - len(calls) if parser is not None else 0
+            delta["tool_calls"] = [call.delta(first_index + i) for i, call in enumerate(calls)]
+        called = parser is not None and bool(parser.calls)
         entry: dict[str, Any] = {
             "index": 0,
             "delta": delta,
             "logprobs": {"content": [server.chat_entry(e, req) for e in piece.logprobs]} if req.logprobs else None,
-            "finish_reason": finish,
+            "finish_reason": "tool_calls" if piece.finish and called else piece.finish,
         }
         if req.return_token_ids:
             entry["token_ids"] = piece.token_ids

@@ -114,6 +114,14 @@ class ToolCallParser:
             break
         return content, done
 
+    def read(self, text: str, last: bool = False) -> tuple[str, list[ToolCall]]:
+        """``feed``, and ``finish`` too when ``text`` is the answer's last piece."""
+        content, calls = self.feed(text)
+        if last:
+            rest, more = self.finish()
+            content, calls = content + rest, calls + more
+        return content, calls
+
     def finish(self) -> tuple[str, list[ToolCall]]:
         """What is left at the end of the answer: a block left open is read to the end."""
         done: list[ToolCall] = []
@@ -145,9 +153,7 @@ class ToolCallParser:
 def parse_tool_calls(text: str) -> tuple[str | None, list[ToolCall]]:
     """A whole answer's content (None when it only calls tools) and its calls."""
     parser = ToolCallParser()
-    content, _ = parser.feed(text)
-    rest, _ = parser.finish()
-    content += rest
+    content, _ = parser.read(text, last=True)
     if parser.calls and not content.strip():
         return None, parser.calls
     return content, parser.calls
