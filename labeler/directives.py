@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from labeler.styles import plain_hint
 
-IMPERATIVE_VERBS = frozenset(["answer", "reply", "respond", "use", "write", "give", "keep", "make", "be", "add", "remove", "drop", "include", "avoid", "stop", "try", "format", "explain", "show", "list", "sign", "end", "start", "begin", "translate", "say", "put", "switch", "change", "call", "return", "cut", "shorten", "expand", "limit", "skip", "mention", "cite", "spell", "capitalize", "focus", "stick", "tell", "provide", "speak", "talk", "summarize", "summarise", "rewrite", "rephrase", "correct", "replace", "number", "sort", "name", "omit", "leave", "always", "never", "only", "just", "less", "more", "fewer", "close", "finish", "conclude", "wrap", "structure", "organize", "organise", "bold"])
+IMPERATIVE_VERBS = frozenset(["answer", "reply", "respond", "use", "write", "give", "keep", "make", "be", "add", "remove", "drop", "include", "avoid", "stop", "try", "format", "explain", "show", "list", "sign", "end", "start", "begin", "translate", "say", "put", "switch", "change", "call", "return", "cut", "shorten", "expand", "limit", "skip", "mention", "cite", "spell", "capitalize", "focus", "stick", "tell", "provide", "speak", "talk", "summarize", "summarise", "rewrite", "rephrase", "correct", "replace", "number", "sort", "name", "omit", "leave", "always", "never", "only", "just", "less", "more", "fewer", "close", "finish", "conclude", "wrap", "structure", "organize", "organise", "bold", "break", "split"])
 _EDITS = frozenset({"replace", "change", "remove", "drop", "rename", "swap", "correct", "cut", "shorten", "omit", "fix"})
 _USELESS = frozenset({"try", "redo", "retry", "start", "fix", "check"})  # "try again" says nothing concrete
 _FILLER = re.compile(

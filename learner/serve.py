@@ -48,6 +48,7 @@ from learner.serving_protocol import (
     usage,
 )
 from learner.serving_responses import responses
+from learner.serving_sampling import SamplingDefaults
 from learner.serving_settings import ServeSettings
 from learner.serving_tools import ToolCallParser, parse_tool_calls, wants_tool_calls
 from registry.names import UnsafeName, check_served_name, inside
@@ -272,6 +273,7 @@ def create_app(settings: ServeSettings, model_path: Path | None = None) -> Starl
             model_root=str(path), max_model_len=settings.max_model_len or int(getattr(model.config, "max_position_embeddings", 2048)),
             default_max_tokens=settings.default_max_tokens, max_loras=settings.max_loras,
             stop_ids=end_of_turn_ids(model, tokenizer),
+            sampling_defaults=SamplingDefaults.from_generation_config(getattr(model, "generation_config", None)),
         )
         app.state.responses = OrderedDict()  # stored responses, by id (see ``responses``)
         log.info("policy_server_ready", model=name, path=str(path), device=str(engine.device))

@@ -16,7 +16,7 @@ from typing import Any
 
 from learner.serving_engine import Engine, FailureEvent, Sequence, TokenEvent
 from learner.serving_protocol import NotFound, ServingError, chat_logprob_entry, safe_logprob
-from learner.serving_sampling import SamplingParams
+from learner.serving_sampling import SamplingDefaults, SamplingParams
 from learner.serving_text import IncrementalText
 
 # (token id, its logprob, the top alternatives as (id, logprob))
@@ -80,6 +80,7 @@ class PolicyServer:
     def __init__(
         self, *, engine: Engine, tokenizer: Any, model_name: str, aliases: set[str], model_root: str,
         max_model_len: int, default_max_tokens: int, max_loras: int, stop_ids: set[int],
+        sampling_defaults: SamplingDefaults | None = None,
     ) -> None:
         self.engine, self.tokenizer = engine, tokenizer
         self.model_name, self.model_root = model_name, model_root
@@ -90,6 +91,7 @@ class PolicyServer:
         self._adapter_lock = asyncio.Lock()
         self._token_text: dict[int, str] = {}
         self.stop_ids = stop_ids  # end-of-turn tokens: generation stops after emitting one
+        self.sampling_defaults = sampling_defaults or SamplingDefaults()
 
     def resolve(self, model: str | None) -> tuple[str, str | None]:
         """(model name to echo, adapter name or None for the base); 404 for an unknown model."""
@@ -111,9 +113,9 @@ class PolicyServer:
             )
         params = SamplingParams(
             max_tokens=limit or min(self.default_max_tokens, room),
-            temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=1.0 if req.top_p is None else req.top_p,
-            top_k=req.top_k or 0,
+            temperature=self.sampling_defaults.temperature if req.temperature is None else req.temperature,
+            top_p=self.sampling_defaults.top_p if req.top_p is None else req.top_p,
+            top_k=self.sampling_defaults.top_k if req.top_k is None else req.top_k,
             seed=req.seed,
             top_logprobs=top_logprobs,
             presence_penalty=req.presence_penalty,

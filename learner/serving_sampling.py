@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -23,6 +24,36 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     stop_token_ids: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """What a request that names no temperature, top_p or top_k samples with (vLLM's ``--generation-config auto``)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+    @classmethod
+    def from_generation_config(cls, config: Any) -> SamplingDefaults:
+        """The values the model's ``generation_config.json`` sets itself; the rest stay at 1.0, 1.0 and off.
+
+        Like vLLM, only what the file sets explicitly counts (``to_diff_dict``), so a model without
+        recommended sampling is served as before; ``do_sample`` is not consulted.
+        """
+        try:
+            given = dict(config.to_diff_dict()) if config is not None else {}
+        except (AttributeError, TypeError, ValueError):
+            given = {}
+        defaults = cls()
+        temperature = given.get("temperature", defaults.temperature)
+        top_p = given.get("top_p", defaults.top_p)
+        top_k = given.get("top_k", defaults.top_k)
+        return cls(
+            temperature=float(temperature) if isinstance(temperature, int | float) and 0 <= temperature <= 2 else 1.0,
+            top_p=float(top_p) if isinstance(top_p, int | float) and 0 < top_p <= 1 else 1.0,
+            top_k=int(top_k) if isinstance(top_k, int) and top_k > 0 else 0,
+        )
 
 
 def choose_token(

@@ -19,7 +19,7 @@ from bench.prefbench.simulator import FeedbackMix
 from bench.prefbench.streak import sessions_to_streak
 
 DEFAULT_OUT = Path("bench/out/prefbench")
-TEXT_DEFAULT_PERSONAS = ("brief", "lowkey", "courteous")
+TEXT_DEFAULT_PERSONAS = ("brief", "skimmer", "oneliner")
 
 
 def real_model_changes(model: str, args: argparse.Namespace) -> dict[str, object]:

@@ -31,6 +31,14 @@ def is_brief(answer: str, limit: int = 10) -> bool:
     return 0 < word_count(answer) <= limit
 
 
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def is_one_sentence(answer: str) -> bool:
+    """One sentence on one line: nothing follows its first full stop, and no second line."""
+    return len([part for part in _SENTENCE_BREAK.split(answer.strip()) if part.strip()]) == 1
+
+
 def is_lowercase(answer: str) -> bool:
     """Has letters and no capital letter anywhere."""
     return any(c.isalpha() for c in answer) and not any(c.isupper() for c in answer)
@@ -78,6 +86,12 @@ TEXT_PERSONAS: dict[str, TextPersona] = {
                         "Cut it down to the bare answer, no explanation."),
             complaints=("That's a lot of text for a simple question.", "I don't have time to read all that.",
                         "Too long, honestly."),
+        ),
+        TextPersona(
+            "oneliner", "one sentence", is_one_sentence,
+            directives=("Just one sentence, please.", "Keep it to a single sentence.", "Can you say that in one sentence?",
+                        "One sentence is enough."),
+            complaints=("That rambles on.", "Too many sentences.", "I only need one line of that."),
         ),
         TextPersona(
             "lowkey", "all lowercase", is_lowercase,

@@ -2,7 +2,8 @@
 
 Pure functions of the persona, the answer and a seeded ``random.Random``; the reaction text is the only
 thing the system ever learns from. A configurable share of reactions is misleading noise. Like a real
-user, a persona does not thank a wrong answer, however well styled: it says so and asks again.
+user, a persona does not thank a wrong answer, however well styled: it says so and asks again, and when
+the style missed too, half the time it adds how it wants answers ("That's wrong. One word only, please.").
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class FeedbackMix:
     directive_w: float = 0.6
     complain_w: float = 0.25
     rephrase_w: float = 0.15
+    both_p: float = 0.5
+    """Chance that a correction of a wrong fact also says how the user wants answers, when the style missed too."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,10 @@ def react(persona: Persona, answer: str, question: str, rng: random.Random, mix:
     honest = rng.random() >= mix.noise_p
     fact = find_fact(question)
     if honest and fact is not None and not fact_correct(answer, fact):
-        return Reaction("correct", rng.choice(CORRECTIONS), satisfied, retry=True)
+        text = rng.choice(CORRECTIONS)
+        if not satisfied and rng.random() < mix.both_p:  # wrong and not as liked: says both
+            text = f"{text} {rng.choice(persona.directives)}"
+        return Reaction("correct", text, satisfied, retry=True)
     if satisfied == honest:  # satisfied and honest, or unsatisfied and misleading
         return Reaction("thanks", rng.choice(THANKS), satisfied, retry=False)
     kinds: list[Kind] = ["directive", "complain", "rephrase"]

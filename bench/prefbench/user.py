@@ -3,7 +3,8 @@
 Each assistant answer the persona reacts to is one *interaction*. A session asks a few questions; an
 unsatisfying answer draws a reaction and the same question is answered again.
 
-By default the user is a plain client: it sends no nextstate header at all. Its conversations are
+By default the user is a plain client: it sends no nextstate header at all, and no sampling setting but
+a seed and ``max_tokens`` (the served model's own defaults apply, as for an SDK user who sets none). Its conversations are
 linked by fingerprint (each request carries the history), its last reaction goes out as one more
 message whose answer it does not read, and the session is closed by the proxy's idle timeout. The
 ``opt_in`` user is the one that knows nextstate: it names its sessions (``X-Session-Id``), closes them
@@ -48,7 +49,7 @@ class EvalResult:
 def _chat(client: openai.OpenAI, model: str, messages: list[dict[str, str]], seed: int,
           headers: dict[str, str]) -> tuple[str, dict[str, str]]:
     raw = client.chat.completions.with_raw_response.create(
-        model=model, messages=messages, temperature=1.0, max_tokens=MAX_TOKENS, seed=seed,  # type: ignore[arg-type]
+        model=model, messages=messages, max_tokens=MAX_TOKENS, seed=seed,  # type: ignore[arg-type]
         extra_headers=headers,
     )
     completion = raw.parse()

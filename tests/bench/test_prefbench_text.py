@@ -13,6 +13,7 @@ from bench.prefbench.personas_text import (
     is_direct,
     is_list,
     is_lowercase,
+    is_one_sentence,
 )
 from bench.prefbench.streak import first_replies, sessions_to_streak
 
@@ -41,6 +42,12 @@ LONG = ("The capital of France is Paris. It is known for the Eiffel Tower, the L
     (is_direct, "Great question. Paris.", False),
     (is_direct, "Surely you know it is Paris.", True),  # a word that starts like a preamble is not one
     (is_direct, "  ", False),
+    (is_one_sentence, "The capital of France is Paris.", True),
+    (is_one_sentence, "Paris", True),
+    (is_one_sentence, LONG, False),
+    (is_one_sentence, "Paris.\nIt is in France", False),  # a second line is a second sentence
+    (is_one_sentence, "- Paris\n- Lyon", False),
+    (is_one_sentence, " ", False),
 ])
 def test_predicates(check, answer: str, expected: bool) -> None:  # type: ignore[no-untyped-def]
     assert check(answer) is expected
@@ -83,7 +90,7 @@ def test_first_replies_follow_the_interaction_order() -> None:
 
 def test_model_option_runs_the_product_preset_and_text_personas(capsys: pytest.CaptureFixture[str]) -> None:
     config, _ = config_from_args(["--model", "smollm2-135m"])
-    assert config.personas == ("brief", "lowkey", "courteous")
+    assert config.personas == ("brief", "skimmer", "oneliner")
     assert (config.lr, config.steps_per_batch) == (None, None)  # the learner takes the model's own preset
     assert config.extra_env == {"NEXTSTATE_BASE_MODEL": "builtin:smollm2-135m"} and config.idle_timeout_s == 20.0
     printed = capsys.readouterr().out

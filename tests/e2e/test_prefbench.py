@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bench.prefbench.personas import PERSONAS
+from bench.prefbench.personas import CORRECTIONS, PERSONAS
 from bench.prefbench.questions import split_pools
 from bench.prefbench.report import curve, interactions_to, markdown_table, plot, sparkline
 from bench.prefbench.simulator import FeedbackMix, next_message, react
@@ -63,6 +63,18 @@ def test_a_wrong_answer_is_corrected_however_it_is_styled() -> None:
     reactions = [react(TERSE, wrong, "What is the capital of France?", rng, mix) for _ in range(50)]
     assert {r.kind for r in reactions} == {"correct"} and all(r.retry and r.satisfied for r in reactions)
     assert len({r.text for r in reactions}) >= 3
+    assert all(r.text in CORRECTIONS for r in reactions)  # well styled: only the fact is corrected
+    # wrong and not as liked: about half the corrections also say how the persona wants answers
+    wordy = render_answer(next(f for f in FACTS if f.subject == "Japan"), "detail")
+    both = [react(TERSE, wordy, "What is the capital of France?", rng, mix) for _ in range(400)]
+    assert {r.kind for r in both} == {"correct"} and not any(r.satisfied for r in both)
+    said = [r.text for r in both if r.text not in CORRECTIONS]
+    assert len(said) / len(both) == pytest.approx(mix.both_p, abs=0.08)
+    assert all(any(t.startswith(c) and t.endswith(d) for c in CORRECTIONS for d in TERSE.directives) for t in said)
+    from labeler.directives import hint_from
+    from learner.tinycorpus import find_style_request
+
+    assert {find_style_request(hint_from(t) or "") for t in said} == {"word"}  # the judge reads the wish as the hint
     # a question the persona cannot check is judged on style alone
     assert react(TERSE, "Tokyo", "Tell me a city.", rng, mix).kind == "thanks"
 

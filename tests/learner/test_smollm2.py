@@ -18,10 +18,13 @@ from learner.modeling import BUILTIN_SMOLLM2, ModelNotFoundError, load_model, re
 def test_the_converted_model_is_an_ordinary_hugging_face_directory(smollm2_model_path: Path) -> None:
     info = json.loads((smollm2_model_path / smollm2.INFO_FILE).read_text())
     assert info["gguf_sha256"] == smollm2.GGUF_SHA256 and info["parameters"] == 134_515_008
-    assert smollm2_model_path.name == f"smollm2-135m-{smollm2.GGUF_SHA256[:16]}"
+    assert smollm2_model_path.name == f"smollm2-135m-{smollm2.GGUF_SHA256[:16]}-f{smollm2.FORMAT}"
     config = json.loads((smollm2_model_path / "config.json").read_text())
     assert config["model_type"] == "llama" and "quantization_config" not in config
     assert (smollm2_model_path / "model.safetensors").stat().st_size > 500_000_000  # float32, not re-quantised
+    # the model card's sampling is what a request that names none gets (as vLLM reads generation_config.json)
+    generation = json.loads((smollm2_model_path / "generation_config.json").read_text())
+    assert (generation["temperature"], generation["top_p"]) == (0.2, 0.9)
 
     model, tokenizer = load_model(smollm2_model_path, device="cpu")
     assert next(model.parameters()).dtype == torch.float32
