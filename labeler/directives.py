@@ -46,7 +46,8 @@ _ABOUT_ANSWER = re.compile(
     r"formal|casual|tone|jargon|emoji|exclamation|language|french|english|german|spanish|italian|chinese|japanese|"
     r"grams|quantities|rhyme|detail|simpl\w*|instead|max(?:imum)?|only|nothing else|extra|show your work|like i'?m|"
     r"less|fewer|more \w+|chatty|wordy|verbose|result|numbered|sign-?off|sign off|signature|my name|greeting|closing|"
-    r"title|emojis?|examples?|summary|tl;?dr|units|metric|imperial)\b",
+    r"title|emojis?|smileys?|smilies|emoticons?|(?:with|by asking|end on) (?:me )?a question|examples?|summary|tl;?dr|units|"
+    r"metric|imperial)\b",
     re.IGNORECASE)
 
 

@@ -1,8 +1,10 @@
 """``python -m bench.prefbench.shared``: many users in one shared (global) lineage, the statistical canary deciding.
 
 Six simulated users talk to one stack at once, one conversation each at the same time, then the loop
-catches up (labels, training, gate, canary) before the next conversations; four want dash lists (``listy``),
-two want lowercase (``quiet``). Every request learns in the global scope (``NEXTSTATE_SCOPE_BY`` empty:
+catches up (labels, training, gate, canary) before the next conversations. By default five want bullet
+lists (``listy``) and one wants lowercase (``quiet``): a version that writes lists helps most of them
+and the canary should find it; ``--users listy:4,quiet:2`` is the mix where a third of the users want
+the opposite. Every other user opts in to candidates. Every request learns in the global scope (``NEXTSTATE_SCOPE_BY`` empty:
 ``nextstate proxy``'s default, one lineage for everyone), so a candidate meets the shared canary of
 ``registry.canary``: a slice of the conversations (5 %, then 25 %, then 50 %), users who opted in
 (``X-NextState-Canary: 1``; here half of them) always, and an anytime-valid sequential test that
@@ -32,8 +34,20 @@ from bench.prefbench.stack import Pipeline, Stack
 from bench.prefbench.user import SimulatedUser, evaluate
 from proxy.redis_connect import connect
 
-USERS = (("u1", "listy", True), ("u2", "listy", False), ("u3", "listy", True), ("u4", "listy", False),
-         ("u5", "quiet", True), ("u6", "quiet", False))
+DEFAULT_USERS = "listy:5,quiet:1"
+
+
+def users_of(spec: str) -> list[tuple[str, str, bool]]:
+    """(name, persona, opted in) per user from "persona:count,..."; every other user opts in to candidates."""
+    users: list[tuple[str, str, bool]] = []
+    for part in spec.split(","):
+        persona, _, count = part.strip().partition(":")
+        if persona not in PERSONAS or not count.isdigit() or int(count) < 1:
+            raise ValueError(f"--users wants persona:count pairs of {sorted(PERSONAS)}, got {part!r}")
+        users += [(f"u{len(users) + i + 1}", persona, (len(users) + i) % 2 == 0) for i in range(int(count))]
+    return users
+
+
 SCOPE_SETTINGS = {"NEXTSTATE_SCOPE_BY": ("", "one shared lineage for every user (nextstate proxy's default; "
                                          "nextstate up's is one person's scope)"),
                   "NEXTSTATE_SCOPE_UNKEYED": ("global", "every request learns in the shared scope")}
@@ -47,7 +61,9 @@ def settings(config: BenchConfig, seed: int) -> dict[str, tuple[str, str]]:
     return changed
 
 
-def run(config: BenchConfig, seed: int, home: Path, interactions: int, every_s: float) -> dict[str, Any]:
+def run(config: BenchConfig, seed: int, home: Path, interactions: int, every_s: float,
+        users_spec: str = DEFAULT_USERS) -> dict[str, Any]:
+    mix = users_of(users_spec)
     shutil.rmtree(home, ignore_errors=True)
     env = {name: value for name, (value, _) in settings(config, seed).items()}
     started = time.monotonic()
@@ -60,7 +76,7 @@ def run(config: BenchConfig, seed: int, home: Path, interactions: int, every_s: 
         pipeline = Pipeline(connect(stack.redis_url, socket_timeout=5))
         users = [SimulatedUser(client, model, PERSONAS[persona], config.mix, random.Random(f"shared-{name}-{seed}"),
                                question_stream(pools, random.Random(f"shared-q-{name}-{seed}")), f"{name}-{seed}",
-                               opt_in=opt_in) for name, persona, opt_in in USERS]
+                               opt_in=opt_in) for name, persona, opt_in in mix]
         errors: list[str] = []
         timeouts: list[str] = []
 
@@ -73,12 +89,13 @@ def run(config: BenchConfig, seed: int, home: Path, interactions: int, every_s: 
         def checkpoint() -> None:
             progress = pipeline.refresh()
             done = sum(u.count for u in users)
-            for persona in sorted({p for _, p, _ in USERS}):
+            preferences = sorted({p for _, p, _ in mix})
+            for persona in preferences:
                 result = evaluate(client, model, PERSONAS[persona], pools.evaluate, f"shared-{persona}-{done}")
                 points.append({"preference": persona, "interactions": done, "satisfaction": result.satisfaction,
                                "facts": result.fact_accuracy, "served_by": list(result.versions),
                                "stable": progress.stable, "elapsed_s": round(time.monotonic() - started, 1)})
-            line = " | ".join(f"{p['preference']} {p['satisfaction']:.2f}" for p in points[-2:])
+            line = " | ".join(f"{p['preference']} {p['satisfaction']:.2f}" for p in points[-len(preferences):])
             print(f"[shared seed {seed}] {done} interactions, stable {progress.stable or 'base'}: {line} | "
                   + progress.line(done), flush=True)
 
@@ -100,7 +117,7 @@ def run(config: BenchConfig, seed: int, home: Path, interactions: int, every_s: 
                 last = time.monotonic()
         checkpoint()
         progress = pipeline.refresh()
-        return {"seed": seed, "points": points, "errors": errors, "settle_timeouts": timeouts,
+        return {"seed": seed, "users": users_spec, "points": points, "errors": errors, "settle_timeouts": timeouts,
                 "wall_s": round(time.monotonic() - started, 1),
                 "events": dict(progress.events), "decisions": [d for d in progress.decisions
                                                                 if d["kind"] not in ("alias_changed", "gate_passed")]}
@@ -114,14 +131,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interactions", type=int, default=40, help="interactions per user")
     parser.add_argument("--every-s", type=float, default=90.0, help="seconds between evaluations")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--users", default=DEFAULT_USERS, help="persona:count pairs (default %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("bench/out/shared"))
     parser.add_argument("--model-cache", type=Path)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     config = replace(BenchConfig(), eval_prompts=16, jobs=1, model_cache=args.model_cache or args.out / "models")
-    print("settings changed from the product defaults (six users at once, three of them opted in to the canary):")
+    print(f"users: {args.users} (every other one opted in to the canary)")
+    print("settings changed from the product defaults (several users at once):")
     for name, (value, reason) in settings(config, args.seed).items():
         print(f"  {name}={value!r}: {reason}")
-    result = run(config, args.seed, args.out / f"run-s{args.seed}", args.interactions, args.every_s)
+    users_of(args.users)  # a bad mix fails before a stack starts
+    result = run(config, args.seed, args.out / f"run-s{args.seed}", args.interactions, args.every_s, args.users)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=1))
     for decision in result["decisions"]:

@@ -52,8 +52,12 @@ ANSWER = {"role": "assistant", "content": "The capital of France is Paris, a cit
     ("Don't use emojis please.", -1, "Don't use emojis."),
     ("No, I meant the capital of Texas.", -1, "Interpret the request as the capital of Texas."),
     ("Bitte auf Deutsch antworten.", -1, "Bitte auf Deutsch antworten."),
+    ("That's wrong. Break it into a few bullet points.", -1, "Answer as a bullet list."),
+    ("Use a smiley, please.", -1, "Use a smiley."),  # about the answer's form, not a new task
+    ("Could you end with a question for me?", -1, "End with a question for me."),
     ("Thanks, that's perfect!", 1, None),
     ("Great. Now, what is the capital of Spain?", 1, None),
+    ("Now write a poem with a question in it.", 1, None),
     ("", 0, None),
 ])
 def test_reward_and_directive_hint(text: str, reward: int, hint: str | None) -> None:
