@@ -2,10 +2,12 @@
 
 Users word a formatting preference in many ways — "drop the capital letters", "no caps", "make it a
 dash list", "just the word" — and a hint is only useful when the teacher (the base model with the hint
-appended) follows it. Plain instructions ("Answer in lowercase.", "Answer as a bullet list.") are the
+appended) follows it. Plain instructions ("Answer in lowercase.", "Use bullet points.") are the
 form instruction-tuned models are trained on, so a directive that belongs to one of the common style
 families below is replaced by that family's plain instruction; anything else is kept as the user
-wrote it. A directive that mixes a style with something else ("bullets, and in French") is kept whole.
+wrote it. Each instruction is one that both built-in models follow: "Use bullet points." rather than
+"Answer as a bullet list.", which the tiny model follows as well (0.99 of answers) but
+SmolLM2-135M-Instruct never does (0.00 against 0.68 single-turn, temperature 0.3). A directive that mixes a style with something else ("bullets, and in French") is kept whole.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ FAMILIES: tuple[StyleFamily, ...] = (
         r"(?:drop|lose|remove|skip|ditch|without|stop using|get rid of)(?: all)?(?: the| any)? (?:caps|capitals?|capital letters|"
         r"capitali[sz]ation|uppercase(?: letters)?)",
         r"don'?t capitali[sz]e", r"un-?capitali[sz]ed")),
-    StyleFamily("bullets", "Answer as a bullet list.", _words(
+    StyleFamily("bullets", "Use bullet points.", _words(
         r"bullet(?:ed|s)?(?: points?| list)?", r"dash(?:ed)? list", r"(?:as|into|in) a list", r"list form",
         r"point form", r"dashes", r"itemi[sz]e(?:d)?", r"one (?:item|point) per line", r"make it a list",
         r"list (?:it|them)(?: out)?")),

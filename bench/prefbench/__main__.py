@@ -20,6 +20,7 @@ from bench.prefbench.streak import sessions_to_streak
 
 DEFAULT_OUT = Path("bench/out/prefbench")
 TEXT_DEFAULT_PERSONAS = ("brief", "skimmer", "oneliner")
+SMOLLM2_TOPICS = ("capitals", "opposites")
 
 
 def real_model_changes(model: str, args: argparse.Namespace) -> dict[str, object]:
@@ -36,6 +37,11 @@ def real_model_changes(model: str, args: argparse.Namespace) -> dict[str, object
         changes["personas"] = TEXT_DEFAULT_PERSONAS
         reasons.append(f"personas {','.join(TEXT_DEFAULT_PERSONAS)}: preferences on free text (personas_text.py); "
                        "the tiny model's personas want its trained styles")
+    if args.topics is None and model == "smollm2-135m":
+        changes["topics"] = SMOLLM2_TOPICS
+        reasons.append(f"questions on {','.join(SMOLLM2_TOPICS)} only: the topics whose facts SmolLM2-135M-Instruct "
+                       "gets right at its own sampling (0.85 and 0.90 of answers; colors 0.33, animal sounds 0.02, "
+                       "counts 0.05), so the user's reactions are about its preference, not about wrong facts")
     changes["idle_timeout_s"] = 20.0
     reasons.append("idle timeout 20 s instead of the tiny model's 6 s: an answer of the real model on a busy CPU takes "
                    "several seconds, and a conversation must not be closed between two of its messages")
@@ -57,6 +63,7 @@ def config_from_args(argv: list[str]) -> tuple[BenchConfig, Path]:
     parser.add_argument("--interactions", type=int, help="interactions per run")
     parser.add_argument("--every", type=int, help="evaluate every k interactions")
     parser.add_argument("--eval-prompts", type=int, help="fresh prompts per evaluation")
+    parser.add_argument("--topics", type=_csv, help="question topics (default: all; capitals,opposites for smollm2-135m)")
     parser.add_argument("--noise", type=float, default=0.0, help="share of misleading reactions")
     parser.add_argument("--silent", type=float, default=0.1, help="share of answers that get no feedback")
     parser.add_argument("--opt-in", action=argparse.BooleanOptionalAction, dest="opt_in",
@@ -77,7 +84,7 @@ def config_from_args(argv: list[str]) -> tuple[BenchConfig, Path]:
         if args.quick else BenchConfig()
     changes: dict[str, object] = {"mix": FeedbackMix(silent_p=args.silent, noise_p=args.noise),
                                   "model_cache": args.model_cache or args.out / "models"}
-    for name in ("methods", "personas", "interactions", "every", "eval_prompts", "opt_in", "lr",
+    for name in ("methods", "personas", "topics", "interactions", "every", "eval_prompts", "opt_in", "lr",
                  "steps_per_batch", "batch_size", "jobs"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)

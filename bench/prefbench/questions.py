@@ -27,10 +27,16 @@ class Pools:
     evaluate: tuple[EvalPrompt, ...]
 
 
-def split_pools(seed: int, n_eval: int) -> Pools:
-    """Hold out ``n_eval`` facts (spread over topics) for evaluation; the rest are asked in sessions."""
+def split_pools(seed: int, n_eval: int, topics: tuple[str, ...] = ()) -> Pools:
+    """Hold out ``n_eval`` facts (spread over topics) for evaluation; the rest are asked in sessions.
+
+    ``topics`` limits both pools to those topics (empty: every topic).
+    """
+    unknown = set(topics) - set(TOPICS)
+    if unknown:
+        raise ValueError(f"unknown topics {sorted(unknown)}; known: {sorted(TOPICS)}")
     rng = random.Random(f"prefbench-pools-{seed}")
-    facts = list(FACTS)
+    facts = [fact for fact in FACTS if not topics or fact.topic in topics]
     rng.shuffle(facts)
     by_topic: dict[str, list[Fact]] = {}
     for fact in facts:

@@ -116,6 +116,11 @@ def test_pools_hold_out_fresh_prompts_with_fixed_seeds() -> None:
     assert len({p.fact.topic for p in pools.evaluate}) == 5  # spread over every topic
     assert split_pools(seed=0, n_eval=12) == pools  # identical for every method
     assert split_pools(seed=1, n_eval=12) != pools
+    two = split_pools(seed=0, n_eval=12, topics=("capitals", "opposites"))
+    assert {f.topic for f in two.interact} | {p.fact.topic for p in two.evaluate} == {"capitals", "opposites"}
+    assert len(two.evaluate) == 12 and len(two.interact) == 24 - 12
+    with pytest.raises(ValueError, match="unknown topics"):
+        split_pools(seed=0, n_eval=12, topics=("weather",))
 
 
 POINTS = [

@@ -46,13 +46,13 @@ ANSWER = {"role": "assistant", "content": "The capital of France is Paris, a cit
     ("Next time, answer in one word.", -1, "Answer in one word."),  # "next time" is no new task
     ("Just one word from now on.", -1, "Answer in one word."),  # what the answer should be, not when; plainly
     ("Can you answer in French?", -1, "Answer in French."),
-    ("Use bullet points.", -1, "Answer as a bullet list."),
+    ("Put it in a dash list.", -1, "Use bullet points."),
     ("I'd like the answer in all caps.", -1, "Answer in all caps."),
     ("Keep it shorter, and sign off with 'Cheers'.", -1, "Keep it shorter. Sign off with 'Cheers'."),
     ("Don't use emojis please.", -1, "Don't use emojis."),
     ("No, I meant the capital of Texas.", -1, "Interpret the request as the capital of Texas."),
     ("Bitte auf Deutsch antworten.", -1, "Bitte auf Deutsch antworten."),
-    ("That's wrong. Break it into a few bullet points.", -1, "Answer as a bullet list."),
+    ("That's wrong. Break it into a few bullet points.", -1, "Use bullet points."),
     ("Use a smiley, please.", -1, "Use a smiley."),  # about the answer's form, not a new task
     ("Could you end with a question for me?", -1, "End with a question for me."),
     ("Thanks, that's perfect!", 1, None),
@@ -85,7 +85,7 @@ def test_corrective_directives(text: str, hints: list[str]) -> None:
 
 def test_hint_has_at_most_three_sentences() -> None:
     hint = hint_from("Answer in French. Use bullet points. Keep it short. Sign off with 'Bye'.")
-    assert hint == "Answer in French. Answer as a bullet list. Keep it short."
+    assert hint == "Answer in French. Use bullet points. Keep it short."
 
 
 @pytest.mark.parametrize(("a", "b", "rephrased"), [
