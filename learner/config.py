@@ -114,18 +114,17 @@ class TrainConfig:
     def small(cls, **overrides: Any) -> TrainConfig:
         """CPU defaults for a real small instruction-tuned model (``builtin:smollm2-135m``, 135 M parameters).
 
-        Learning rate by measurement on SmolLM2-135M-Instruct: 16 hinted-teacher answers ("Use bullet points.",
+        Learning rate by a one-off measurement on SmolLM2-135M-Instruct: 16 hinted-teacher answers ("Use bullet points.",
         temperature 0.3, 0.81 of them lists) learned as a round does, two full-batch steps: held-out answers
         without the hint were lists in 0.00 after lr 5e-4 (the first preset's, from a policy-gradient
         calibration with more, smaller steps), 0.04 after 1e-3 and 1.00 after 2e-3 (the asked fact kept in
         0.71, against 0.96). A smaller retain round than the tiny preset's: sampling costs far more per token.
 
-        The hints the model follows make the teacher: asked at its recommended sampling (temperature 0.2, top-p
-        0.9) with the correction after the question, it keeps to at most ten words in 0.79 of answers (0.36
-        unasked), writes a list in 0.54 (0.0 unasked) and one sentence in 1.0 (0.59 unasked); it does not follow
-        "no capitals" (0.0) or "close with a sign-off" (0.0). So, as on the tiny model, top-8 distillation to the
-        hinted teacher and two hint demonstrations per context (``batch`` scope), sampled at temperature 0.3,
-        where the hinted teacher keeps the asked fact in about 0.46 of answers against 0.12 at temperature 1.
+        The hints the model follows make the teacher (``bench/hint_follow.py``, capitals and opposites): with the
+        correction after the question at temperature 0.3 it keeps to at most ten words in 1.00 of answers (0.56
+        unasked at its own 0.2 / 0.9), one sentence in 1.00 (0.62) and writes a list in 0.58 (0.00; 0.04 after
+        an earlier exchange); it does not follow "no capitals" (0.00). So, as on the tiny model, top-8
+        distillation to the hinted teacher and two hint demonstrations per context (``batch`` scope) at 0.3.
         """
         base: dict[str, Any] = dict(lr=2e-3, retain_samples=8, retain_max_tokens=48, demo_max_tokens=48, topk=8,
                                     hint_demos=2, demo_temperature=0.3, demo_scope="batch")
