@@ -16,6 +16,7 @@ from bench.prefbench.personas_text import TEXT_PERSONAS
 from bench.prefbench.report import curve, interactions_to, markdown_table, plot, sparkline
 from bench.prefbench.runner import METHODS, BenchConfig, run_matrix, settings_report
 from bench.prefbench.simulator import FeedbackMix
+from bench.prefbench.stack import stop_stacks_on_termination
 from bench.prefbench.streak import sessions_to_streak
 
 DEFAULT_OUT = Path("bench/out/prefbench")
@@ -151,6 +152,7 @@ def streak_lines(runs: list[dict[str, object]], streak: int = 3) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     config, out = config_from_args(list(sys.argv[1:] if argv is None else argv))
+    stop_stacks_on_termination()
     started = time.monotonic()
     print(settings_report(config), flush=True)
     results = run_matrix(config, out)

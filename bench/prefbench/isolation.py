@@ -26,7 +26,7 @@ import openai
 from bench.prefbench.personas import PERSONAS
 from bench.prefbench.questions import question_stream, split_pools
 from bench.prefbench.runner import SWEEP_S, BenchConfig, changed_settings, stack_env
-from bench.prefbench.stack import Pipeline, Stack
+from bench.prefbench.stack import Pipeline, Stack, stop_stacks_on_termination
 from bench.prefbench.user import SimulatedUser, evaluate
 from labeler.records import SAMPLES_STREAM, SampleRecord
 from proxy.redis_connect import connect
@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/out/isolation"))
     parser.add_argument("--model-cache", type=Path)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    stop_stacks_on_termination()
     config = replace(BenchConfig(), every=args.every, eval_prompts=12, jobs=1,
                      model_cache=args.model_cache or args.out / "models")
     print("settings changed from the product defaults (a plain client per user):")

@@ -30,7 +30,7 @@ import openai
 from bench.prefbench.personas import PERSONAS
 from bench.prefbench.questions import question_stream, split_pools
 from bench.prefbench.runner import BenchConfig, changed_settings
-from bench.prefbench.stack import Pipeline, Stack
+from bench.prefbench.stack import Pipeline, Stack, stop_stacks_on_termination
 from bench.prefbench.user import SimulatedUser, evaluate
 from proxy.redis_connect import connect
 
@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/out/shared"))
     parser.add_argument("--model-cache", type=Path)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    stop_stacks_on_termination()
     config = replace(BenchConfig(), eval_prompts=16, jobs=1, model_cache=args.model_cache or args.out / "models")
     print(f"users: {args.users} (every other one opted in to the canary)")
     print("settings changed from the product defaults (several users at once):")

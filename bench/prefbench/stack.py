@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,6 +39,50 @@ ROOT = Path(__file__).resolve().parents[2]
 
 class StackError(RuntimeError):
     """The stack did not start (its output is in the message)."""
+
+
+_LIVE: set[subprocess.Popen[bytes]] = set()
+"""The ``nextstate up`` processes this benchmark started and has not stopped yet."""
+_LIVE_LOCK = threading.Lock()
+
+
+def stop_stacks_on_termination() -> None:
+    """Make SIGTERM and SIGHUP stop every live stack (and so its workers and servers) before exiting.
+
+    Python's default for these signals ends the process at once, skipping the ``finally`` that stops
+    a run's stack, so its ``nextstate up`` and all it started would keep running (and keep the cores
+    busy). Call from the main thread of a benchmark's entry point.
+    """
+
+    def handler(signum: int, _frame: object) -> None:
+        with _LIVE_LOCK:
+            live = list(_LIVE)
+        for process in live:
+            stop_process(process, timeout_s=30.0)
+        os._exit(128 + signum)  # the run threads may be blocked on a stack that is gone now
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, handler)
+
+
+def track(process: subprocess.Popen[bytes]) -> None:
+    """Count ``process`` as a live stack until ``stop_process`` stops it."""
+    with _LIVE_LOCK:
+        _LIVE.add(process)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """SIGINT (``nextstate up`` then stops what it started), SIGKILL after ``timeout_s``."""
+    with _LIVE_LOCK:
+        _LIVE.discard(process)
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def free_port() -> int:
@@ -75,6 +120,7 @@ class Stack:
             argv += ["--components", self.components]
         with self.output.open("wb") as out:
             self.process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        track(self.process)
         deadline = time.monotonic() + timeout_s
         while "nextstate is up" not in self.output.read_text(errors="replace"):
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -92,14 +138,8 @@ class Stack:
         return {}
 
     def stop(self, timeout_s: float = 60.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, timeout_s)
 
 
 @dataclass
