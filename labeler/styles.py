@@ -13,7 +13,45 @@ SmolLM2-135M-Instruct seldom does (0.12 against 0.58 in one turn, ``bench/hint_f
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+
+_WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")
+_ITEM = re.compile(r"^\s*(?:[-*•+–]|\d{1,2}[.)])\s+\S", re.MULTILINE)
+_CLOSING = re.compile(r"\b(?:best|cheers|regards|bye|goodbye|farewell|take care|have a (?:\w+ )?(?:day|one|time|week)|"
+                      r"all the best|talk soon|until next time|hope (?:this|that) helps)\b", re.IGNORECASE)
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text)
+
+
+def _lowercase(answer: str) -> bool:
+    letters = [c for c in answer if c.isalpha()]
+    return bool(letters) and not any(c.isupper() for c in letters)
+
+
+def _listed(answer: str) -> bool:
+    return len(_ITEM.findall(answer)) >= 2
+
+
+def _one_word(answer: str) -> bool:
+    return len(words(answer)) == 1
+
+
+def _signed_off(answer: str) -> bool:
+    """A short closing line ("Cheers!", "Have a great day!") after the answer."""
+    lines = [line for line in answer.strip().splitlines() if line.strip()]
+    return len(lines) >= 2 and len(words(lines[-1])) <= 8 and bool(_CLOSING.search(lines[-1]))
+
+
+def _detailed(answer: str) -> bool:
+    """A full sentence and more: two sentences, or one of at least twelve words (a sign-off line not counted)."""
+    body = answer.strip()
+    if _signed_off(body):
+        body = "\n".join(body.splitlines()[:-1])
+    sentences = [part for part in re.split(r"(?<=[.!?])\s+", body) if len(words(part)) >= 3]
+    return len(sentences) >= 2 or len(words(body)) >= 12
 
 
 @dataclass(frozen=True)
@@ -22,6 +60,8 @@ class StyleFamily:
     instruction: str
     """The plain instruction a hint of this family becomes."""
     pattern: re.Pattern[str]
+    honoured: Callable[[str], bool]
+    """Whether an answer does what the instruction asks (a conservative reading of the answer's form)."""
 
 
 def _words(*alternatives: str) -> re.Pattern[str]:
@@ -33,22 +73,22 @@ FAMILIES: tuple[StyleFamily, ...] = (
         r"lower[- ]?case", r"small letters", r"no (?:caps|capitals?|capital letters|uppercase)",
         r"(?:drop|lose|remove|skip|ditch|without|stop using|get rid of)(?: all)?(?: the| any)? (?:caps|capitals?|capital letters|"
         r"capitali[sz]ation|uppercase(?: letters)?)",
-        r"don'?t capitali[sz]e", r"un-?capitali[sz]ed")),
+        r"don'?t capitali[sz]e", r"un-?capitali[sz]ed"), _lowercase),
     StyleFamily("bullets", "Use bullet points.", _words(
         r"bullet(?:ed|s)?(?: points?| list)?", r"dash(?:ed)? list", r"(?:as|into|in) a list", r"list form",
         r"point form", r"dashes", r"itemi[sz]e(?:d)?", r"one (?:item|point) per line", r"make it a list",
-        r"list (?:it|them)(?: out)?")),
+        r"list (?:it|them)(?: out)?"), _listed),
     StyleFamily("word", "Answer in one word.", _words(
         r"(?:one|a single|single|1)[- ]word", r"just the (?:word|name|answer|key word|keyword)",
         r"only the (?:word|name|answer|key word|keyword)", r"the (?:word|name) (?:alone|only|is enough)",
-        r"nothing but the (?:word|name|answer)", r"no sentences?")),
+        r"nothing but the (?:word|name|answer)", r"no sentences?"), _one_word),
     StyleFamily("detail", "Answer in a full sentence with some detail.", _words(
         r"(?:more|some|added|extra) details?", r"a (?:bit|little) (?:more )?detail", r"in detail", r"detailed",
         r"full sentences?",
-        r"complete sentences?", r"elaborate", r"expand on (?:it|that)", r"explain (?:more|a bit more)")),
+        r"complete sentences?", r"elaborate", r"expand on (?:it|that)", r"explain (?:more|a bit more)"), _detailed),
     StyleFamily("signoff", "End your answer with a sign-off.", _words(
         r"sign[- ]?off", r"sign (?:it|off|your)", r"say (?:goodbye|bye)", r"closing line",
-        r"with an? (?:goodbye|farewell|closing greeting|friendly closing)")),
+        r"with an? (?:goodbye|farewell|closing greeting|friendly closing)"), _signed_off),
 )
 
 # what makes a directive more than a style: another language, more than one request, quoted words to use
@@ -68,3 +108,21 @@ def plain_hint(hint: str) -> str:
     """``hint`` as its family's plain instruction, or unchanged when it belongs to no single family."""
     family = style_family(hint)
     return family.instruction if family is not None else hint
+
+
+# a relative request: honoured by an answer shorter than the one it corrected
+_SHORTER = _words(r"shorter", r"briefer", r"more (?:concise|brief)", r"too long", r"less wordy", r"fewer words",
+                  r"cut it down", r"trim it", r"keep it (?:short|brief)", r"be brief", r"tl;?dr")
+
+
+def honours(hint: str, answer: str, before: str) -> bool | None:
+    """Whether ``answer`` does what ``hint`` asks; ``before`` is the answer the hint corrected. Pure.
+
+    None when the hint asks for something these checks cannot read (not one style family, not "shorter").
+    """
+    family = style_family(hint)
+    if family is not None:
+        return family.honoured(answer)
+    if _MIXED.search(hint) or not _SHORTER.search(hint):
+        return None
+    return 0 < len(words(answer)) < len(words(before))

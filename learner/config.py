@@ -61,6 +61,8 @@ class TrainConfig:
     demo_temperature: float = 1.0
     demo_max_tokens: int = 64
     demo_scope: Literal["conversation", "batch"] = "conversation"  # which contexts a hint is demonstrated on
+    # keep only answers that do what the hint asks, where labeler.styles can read it (a list, lowercase, shorter…)
+    demo_honoured_only: bool = True
 
     # collapse guard: a candidate outside these bounds is not published
     # nats per token, mean over response tokens after training (the tiny model sits near 0.05-0.1)

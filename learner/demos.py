@@ -11,6 +11,10 @@ prompts after 12 / 16 / 23 samples): the one-word persona, whose few hints are t
 of what it wants, 0.34 / 0.41 / 0.55 without and 0.45 / 0.56 / 0.81 with demonstrations; the bullets
 and lowercase personas learn as fast either way (0.86 and 0.88 after 12); facts and sacred cases held.
 
+An answer the teacher gave despite the hint — prose after "Use bullet points.", a longer answer after
+"Make it shorter." — teaches the opposite of the correction, so where ``labeler.styles.honours`` can read
+what the hint asks, only answers that do it are kept (``demo_honoured_only``); other hints keep every answer.
+
 Scope ``conversation`` demonstrates a hint only on its own conversation's contexts; scope ``batch`` on
 every context of the batch (the latest hint of the batch where a conversation has none), which learns a
 standing preference faster when every conversation is one user's (the built-in laptop set-up) but in a
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from labeler.records import SampleRecord
+from labeler.styles import honours
 from learner.config import TrainConfig
 from learner.logprobs import append_hint, sampling
 from learner.modeling import sample_answers
@@ -59,7 +64,7 @@ def demo_contexts(samples: Sequence[SampleRecord], scope: str = "conversation") 
 
 def sample_demos(model: Any, tokenizer: Any, samples: Sequence[SampleRecord], prompt_ids: Sequence[list[int]],
                  config: TrainConfig, seed: int) -> list[DemoItem]:
-    """``config.hint_demos`` teacher answers per context of a hinted conversation; [] when off or none.
+    """Up to ``config.hint_demos`` teacher answers per context of a hinted conversation; [] when off or none.
 
     ``prompt_ids[i]`` is the student's prompt of ``samples[i]`` (the ids the training item uses).
     """
@@ -75,6 +80,12 @@ def sample_demos(model: Any, tokenizer: Any, samples: Sequence[SampleRecord], pr
     items = []
     for k, answer in enumerate(answers):  # n answers per context, contexts in order
         i, hint = contexts[k // config.hint_demos]
-        if answer:
-            items.append(DemoItem(list(prompt_ids[i]), answer, hint))
+        if not answer:
+            continue
+        if config.demo_honoured_only:
+            before = samples[i].response.get("content")
+            text = tokenizer.decode(answer, skip_special_tokens=True)
+            if honours(hint, text, before if isinstance(before, str) else "") is False:
+                continue
+        items.append(DemoItem(list(prompt_ids[i]), answer, hint))
     return items

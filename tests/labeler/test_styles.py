@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from labeler.directives import hint_from
-from labeler.styles import FAMILIES, plain_hint
+from labeler.styles import FAMILIES, honours, plain_hint
 from learner.tinycorpus import find_style_request
 
 
@@ -39,3 +39,45 @@ def test_every_family_instruction_is_one_the_tiny_model_was_taught() -> None:
 
 def test_a_hint_matching_two_families_is_kept() -> None:
     assert plain_hint("Use bullet points in lowercase.") == "Use bullet points in lowercase."
+
+
+@pytest.mark.parametrize(
+    ("hint", "answer", "before", "verdict"),
+    [
+        ("Use bullet points.", "- Paris\n- the capital of France", "", True),
+        ("make it a dash list", "1. Paris\n2. France", "", True),
+        ("Use bullet points.", "The capital of France is Paris.", "", False),
+        ("Use bullet points.", "- Paris", "", False),  # one line is not a list
+        ("Drop the capital letters.", "paris is the capital.", "", True),
+        ("Answer in lowercase.", "Paris is the capital.", "", False),
+        ("Answer in lowercase.", "42", "", False),  # no letters: nothing shows it
+        ("Just the name.", "Paris.", "", True),
+        ("Answer in one word.", "It is Paris.", "", False),
+        ("More detail please.", "Paris is the capital of France. It lies on the Seine.", "", True),
+        ("More detail please.", "Paris is the capital.\nCheers!", "", False),  # the sign-off is no detail
+        ("More detail please.", "Paris.", "", False),
+        ("Sign off at the end.", "Paris is the capital.\nHave a great day!", "", True),
+        ("Sign off at the end.", "The best city is Paris.", "", False),  # "best" inside the answer
+        ("Make it shorter.", "Paris.", "The capital of France is Paris.", True),
+        ("Too long!", "The capital of France is Paris, a city.", "Paris is the capital.", False),
+        ("Shorter please.", "", "Paris is the capital.", False),  # empty is not an answer
+        ("Answer in French.", "Paris.", "", None),  # not a form these checks read
+        ("Use bullet points in lowercase.", "- paris\n- france", "", None),  # two families at once
+    ],
+)
+def test_honours_reads_whether_an_answer_does_what_the_hint_asks(hint: str, answer: str, before: str,
+                                                                 verdict: bool | None) -> None:
+    assert honours(hint, answer, before) is verdict
+
+
+def test_the_tiny_models_answers_honour_their_own_familys_hint_only() -> None:
+    from learner.tinycorpus import FACTS, render_answer
+
+    by_name = {family.name: family for family in FAMILIES}
+    for fact in FACTS:
+        for family in FAMILIES:
+            assert family.honoured(render_answer(fact, family.name, signoff=len(fact.answer)))
+        detail = render_answer(fact, "detail")
+        assert not any(by_name[name].honoured(detail) for name in ("word", "bullets", "signoff", "lowercase"))
+        word = render_answer(fact, "word")
+        assert not any(by_name[name].honoured(word) for name in ("bullets", "signoff", "detail"))

@@ -51,13 +51,37 @@ def test_the_hinted_base_model_answers_the_unhinted_prompts(tiny: tuple[Path, An
     samples = [_sample(0, "a", question="What color is grass?"), _sample(1, "a", BULLETS), _sample(2, "b")]
     prompts = [build_item(Entry(str(i), s), tokenizer, method="combined", parent_version=None, max_prompt_tokens=512,
                           max_response_tokens=256).prompt_ids for i, s in enumerate(samples)]
-    demos = sample_demos(model, tokenizer, samples, prompts, config, seed=3)
+    every = config.replace(demo_honoured_only=False)
+    demos = sample_demos(model, tokenizer, samples, prompts, every, seed=3)
     assert len(demos) == 6 and {d.hint for d in demos} == {BULLETS}
     assert [d.prompt_ids for d in demos] == [prompts[0]] * 3 + [prompts[1]] * 3  # the student's own, un-hinted prompts
     styles = [classify_style(tokenizer.decode(d.response_ids, skip_special_tokens=True)) for d in demos]
     assert styles.count("bullets") >= 5, styles  # the teacher follows the hint
-    assert len(sample_demos(model, tokenizer, samples, prompts, config.replace(demo_scope="batch"), seed=3)) == 9
+    assert len(sample_demos(model, tokenizer, samples, prompts, every.replace(demo_scope="batch"), seed=3)) == 9
     assert sample_demos(model, tokenizer, samples, prompts, config.replace(hint_demos=0), seed=3) == []
+    # the default keeps only the answers that are lists: the same draws, less the ones that ignored the hint
+    kept = sample_demos(model, tokenizer, samples, prompts, config, seed=3)
+    assert kept == [d for d, style in zip(demos, styles, strict=True) if style == "bullets"]
+
+
+def test_answers_that_ignore_the_hint_are_not_demonstrated(tiny: tuple[Path, Any]) -> None:
+    """The tiny model seldom follows "No capitals anywhere." (a wording it was not taught): only its
+    answers with no capital letter are demonstrated, and a hint the checks cannot read keeps every answer."""
+    path, tokenizer = tiny
+    base, _ = load_model(path, "cpu")
+    config = TrainConfig.tiny(hint_demos=4, demo_scope="conversation", demo_temperature=1.0)
+    model = attach_adapter(base, config, None)
+    samples = [_sample(0, "a", "No capitals anywhere.", question="What color is grass?")]
+    prompts = [build_item(Entry("0", samples[0]), tokenizer, method="combined", parent_version=None,
+                          max_prompt_tokens=512, max_response_tokens=256).prompt_ids]
+    drawn = sample_demos(model, tokenizer, samples, prompts, config.replace(demo_honoured_only=False), seed=5)
+    texts = [tokenizer.decode(d.response_ids, skip_special_tokens=True) for d in drawn]
+    kept = sample_demos(model, tokenizer, samples, prompts, config, seed=5)
+    assert len(drawn) == 4 and any(c.isupper() for c in "".join(texts)), texts
+    assert kept == [d for d, text in zip(drawn, texts, strict=True) if text == text.lower()
+                    and any(c.isalpha() for c in text)]
+    free = [_sample(0, "a", "Answer like a pirate.", question="What color is grass?")]
+    assert len(sample_demos(model, tokenizer, free, prompts, config, seed=5)) == 4
 
 
 @pytest.mark.slow
