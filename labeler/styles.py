@@ -62,6 +62,8 @@ class StyleFamily:
     pattern: re.Pattern[str]
     honoured: Callable[[str], bool]
     """Whether an answer does what the instruction asks (a conservative reading of the answer's form)."""
+    adds: bool = False
+    """Whether the instruction asks for more than the answer said (detail, a closing line)."""
 
 
 def _words(*alternatives: str) -> re.Pattern[str]:
@@ -85,10 +87,10 @@ FAMILIES: tuple[StyleFamily, ...] = (
     StyleFamily("detail", "Answer in a full sentence with some detail.", _words(
         r"(?:more|some|added|extra) details?", r"a (?:bit|little) (?:more )?detail", r"in detail", r"detailed",
         r"full sentences?",
-        r"complete sentences?", r"elaborate", r"expand on (?:it|that)", r"explain (?:more|a bit more)"), _detailed),
+        r"complete sentences?", r"elaborate", r"expand on (?:it|that)", r"explain (?:more|a bit more)"), _detailed, adds=True),
     StyleFamily("signoff", "End your answer with a sign-off.", _words(
         r"sign[- ]?off", r"sign (?:it|off|your)", r"say (?:goodbye|bye)", r"closing line",
-        r"with an? (?:goodbye|farewell|closing greeting|friendly closing)"), _signed_off),
+        r"with an? (?:goodbye|farewell|closing greeting|friendly closing)"), _signed_off, adds=True),
 )
 
 # what makes a directive more than a style: another language, more than one request, quoted words to use
@@ -110,19 +112,39 @@ def plain_hint(hint: str) -> str:
     return family.instruction if family is not None else hint
 
 
+_FUNCTION_WORDS = frozenset(
+    ["the", "and", "but", "for", "nor", "yet", "with", "from", "into", "onto", "about", "above", "below", "over", "under", "than", "then", "also", "just", "only", "very", "are", "was", "were", "been", "being", "has", "have", "had", "does", "did", "not", "yes", "its", "this", "that", "these", "those", "there", "here", "what", "which", "who", "whom", "whose", "how", "why", "when", "where", "your", "you", "our", "their", "his", "her", "they", "them", "she", "can", "could", "would", "should", "will", "may", "might", "must", "shall", "some", "any", "all", "each", "both"])
+
+
+def content_words(text: str) -> set[str]:
+    """The words of ``text`` that carry content (lower-cased, at least three letters, no function words)."""
+    return {w for w in (word.lower() for word in words(text)) if len(w) >= 3 and w not in _FUNCTION_WORDS}
+
+
+def says_no_more(answer: str, known: str, share: float = 0.5) -> bool:
+    """Whether an answer of three or more content words takes at least ``share`` of them from ``known``.
+
+    A change of form (a list, lowercase, fewer words) says what was said before; an answer that lists
+    five other capitals when asked for one has the form and not the answer.
+    """
+    said = content_words(answer)
+    return len(said) < 3 or len(said & content_words(known)) / len(said) >= share
+
+
 # a relative request: honoured by an answer shorter than the one it corrected
 _SHORTER = _words(r"shorter", r"briefer", r"more (?:concise|brief)", r"too long", r"less wordy", r"fewer words",
                   r"cut it down", r"trim it", r"keep it (?:short|brief)", r"be brief", r"tl;?dr")
 
 
-def honours(hint: str, answer: str, before: str) -> bool | None:
-    """Whether ``answer`` does what ``hint`` asks; ``before`` is the answer the hint corrected. Pure.
+def honours(hint: str, answer: str, before: str, question: str = "") -> bool | None:
+    """Whether ``answer`` does what ``hint`` asks, and where it asks only for another form, says no more than
+    ``question`` and ``before`` (the answer the hint corrected) did. Pure.
 
     None when the hint asks for something these checks cannot read (not one style family, not "shorter").
     """
     family = style_family(hint)
     if family is not None:
-        return family.honoured(answer)
+        return family.honoured(answer) and (family.adds or says_no_more(answer, f"{question}\n{before}"))
     if _MIXED.search(hint) or not _SHORTER.search(hint):
         return None
-    return 0 < len(words(answer)) < len(words(before))
+    return 0 < len(words(answer)) < len(words(before)) and says_no_more(answer, f"{question}\n{before}")

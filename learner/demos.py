@@ -12,8 +12,11 @@ of what it wants, 0.34 / 0.41 / 0.55 without and 0.45 / 0.56 / 0.81 with demonst
 and lowercase personas learn as fast either way (0.86 and 0.88 after 12); facts and sacred cases held.
 
 An answer the teacher gave despite the hint — prose after "Use bullet points.", a longer answer after
-"Make it shorter." — teaches the opposite of the correction, so where ``labeler.styles.honours`` can read
-what the hint asks, only answers that do it are kept (``demo_honoured_only``); other hints keep every answer.
+"Make it shorter." — teaches the opposite of the correction, and one that has the form but not the answer
+(SmolLM2-135M-Instruct asked for bullet points about one capital listed five others) teaches the model
+to lose its facts. So where ``labeler.styles.honours`` can read what the hint asks, only answers that do
+it and, for a change of form, say no more than the question and the corrected answer did are kept
+(``demo_honoured_only``); other hints keep every answer.
 
 Scope ``conversation`` demonstrates a hint only on its own conversation's contexts; scope ``batch`` on
 every context of the batch (the latest hint of the batch where a conversation has none), which learns a
@@ -41,6 +44,17 @@ class DemoItem:
     prompt_ids: list[int]
     response_ids: list[int]
     hint: str
+
+
+def _text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, list):  # content parts: their text
+        return "\n".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return content if isinstance(content, str) else ""
+
+
+def _last_user_text(messages: Sequence[dict[str, Any]]) -> str:
+    return next((_text(m) for m in reversed(messages) if m.get("role") == "user"), "")
 
 
 def session_hints(samples: Sequence[SampleRecord]) -> dict[str, str]:
@@ -83,9 +97,8 @@ def sample_demos(model: Any, tokenizer: Any, samples: Sequence[SampleRecord], pr
         if not answer:
             continue
         if config.demo_honoured_only:
-            before = samples[i].response.get("content")
             text = tokenizer.decode(answer, skip_special_tokens=True)
-            if honours(hint, text, before if isinstance(before, str) else "") is False:
+            if honours(hint, text, _text(samples[i].response), _last_user_text(samples[i].messages)) is False:
                 continue
         items.append(DemoItem(list(prompt_ids[i]), answer, hint))
     return items

@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -44,6 +45,7 @@ class StackError(RuntimeError):
 _LIVE: set[subprocess.Popen[bytes]] = set()
 """The ``nextstate up`` processes this benchmark started and has not stopped yet."""
 _LIVE_LOCK = threading.Lock()
+_STOPPING = threading.Event()
 
 
 def stop_stacks_on_termination() -> None:
@@ -51,38 +53,46 @@ def stop_stacks_on_termination() -> None:
 
     Python's default for these signals ends the process at once, skipping the ``finally`` that stops
     a run's stack, so its ``nextstate up`` and all it started would keep running (and keep the cores
-    busy). Call from the main thread of a benchmark's entry point.
+    busy). Once the signal has come, no new stack starts. Call from the main thread of a benchmark's
+    entry point.
     """
 
     def handler(signum: int, _frame: object) -> None:
-        with _LIVE_LOCK:
-            live = list(_LIVE)
-        for process in live:
-            stop_process(process, timeout_s=30.0)
+        _STOPPING.set()
+        while True:
+            with _LIVE_LOCK:
+                live = list(_LIVE)
+            if not live:
+                break
+            for process in live:
+                stop_process(process, timeout_s=30.0)
         os._exit(128 + signum)  # the run threads may be blocked on a stack that is gone now
 
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, handler)
 
 
-def track(process: subprocess.Popen[bytes]) -> None:
-    """Count ``process`` as a live stack until ``stop_process`` stops it."""
+def launch(argv: list[str], **popen: Any) -> subprocess.Popen[bytes]:
+    """Start a stack's process and count it as live until ``stop_process`` stops it (refused once stopping)."""
     with _LIVE_LOCK:
+        if _STOPPING.is_set():
+            raise StackError("the benchmark is stopping")
+        process: subprocess.Popen[bytes] = subprocess.Popen(argv, **popen)
         _LIVE.add(process)
+    return process
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout_s: float) -> None:
     """SIGINT (``nextstate up`` then stops what it started), SIGKILL after ``timeout_s``."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
     with _LIVE_LOCK:
         _LIVE.discard(process)
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def free_port() -> int:
@@ -119,8 +129,7 @@ class Stack:
         if self.components:
             argv += ["--components", self.components]
         with self.output.open("wb") as out:
-            self.process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        track(self.process)
+            self.process = launch(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while "nextstate is up" not in self.output.read_text(errors="replace"):
             if self.process.poll() is not None or time.monotonic() > deadline:

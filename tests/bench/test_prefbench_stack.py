@@ -17,8 +17,7 @@ BENCH = """
 import subprocess, sys, time
 from bench.prefbench import stack
 stack.stop_stacks_on_termination()
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-stack.track(child)
+child = stack.launch([sys.executable, "-c", "import time; time.sleep(600)"])
 print(child.pid, flush=True)
 time.sleep(600)
 """
@@ -48,3 +47,14 @@ def test_termination_stops_every_live_stack(signum: int) -> None:
             assert not alive(child)
         finally:
             bench.kill()
+
+
+def test_no_stack_starts_once_the_benchmark_is_stopping() -> None:
+    from bench.prefbench import stack
+
+    stack._STOPPING.set()
+    try:
+        with pytest.raises(stack.StackError, match="stopping"):
+            stack.launch([sys.executable, "-c", "pass"])
+    finally:
+        stack._STOPPING.clear()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from labeler.directives import hint_from
-from labeler.styles import FAMILIES, honours, plain_hint
+from labeler.styles import FAMILIES, content_words, honours, plain_hint, says_no_more
 from learner.tinycorpus import find_style_request
 
 
@@ -44,7 +44,7 @@ def test_a_hint_matching_two_families_is_kept() -> None:
 @pytest.mark.parametrize(
     ("hint", "answer", "before", "verdict"),
     [
-        ("Use bullet points.", "- Paris\n- the capital of France", "", True),
+        ("Use bullet points.", "- Paris\n- the capital of France", "Paris is the capital of France.", True),
         ("make it a dash list", "1. Paris\n2. France", "", True),
         ("Use bullet points.", "The capital of France is Paris.", "", False),
         ("Use bullet points.", "- Paris", "", False),  # one line is not a list
@@ -68,6 +68,34 @@ def test_a_hint_matching_two_families_is_kept() -> None:
 def test_honours_reads_whether_an_answer_does_what_the_hint_asks(hint: str, answer: str, before: str,
                                                                  verdict: bool | None) -> None:
     assert honours(hint, answer, before) is verdict
+
+
+QUESTION = "What is the capital of Peru?"
+BEFORE = "The capital of Peru is Lima."
+
+
+@pytest.mark.parametrize(
+    ("hint", "answer", "verdict"),
+    [
+        ("Use bullet points.", "- Capital: Lima\n- Country: Peru", True),  # the same answer as a list
+        ("Use bullet points.", "1. Rome (Italy)\n2. Paris (France)\n3. London (United Kingdom)", False),
+        ("Answer in lowercase.", "the capital of peru is lima.", True),
+        ("Answer in lowercase.", "lima is lovely, with beaches, museums and great food.", False),
+        ("Make it shorter.", "Lima.", True),
+        ("Make it shorter.", "Madrid, Spain's capital.", False),  # shorter, and another answer
+        ("Answer in one word.", "Cusco", True),  # too short to tell: a corrected fact may be new
+        ("More detail please.", "The capital of Peru is Lima. It lies on the Pacific coast.", True),  # may add
+    ],
+)
+def test_a_change_of_form_keeps_what_was_said(hint: str, answer: str, verdict: bool) -> None:
+    assert honours(hint, answer, BEFORE, QUESTION) is verdict
+
+
+def test_content_words_and_says_no_more() -> None:
+    assert content_words("The capital of Peru is Lima, isn't it?") == {"capital", "peru", "lima", "isn't"}
+    assert says_no_more("Lima, Peru", "")  # fewer than three content words: nothing to judge
+    assert says_no_more("Peru capital Lima Andes", BEFORE)  # three of four known
+    assert not says_no_more("Rome Paris London", BEFORE)
 
 
 def test_the_tiny_models_answers_honour_their_own_familys_hint_only() -> None:
