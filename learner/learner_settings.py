@@ -13,7 +13,7 @@ from learner.retain import DEFAULT_RETAIN
 from registry.settings import RegistrySettings
 
 CONFIG_FIELDS = ("method", "w_rl", "w_opd", "lr", "batch_size", "steps_per_batch", "kl_coef", "topk", "seed",
-                 "w_retain", "retain_samples", "hint_demos", "w_demo")
+                 "w_retain", "retain_samples", "hint_demos", "w_demo", "demo_honoured_only")
 
 
 class LearnerSettings(RegistrySettings):
@@ -36,6 +36,8 @@ class LearnerSettings(RegistrySettings):
     hint_demos: int | None = Field(default=None, description="Hinted-teacher answers per context of a hinted "
                                    "conversation (0 = off); see learner/demos.py.")
     w_demo: float | None = Field(default=None, description="Weight of the hint demonstrations in every step.")
+    demo_honoured_only: bool | None = Field(default=None, description="Learn only the demonstrations that do what "
+                                            "the hint asks, where labeler.styles can read it (default on).")
     retain_file: Path = Field(default=DEFAULT_RETAIN, description="Retain set: instruction prompts (JSONL) whose "
                               "answers stay the base model's; see learner/retain.py.")
     learner_group: str = Field(default="learner", description="Consumer group on the samples stream.")

@@ -38,3 +38,10 @@ def test_auto_preset_follows_device_and_model(tmp_path: Path, base_model: str, d
     config = build_config(settings, device)
     presets = {"tiny": TrainConfig.tiny, "small": TrainConfig.small, "gpu": TrainConfig.gpu}
     assert config == presets[expected](lr=7e-4)
+
+
+def test_demonstrations_keep_only_honoured_answers_unless_told_otherwise(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert TrainConfig.small().demo_honoured_only and TrainConfig.tiny().demo_honoured_only
+    monkeypatch.setenv("NEXTSTATE_DEMO_HONOURED_ONLY", "0")
+    assert build_config(LearnerSettings(home=tmp_path), "cpu").demo_honoured_only is False
