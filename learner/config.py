@@ -128,16 +128,17 @@ class TrainConfig:
         an earlier exchange); it does not follow "no capitals" (0.00). So, as on the tiny model, top-8
         distillation to the hinted teacher and two hint demonstrations per context (``batch`` scope) at 0.3.
 
-        The reward has the batch's mean subtracted (``rl_baseline``). A user whose preference the model never
-        shows unasked (lists) rejects nearly every answer, and without a baseline a batch of rejected answers
-        only pushes the model's own answers down, at this learning rate into anything else: a candidate
-        trained on four such answers with no hint answered capital questions in Spanish and Italian and lost
-        10 of 47 sacred answers (PrefBench ``skimmer``, the same candidate on two runs). With the baseline a
-        batch that is all rejections teaches nothing by reward, and the teacher's demonstrations say what
-        to do instead.
+        No reward baseline, measured both ways (PrefBench ``skimmer``, seeds 0 and 1, 24 interactions): a user
+        whose preference the model never shows unasked (lists) rejects nearly every answer, and without a
+        baseline a batch of rejected answers only pushes the model's own answers down: a candidate trained on
+        four of them and no hint answered capital questions in Spanish and Italian (37 of 48 sacred answers
+        against 47), and 6 of 11 candidates were refused by the gate, but seed 0 learned the lists (0.00 ->
+        1.00). With ``rl_baseline`` 3 of 10 were refused and none learned the lists in 24 interactions (0.00
+        on both seeds: the passing candidates were rejected by the personal canary as not better). The gate
+        keeps the drifted candidates from the user either way, so the preset keeps what learned.
         """
-        base: dict[str, Any] = dict(lr=2e-3, rl_baseline=True, retain_samples=8, retain_max_tokens=48,
-                                    demo_max_tokens=48, topk=8, hint_demos=2, demo_temperature=0.3, demo_scope="batch")
+        base: dict[str, Any] = dict(lr=2e-3, retain_samples=8, retain_max_tokens=48, demo_max_tokens=48, topk=8,
+                                    hint_demos=2, demo_temperature=0.3, demo_scope="batch")
         base.update(overrides)
         return cls(**base)
 
