@@ -7,7 +7,7 @@ every token copied the whole cache several times per token), so the active LoRA 
 per adapter per round; prompts prefill alone.
 Adapter loads and unloads run on the same thread between two tokens, so they never race a forward
 pass and never interrupt a request in flight; an unloaded adapter is only removed once its last request has finished. At most ``max_loras`` adapters are
-materialised at once; an idle one is evicted (and reloaded from disk on demand), as vLLM does.
+materialised at once (``learner.serving_adapters``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import concurrent.futures
 import inspect
 import random
 import threading
-import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +25,9 @@ from typing import Any
 import structlog
 import torch
 import torch.nn.functional as F
-from peft import PeftModel
-from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import DynamicCache
 
+from learner.serving_adapters import LoraSlots
 from learner.serving_sampling import SamplingParams, choose_token
 
 log = structlog.get_logger(__name__)
@@ -100,16 +98,12 @@ class Engine:
     """Owns the model on one thread; thread-safe ``submit``, ``load_adapter`` and ``unload_adapter``."""
 
     def __init__(self, model: Any, *, max_num_seqs: int = 8, max_queue: int = 64, max_loras: int = 4) -> None:
-        self._base = model
         # the key-value cache argument and output field: ``cache`` in newer transformers, ``past_key_values`` before
         self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        self._peft: PeftModel | None = None
-        self._lora_layers: list[BaseTunerLayer] = []
-        self._active_lora: str | None = None  # what the LoRA layers currently apply ("" = disabled)
         self.device = next(model.parameters()).device
         self.max_num_seqs, self.max_queue, self.max_loras = max_num_seqs, max_queue, max_loras
         self.registered: dict[str, Path] = {}  # every adapter the API knows (name -> path)
-        self._materialised: OrderedDict[str, None] = OrderedDict()  # LRU of adapters in the model
+        self._slots = LoraSlots(model, max_loras)  # the adapters in the model
         self._draining: set[str] = set()  # unloaded from the API, removed once idle
         self._waiting: deque[Sequence] = deque()
         self._active: list[Sequence] = []
@@ -155,7 +149,7 @@ class Engine:
                 "waiting": len(self._waiting),
                 "running": len(self._active),
                 "adapters": sorted(self.registered),
-                "materialised": list(self._materialised),
+                "materialised": self._slots.names,
                 "draining": sorted(self._draining),
                 "batched_steps": self.batched_steps,
             }
@@ -245,7 +239,7 @@ class Engine:
         try:
             if seq.batch is not None:  # decoded alone from now on: it takes its row of the batch along
                 seq.cache, seq.batch = seq.batch.row_cache(seq.batch.members.index(seq)), None
-            model = self._activate(seq.adapter)
+            model = self._slots.model_for(seq.adapter)
             ids = seq.prompt_ids if seq.cache is None else seq.generated[-1:]
             out = model(input_ids=torch.tensor([ids], device=self.device), use_cache=True, logits_to_keep=1,
                         **{self._cache_kw: seq.cache})
@@ -262,7 +256,7 @@ class Engine:
         batch = seqs[0].batch
         if batch is None or batch.members != seqs:
             batch = self._form_batch(seqs)
-        model = self._activate(adapter)
+        model = self._slots.model_for(adapter)
         width = batch.cache.get_seq_length()
         mask_B_T = torch.ones(len(seqs), width + 1, dtype=torch.long, device=self.device)
         for row, pad in enumerate(batch.pads):
@@ -319,35 +313,16 @@ class Engine:
             self._active.remove(seq)
         seq.sink(FailureEvent(f"generation failed: {exc}"))
 
-    def _activate(self, adapter: str | None) -> Any:
-        if self._peft is None:
-            return self._base
-        want = adapter or ""
-        if self._active_lora != want:
-            for layer in self._lora_layers:
-                if want:
-                    layer.enable_adapters(True)
-                    layer.set_adapter(want)
-                else:
-                    layer.enable_adapters(False)
-            self._active_lora = want
-        if adapter is not None:
-            self._materialised.move_to_end(adapter)
-        return self._peft
-
     def _in_use(self) -> set[str]:
         return {seq.adapter for seq in self._active if seq.adapter is not None}
 
     def _ensure_materialised(self, name: str) -> bool:
-        if name in self._materialised:
+        if name in self._slots:
             return True
-        if len(self._materialised) >= self.max_loras:
-            idle = [n for n in self._materialised if n not in self._in_use()]
-            if not idle:
-                return False
-            self._dematerialise(idle[0])
+        if not self._slots.make_room(self._in_use()):
+            return False
         try:
-            self._materialise(name, self.registered[name])
+            self._slots.add(name, self.registered[name])
         except Exception as exc:
             log.exception("adapter_reload_failed", adapter=name)
             for seq in [s for s in self._waiting if s.adapter == name]:
@@ -357,42 +332,15 @@ class Engine:
             return False
         return True
 
-    def _materialise(self, name: str, path: Path) -> None:
-        started = time.monotonic()
-        if self._peft is None:
-            self._peft = PeftModel.from_pretrained(self._base, str(path), adapter_name=name, is_trainable=False)
-        else:
-            self._peft.load_adapter(str(path), adapter_name=name, is_trainable=False)
-        self._peft.eval()
-        self._lora_layers = [m for m in self._peft.modules() if isinstance(m, BaseTunerLayer)]
-        self._active_lora = None  # unknown after peft changed it: force a switch on the next step
-        self._materialised[name] = None
-        log.info("adapter_materialised", adapter=name, ms=round(1000 * (time.monotonic() - started), 1))
-
-    def _dematerialise(self, name: str) -> None:
-        assert self._peft is not None
-        if len(self._materialised) == 1:
-            self._base = self._peft.unload()  # the last adapter: give back the plain model
-            self._peft, self._lora_layers = None, []
-        else:
-            self._peft.delete_adapter(name)
-            self._lora_layers = [m for m in self._peft.modules() if isinstance(m, BaseTunerLayer)]
-        self._active_lora = None
-        del self._materialised[name]
-
     def _load(self, name: str, path: Path) -> None:
-        if name in self._materialised:  # an unloaded adapter of that name still finishes its requests
+        if name in self._slots:  # an unloaded adapter of that name still finishes its requests
             raise AdapterError(f"adapter {name!r} is still draining its requests; retry shortly")
-        if len(self._materialised) >= self.max_loras:
-            idle = [n for n in self._materialised if n not in self._in_use()]
-            if idle:
-                self._dematerialise(idle[0])
-        if len(self._materialised) < self.max_loras:  # else every slot is busy: load on first use
+        if self._slots.make_room(self._in_use()):  # else every slot is busy: load on first use
             try:
-                self._materialise(name, path)
+                self._slots.add(name, path)
             except Exception as exc:
-                if name in self._materialised:
-                    self._dematerialise(name)
+                if name in self._slots:
+                    self._slots.remove(name)
                 raise AdapterError(str(exc)) from exc
         with self._cond:
             self.registered[name] = path
@@ -406,7 +354,7 @@ class Engine:
                 self._waiting.remove(seq)
         for seq in orphans:
             seq.sink(FailureEvent(f"adapter {name!r} was unloaded"))
-        if name in self._materialised:
+        if name in self._slots:
             self._draining.add(name)
         self._remove_drained()
 
@@ -417,6 +365,6 @@ class Engine:
         for name in list(self._draining):
             if name not in busy:
                 self._draining.discard(name)
-                if name in self._materialised and name not in self.registered:
-                    self._dematerialise(name)
+                if name in self._slots and name not in self.registered:
+                    self._slots.remove(name)
                     log.info("adapter_removed", adapter=name)
