@@ -3,6 +3,7 @@
 Streams (length, consumer-group lag and pending), RQ queues (depths, failed registries, workers),
 labeled samples (reward rate per version, judge latency and vote agreement over the recent window),
 the registry (versions per state, aliases, decisions and gate verdicts from the audit log), the
+personal learning scopes (how many, their versions by state, stables and canaries, summed), the
 running canary's arms, and upstream outcomes per version. ``python -m registry.exporter``.
 """
 
@@ -103,6 +104,7 @@ class StackCollector(Collector):
         samples = observe.recent_samples(self.client, self.sample_window)
         yield from self._samples(samples)
         yield from self._registry()
+        yield from self._personal()
         yield from self._canary(samples)
         yield from self._upstream()
 
@@ -181,6 +183,22 @@ class StackCollector(Collector):
         for verdict in ("pass", "fail"):
             gates.add_metric([verdict], counts[("gate_verdict", verdict)])
         yield from (states, aliases, decisions, gates)
+
+    def _personal(self) -> Iterator[Metric]:
+        tally = observe.personal_tally(self.client)
+        scopes = GaugeMetricFamily("nextstate_personal_scopes", "Personal learning scopes with a lineage.")
+        scopes.add_metric([], tally.scopes)
+        read = GaugeMetricFamily("nextstate_personal_scopes_read", "Personal scopes the counts below were summed over.")
+        read.add_metric([], tally.read)
+        states = GaugeMetricFamily("nextstate_personal_versions", "Adapter versions of the personal scopes, by state.",
+                                   labels=["state"])
+        for state in ("candidate", "gated_pass", "gated_fail", "canary", "promoted", "rolled_back", "rejected"):
+            states.add_metric([state], tally.states[state])
+        stables = GaugeMetricFamily("nextstate_personal_stables", "Personal scopes served a stable of their own.")
+        stables.add_metric([], tally.stables)
+        canaries = GaugeMetricFamily("nextstate_personal_canaries", "Personal scopes with a canary running.")
+        canaries.add_metric([], tally.canaries)
+        yield from (scopes, read, states, stables, canaries)
 
     def _canary(self, samples: Sequence[Any]) -> Iterator[Metric]:
         view = observe.canary_view(self.client, samples)

@@ -8,7 +8,9 @@ fetch and decode.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -187,6 +189,35 @@ def scopes(client: redis.Redis, limit: int = 200) -> list[dict[str, Any]]:
                      "canary": canary.version if canary else None, "canary_fraction": canary.fraction if canary else 0.0,
                      "versions": int(client.hlen(keys.versions))})
     return rows
+
+
+@dataclass(frozen=True)
+class PersonalTally:
+    """The personal learning scopes at a glance (no per-scope labels: one per user would be too many)."""
+
+    scopes: int
+    """personal scopes with a lineage"""
+    read: int
+    """of which were read for the counts below (at most the reader's limit)"""
+    states: Counter[str]
+    """their versions by state"""
+    stables: int
+    """scopes with a stable of their own"""
+    canaries: int
+    """scopes with a canary running"""
+
+
+def personal_tally(client: redis.Redis, limit: int = 1000) -> PersonalTally:
+    """Versions by state, stables and canaries summed over (at most ``limit``) personal scopes."""
+    names = sorted(as_text(s) for s in client.smembers(SCOPES_KEY))
+    states: Counter[str] = Counter()
+    stables = canaries = 0
+    for name in names[:limit]:
+        keys = scope_keys(name)
+        states.update(VersionInfo.model_validate_json(raw).state for raw in client.hvals(keys.versions))
+        stables += bool(client.hget(keys.aliases, "stable"))
+        canaries += bool(client.exists(keys.canary))
+    return PersonalTally(len(names), min(len(names), limit), states, stables, canaries)
 
 
 def events(client: redis.Redis, count: int = 200) -> list[tuple[str, AuditEvent]]:

@@ -166,3 +166,21 @@ def test_exporter_process_serves_metrics(redis_url: str, redis_client: redis.Red
         _, stderr = process.communicate(timeout=10)
     assert process.returncode == 0, stderr
     assert "exporter_stopped" in stderr
+
+
+def test_exporter_sums_the_personal_scopes(control: Control, adapter_files: Path) -> None:
+    from tests.registry.test_scopes import publish_in
+
+    alice, bob = control.scoped("alice"), control.scoped("bob")
+    alice.promote(publish_in(alice.registry, adapter_files), "operator", "test")
+    bob.start_canary(publish_in(bob.registry, adapter_files), 0.5, "operator")
+    publish_in(bob.registry, adapter_files)  # passed the gate, waiting
+    scrape = scrape_registry(build_registry(control.registry.redis))
+    assert value(scrape, "nextstate_personal_scopes") == 2 and value(scrape, "nextstate_personal_scopes_read") == 2
+    assert {state: value(scrape, "nextstate_personal_versions", state=state)
+            for state in ("promoted", "canary", "gated_pass", "rejected")} == {
+        "promoted": 1, "canary": 1, "gated_pass": 1, "rejected": 0}
+    assert value(scrape, "nextstate_personal_stables") == 1 and value(scrape, "nextstate_personal_canaries") == 1
+    # the shared scope's own counts are its own
+    assert value(scrape, "nextstate_registry_versions", state="promoted") == 0
+    assert value(scrape, "nextstate_registry_versions", state="canary") == 0
