@@ -112,8 +112,14 @@ def plain_hint(hint: str) -> str:
     return family.instruction if family is not None else hint
 
 
-_FUNCTION_WORDS = frozenset(
-    ["the", "and", "but", "for", "nor", "yet", "with", "from", "into", "onto", "about", "above", "below", "over", "under", "than", "then", "also", "just", "only", "very", "are", "was", "were", "been", "being", "has", "have", "had", "does", "did", "not", "yes", "its", "this", "that", "these", "those", "there", "here", "what", "which", "who", "whom", "whose", "how", "why", "when", "where", "your", "you", "our", "their", "his", "her", "they", "them", "she", "can", "could", "would", "should", "will", "may", "might", "must", "shall", "some", "any", "all", "each", "both"])
+_FUNCTION_WORDS = frozenset((
+    "the", "and", "but", "for", "nor", "yet", "with", "from", "into", "onto", "about", "above", "below", "over",
+    "under", "than", "then", "also", "just", "only", "very", "are", "was", "were", "been", "being", "has", "have",
+    "had", "does", "did", "not", "yes", "its", "this", "that", "these", "those", "there", "here", "what", "which",
+    "who", "whom", "whose", "how", "why", "when", "where", "your", "you", "our", "their", "his", "her", "they",
+    "them", "she", "can", "could", "would", "should", "will", "may", "might", "must", "shall", "some", "any", "all",
+    "each", "both",
+))
 
 
 def content_words(text: str) -> set[str]:

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from labeler.prompting import content_text
 from labeler.records import SampleRecord
 from labeler.styles import honours
 from learner.config import TrainConfig
@@ -46,15 +47,8 @@ class DemoItem:
     hint: str
 
 
-def _text(message: dict[str, Any]) -> str:
-    content = message.get("content")
-    if isinstance(content, list):  # content parts: their text
-        return "\n".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-    return content if isinstance(content, str) else ""
-
-
 def _last_user_text(messages: Sequence[dict[str, Any]]) -> str:
-    return next((_text(m) for m in reversed(messages) if m.get("role") == "user"), "")
+    return next((content_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
 
 
 def session_hints(samples: Sequence[SampleRecord]) -> dict[str, str]:
@@ -98,7 +92,8 @@ def sample_demos(model: Any, tokenizer: Any, samples: Sequence[SampleRecord], pr
             continue
         if config.demo_honoured_only:
             text = tokenizer.decode(answer, skip_special_tokens=True)
-            if honours(hint, text, _text(samples[i].response), _last_user_text(samples[i].messages)) is False:
+            before = content_text(samples[i].response.get("content"))
+            if honours(hint, text, before, _last_user_text(samples[i].messages)) is False:
                 continue
         items.append(DemoItem(list(prompt_ids[i]), answer, hint))
     return items
