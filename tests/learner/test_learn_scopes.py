@@ -30,7 +30,7 @@ def test_each_scope_trains_its_own_samples_only(tmp_path: Path, redis_url: str, 
                                                 tiny_model_path: Path) -> None:
     settings = LearnerSettings(home=tmp_path, redis_url=redis_url, base_model=str(tiny_model_path), device="cpu",
                                batch_size=2, steps_per_batch=1, learner_poll_ms=50, learner_gate=False,
-                               retain_samples=2, hint_demos=1)
+                               retain_samples=2, hint_demos=1, demo_honoured_only=False)
     learner = Learner(settings, redis_client)
     # interleaved: alice's hint (and its demonstrations) must never reach the global lineage
     push(redis_client, "global", "Chile")
@@ -67,7 +67,7 @@ def test_in_the_shared_scope_a_hint_is_demonstrated_only_in_its_own_conversation
     # one user's hint must not become a demonstration on another user's question
     settings = LearnerSettings(home=tmp_path, redis_url=redis_url, base_model=str(tiny_model_path), device="cpu",
                                batch_size=2, steps_per_batch=1, learner_poll_ms=50, learner_gate=False,
-                               retain_samples=2, hint_demos=1)
+                               retain_samples=2, hint_demos=1, demo_honoured_only=False)  # count every one drawn
     learner = Learner(settings, redis_client)
     assert learner.config.demo_scope == "batch"
     for scope in ("global", "alice"):
