@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from nextstate.supervisor import ChildSpec, Supervisor, backoff_delay
+from tests.support.processes import alive
 
 ROOT = Path(__file__).resolve().parents[2]
 # a child that keeps writing into Redis: proves it really runs against the stack's Redis
@@ -80,16 +81,6 @@ def test_a_restarted_child_is_stopped_once_and_before_what_it_depends_on(tmp_pat
 
 def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie still answers kill(0); it no longer runs
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split(") ")[-1][0] != "Z"
 
 
 def _wait(condition: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> object:
@@ -165,7 +156,7 @@ def test_up_starts_restarts_a_killed_child_and_stops_cleanly(
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=20) == 0
     for pid in [*pids.values(), *again["pids"].values()]:
-        assert not _alive(pid), f"child {pid} survived the stop"
+        assert not alive(pid), f"child {pid} survived the stop"
     assert not state_file.exists()
     text = log.read_text()
     assert "all stopped" in text and "killed after" not in text  # stopped by SIGTERM, within the grace
@@ -228,7 +219,7 @@ def test_up_runs_the_real_stack_and_restarts_a_killed_proxy(tmp_path: Path, tiny
         pids = json.loads((home / "up.json").read_text())["pids"]
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
-        assert not any(_alive(pid) for pid in pids.values())
+        assert not any(alive(pid) for pid in pids.values())
         assert "proxy exited with code -9" in log.read_text()
     finally:
         if process.poll() is None:
