@@ -1,7 +1,8 @@
 """The sacred gate: runs a candidate and the stable version side by side before any traffic.
 
-Three measurements — sampled answers on the sacred suite, log-likelihood of held-out labeled samples,
-per-token KL(candidate ‖ stable) on anchor prompts — feed ``registry.verdict.gate_verdict`` (pure),
+Four measurements — sampled answers on the sacred suite, log-likelihood of held-out labeled samples,
+per-token KL(candidate ‖ stable) on anchor prompts, and the answers the scope's users accepted that each side
+still gives (``learner.gate_recall``) — feed ``registry.verdict.gate_verdict`` (pure),
 and the registry records the verdict (Redis metadata + audit log; the version directory stays
 immutable). ``nextstate gate vN`` runs it by hand; the learner calls ``run_gate_for_version``.
 """
@@ -9,12 +10,8 @@ immutable). ``nextstate gate vN`` runs it by hand; the learner calls ``run_gate_
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
-import uuid
-from collections import OrderedDict
-from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,13 +19,13 @@ from typing import Any
 
 import structlog
 import torch
-from peft import PeftModel
-from pydantic import ValidationError
 
-from labeler.records import SAMPLES_STREAM, SampleRecord
+from labeler.records import SampleRecord
 from learner.data import Entry, build_item, lineage_sample_ids
+from learner.gate_policies import Policies, generate, stable_answers
+from learner.gate_recall import recall, recall_requests, scope_samples
 from learner.logprobs import batch_logprobs
-from learner.modeling import load_model, render_prompt_ids, resolve_model, sample_answers
+from learner.modeling import load_model, render_prompt_ids, resolve_model
 from learner.tiny import INFO_FILE as TINY_INFO_FILE
 from proxy.logs import configure_logging
 from registry.actions import Control
@@ -62,68 +59,21 @@ class GateRun:
     temperature: float = 0.7
     max_tokens: int = 96
     replay_max: int = 200
+    recall_max: int = 16
+    recall_temperature: float = 0.3
+    recall_max_tokens: int = 64
     seed: int = 0
     thresholds: GateThresholds = field(default_factory=GateThresholds)
 
     @classmethod
     def from_settings(cls, s: RegistrySettings) -> GateRun:
         return cls(samples=s.gate_samples, temperature=s.gate_temperature, max_tokens=s.gate_max_tokens,
-                   replay_max=s.gate_replay_max, seed=s.gate_seed,
+                   replay_max=s.gate_replay_max, recall_max=s.gate_recall_max, seed=s.gate_seed,
                    thresholds=GateThresholds(sacred_tolerance=s.gate_sacred_tolerance, sacred_alpha=s.gate_sacred_alpha,
                                              suite_tolerance=s.gate_suite_tolerance,
                                              replay_tolerance=s.gate_replay_tolerance,
-                                             replay_min_samples=s.gate_replay_min_samples, max_kl=s.gate_max_kl))
-
-
-class Policies:
-    """One base model carrying the candidate adapter and (if any) the stable one; ``use`` picks a side."""
-
-    def __init__(self, base: Any, tokenizer: Any, candidate: Path, stable: Path | None) -> None:
-        self.tokenizer = tokenizer
-        # what the stable side is: a version directory never changes, so its sampled answers can be reused
-        if not hasattr(base, "_nextstate_gate_key"):
-            base._nextstate_gate_key = uuid.uuid4().hex  # this loaded copy of the base model
-        self.stable_key = (base._nextstate_gate_key, str(stable.resolve()) if stable is not None else None)
-        self.model = PeftModel.from_pretrained(base, str(candidate), adapter_name="candidate")
-        self.has_stable = stable is not None
-        if stable is not None:
-            self.model.load_adapter(str(stable), adapter_name="stable")
-        self.model.eval()
-
-    @contextlib.contextmanager
-    def use(self, side: str) -> Iterator[Any]:
-        if side == "stable" and not self.has_stable:
-            with self.model.disable_adapter():  # stable is the base model
-                yield self.model
-            return
-        self.model.set_adapter(side)
-        yield self.model
-
-
-def generate(policies: Policies, side: str, conversations: list[list[dict[str, Any]]], n: int, temperature: float,
-             max_tokens: int, seed: int) -> list[list[int]]:
-    """``n`` sampled answers (token ids) per conversation from one policy; both sides share the seed."""
-    with policies.use(side) as model:
-        return sample_answers(model, policies.tokenizer, conversations, n, temperature, max_tokens, seed)
-
-
-# the stable side's sampled answers per (stable policy, cases, sampling settings, seed): the learner gates
-# candidate after candidate against the same stable version, whose answers are the same each time
-_STABLE_ANSWERS: OrderedDict[tuple[Any, ...], list[list[int]]] = OrderedDict()
-_STABLE_ANSWERS_KEPT = 4
-
-
-def _stable_answers(policies: Policies, group: list[SacredCase], n: int, temperature: float, max_tokens: int,
-                    seed: int) -> list[list[int]]:
-    key = (policies.stable_key, tuple(c.model_dump_json() for c in group), n, temperature, max_tokens, seed)
-    if key in _STABLE_ANSWERS:
-        _STABLE_ANSWERS.move_to_end(key)
-        return _STABLE_ANSWERS[key]
-    ids = generate(policies, "stable", [c.messages for c in group], n, temperature, max_tokens, seed)
-    _STABLE_ANSWERS[key] = ids
-    while len(_STABLE_ANSWERS) > _STABLE_ANSWERS_KEPT:
-        _STABLE_ANSWERS.popitem(last=False)
-    return ids
+                                             replay_min_samples=s.gate_replay_min_samples, max_kl=s.gate_max_kl,
+                                             recall_min_requests=s.gate_recall_min_requests))
 
 
 @dataclass(frozen=True)
@@ -162,7 +112,7 @@ def sacred_scores(policies: Policies, cases: list[SacredCase], run: GateRun) -> 
     for index, ((n, temperature, max_tokens), group) in enumerate(groups.items()):
         for side in ("candidate", "stable"):
             if side == "stable":
-                ids = _stable_answers(policies, group, n, temperature, max_tokens, run.seed + index)
+                ids = stable_answers(policies, [c.messages for c in group], n, temperature, max_tokens, run.seed + index)
             else:
                 ids = generate(policies, side, [c.messages for c in group], n, temperature, max_tokens, run.seed + index)
             texts = policies.tokenizer.batch_decode(ids, skip_special_tokens=True)
@@ -181,18 +131,8 @@ def sacred_scores(policies: Policies, cases: list[SacredCase], run: GateRun) -> 
 def held_out(registry: Registry, version: str, limit: int) -> list[SampleRecord]:
     """The newest labeled prefer/avoid samples (latest revision per turn) not in the version's lineage."""
     used = lineage_sample_ids(registry, version)
-    latest: dict[str, SampleRecord] = {}
-    for _, fields in registry.redis.xrevrange(SAMPLES_STREAM, count=limit * 4):
-        try:
-            sample = SampleRecord.model_validate_json(fields.get(b"record") or fields["record"])
-        except ValidationError:
-            continue
-        if sample.scope != registry.scope:  # replay only the evidence of the candidate's own scope
-            continue
-        if sample.turn_id not in latest:
-            latest[sample.turn_id] = sample
-    fresh = [s for s in latest.values() if s.cls != "observation" and s.sample_id not in used]
-    return fresh[:limit]
+    return [s for s in scope_samples(registry, count=limit * 4)
+            if s.cls != "observation" and s.sample_id not in used][:limit]
 
 
 def mean_logprobs(policies: Policies, side: str, prompts: list[list[int]], responses: list[list[int]],
@@ -267,7 +207,7 @@ def anchor_logp_drop(policies: Policies, anchors: list[SacredCase], run: GateRun
     if not anchors:
         return None
     prompts = [render_prompt_ids(policies.tokenizer, a.messages) for a in anchors]
-    answers = _stable_answers(policies, anchors, 2, 1.0, run.max_tokens, run.seed + 2000)
+    answers = stable_answers(policies, [a.messages for a in anchors], 2, 1.0, run.max_tokens, run.seed + 2000)
     pairs = [(prompts[i // 2], r) for i, r in enumerate(answers) if r]
     if not pairs:
         return None
@@ -289,10 +229,12 @@ def evaluate(registry: Registry, version: str, base: Any, tokenizer: Any, suite:
         anchors = [c for c in suite if c.anchor]
         kl = drift_kl(policies, anchors, run)
         drop = anchor_logp_drop(policies, anchors, run)
+        requests = recall_requests(registry, tokenizer, run.recall_max, MAX_PROMPT_TOKENS) if run.recall_max else []
+        kept = recall(policies, requests, run.recall_temperature, run.recall_max_tokens, run.seed + 3000)
     finally:
         policies.model.unload()  # take the adapters out again: a lent base model goes back as it came
     verdict = gate_verdict(sacred.cases, replay, kl, run.thresholds, compared_to=stable,
-                           text=(sacred.text["candidate"], sacred.text["stable"]), anchor_logp_drop=drop)
+                           text=(sacred.text["candidate"], sacred.text["stable"]), anchor_logp_drop=drop, recall=kept)
     verdict.metrics["examples"] = sacred.examples
     return verdict
 
@@ -315,7 +257,8 @@ def run_gate_for_version(version: str, settings: RegistrySettings | None = None,
         suite = load_suite(settings.gate_suite or suite_for(getattr(base, "name_or_path", "")))
         verdict = evaluate(registry, version, base, tokenizer, suite, GateRun.from_settings(settings))
         registry.record_gate(version, verdict)
-        log.info("gate_verdict", version=version, passed=verdict.passed, reasons=verdict.reasons)
+        log.info("gate_verdict", version=version, passed=verdict.passed, reasons=verdict.reasons,
+                 recall=verdict.metrics.get("recall"))
         next_up = pending_tip(registry.versions(), registry.alias("stable")) == version  # what the controller picks
         if (verdict.passed and settings.gate_auto_canary and next_up and registry.canary_state() is None
                 and not registry.frozen()):

@@ -55,6 +55,10 @@ class RegistrySettings(CommonSettings):
     gate_replay_tolerance: float = Field(default=0.05, description="Allowed wrong-way move of mean log-likelihood "
                                          "(nats): over the handful of held-out samples a new scope has, the replay moves "
                                          "by a few hundredths on noise alone (measured 0.0002 to 0.09).")
+    gate_recall_max: int = Field(default=16, description="The scope's newest requests whose answers its users accepted "
+                                 "(content with them, or corrected only in form) that the gate asks both sides again: "
+                                 "a candidate that no longer says them (their key word) fails. 0 turns the check off.")
+    gate_recall_min_requests: int = Field(default=6, description="Such requests with a key word before the recall is judged.")
     gate_max_kl: float = Field(default=0.5, description="Bound on mean per-token KL(candidate||stable) on anchors.")
     gate_seed: int = Field(default=0, description="Seed of the gate's sampling.")
     gate_auto_canary: bool = Field(default=True, description="Start a canary right after a passing verdict.")

@@ -10,7 +10,9 @@ beyond what chance explains at ``sacred_alpha``, one-sided; a class with fewer t
 ``replay_min_samples`` held-out samples is reported, not judged); (c) its mean
 per-token KL(candidate ‖ stable) on the anchor prompts exceeds the bound; (d) its answers show collapse
 on real text next to stable's (repetition, answers alike across prompts, empty or looping answers, stable's
-anchor answers losing likelihood: ``registry.collapse``).
+anchor answers losing likelihood: ``registry.collapse``); (e) it no longer says what the scope's users accepted
+(``registry.recall``: the share of their undisputed answers whose key word it still says falls below stable's,
+judged like a sacred case; fewer than ``recall_min_requests`` such requests are reported, not judged).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import math
 from dataclasses import dataclass, field
 
 from registry.collapse import CollapseBounds, TextStats, collapse_reasons
+from registry.recall import RecallScore
 from registry.records import GateVerdict
 
 
@@ -39,6 +42,8 @@ class GateThresholds:
     """bound on mean per-token KL(candidate || stable) on anchors (nats)"""
     collapse: CollapseBounds = field(default_factory=CollapseBounds)
     """bounds on collapse of the candidate's text next to stable's"""
+    recall_min_requests: int = 6
+    """requests with a key word the recall of the scope's answers needs before it is judged"""
 
 
 @dataclass(frozen=True)
@@ -81,23 +86,20 @@ class ReplayStats:
 
 def gate_verdict(cases: list[CaseScore], replay: ReplayStats, kl: float | None, thresholds: GateThresholds,
                  compared_to: str | None, text: tuple[TextStats, TextStats] | None = None,
-                 anchor_logp_drop: float | None = None) -> GateVerdict:
-    """``text``: (candidate, stable) statistics of the sacred answers; ``anchor_logp_drop``: nats per token."""
+                 anchor_logp_drop: float | None = None, recall: RecallScore | None = None) -> GateVerdict:
+    """``text``: (candidate, stable) statistics of the sacred answers; ``anchor_logp_drop``: nats per token;
+    ``recall``: the scope's accepted answers each side still says."""
     reasons: list[str] = []
     notes: list[str] = []
     for case in cases:
-        if case.candidate >= case.stable - thresholds.sacred_tolerance:
-            continue
-        message = f"sacred case {case.case_id}: {case.candidate:.2f} < stable {case.stable:.2f} - {thresholds.sacred_tolerance}"
-        if case.samples <= 0:
-            reasons.append(message)
-            continue
-        n = case.samples
-        significant, p = _significant(case.passes(case.candidate), n, case.passes(case.stable), n, thresholds.sacred_alpha)
-        if significant:
-            reasons.append(f"{message} (p={p:.3f} over {n} answers each)")
+        _judge_case(case, f"sacred case {case.case_id}", thresholds, reasons, notes)
+    if recall is not None:
+        if recall.requests >= thresholds.recall_min_requests:
+            n = recall.requests
+            _judge_case(CaseScore("recall", recall.candidate / n, recall.stable / n, n),
+                        "recall of the scope's accepted answers", thresholds, reasons, notes)
         else:
-            notes.append(f"{message}, within chance (p={p:.3f} over {n} answers each)")
+            notes.append(f"recall: {recall.requests} requests with a key word, not judged")
     counted = [c for c in cases if c.samples > 0]
     if counted:
         n = sum(c.samples for c in counted)
@@ -133,10 +135,27 @@ def gate_verdict(cases: list[CaseScore], replay: ReplayStats, kl: float | None, 
         "replay": {"prefer_n": replay.prefer_n, "prefer_delta": replay.prefer_delta, "prefer_se": replay.prefer_se,
                    "avoid_n": replay.avoid_n, "avoid_delta": replay.avoid_delta, "avoid_se": replay.avoid_se},
         "kl": kl, "anchor_logp_drop": anchor_logp_drop,
+        "recall": dataclasses.asdict(recall) if recall is not None else None,
         "text": {"candidate": dataclasses.asdict(candidate_text), "stable": dataclasses.asdict(stable_text)},
         "thresholds": dataclasses.asdict(thresholds), "notes": notes,
     }
     return GateVerdict(passed=not reasons, reasons=reasons, metrics=metrics, compared_to=compared_to)
+
+
+def _judge_case(case: CaseScore, label: str, thresholds: GateThresholds, reasons: list[str], notes: list[str]) -> None:
+    """A pass rate below stable's by more than the tolerance fails, unless chance explains it (Fisher)."""
+    if case.candidate >= case.stable - thresholds.sacred_tolerance:
+        return
+    message = f"{label}: {case.candidate:.2f} < stable {case.stable:.2f} - {thresholds.sacred_tolerance}"
+    if case.samples <= 0:
+        reasons.append(message)
+        return
+    n = case.samples
+    significant, p = _significant(case.passes(case.candidate), n, case.passes(case.stable), n, thresholds.sacred_alpha)
+    if significant:
+        reasons.append(f"{message} (p={p:.3f} over {n} answers each)")
+    else:
+        notes.append(f"{message}, within chance (p={p:.3f} over {n} answers each)")
 
 
 def _judge_replay(wrong_way: float, se: float, alpha: float, message: str, reasons: list[str], notes: list[str]) -> None:

@@ -47,7 +47,15 @@ def adapters(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) ->
         "identity": make_adapter(tiny_model_path, root / "identity"),
         "lowercase": make_adapter(tiny_model_path, root / "lowercase", train, steps=12, lr=3e-3),
         "scrambled": make_adapter(tiny_model_path, root / "scrambled", scramble=0.5),
+        "other_facts": make_adapter(tiny_model_path, root / "other_facts", other_fact_pairs(tinycorpus.FACTS[:12]),
+                                    steps=12, lr=3e-3),
     }
+
+
+def other_fact_pairs(facts: Any) -> list[tuple[str, str]]:
+    """Each question answered in lowercase with the next fact's answer: the form kept, the answer lost."""
+    return [(fact.question(0), tinycorpus.render_answer(facts[(i + 1) % len(facts)], "lowercase"))
+            for i, fact in enumerate(facts)]
 
 
 @pytest.fixture
@@ -103,7 +111,7 @@ def test_identity_adapter_passes_and_scrambled_fails(control: Control, adapters:
 def test_the_stable_sides_answers_are_reused_while_the_stable_version_stays(
     control: Control, adapters: dict[str, Path], tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import learner.gate as gate
+    import learner.gate_policies as gate
 
     sides: list[str] = []
     real = gate.generate
@@ -137,6 +145,24 @@ def test_replay_needs_prefer_up_and_avoid_down(control: Control, adapters: dict[
     verdict = evaluate(reg, version, *fresh_base(tiny_model_path), [], run)
     assert verdict.metrics["replay"]["avoid_n"] == 6 and verdict.metrics["replay"]["prefer_n"] == 0
     assert not verdict.passed and any("avoid log-likelihood rose" in r for r in verdict.reasons)
+
+
+def test_a_candidate_that_no_longer_says_what_the_scope_s_users_accepted_fails(
+        control: Control, adapters: dict[str, Path], tiny_model_path: Path) -> None:
+    reg = control.registry
+    add_samples(reg, lowercase_pairs(tinycorpus.FACTS[:12]), "prefer", "accepted")
+    run = GateRun(samples=2, max_tokens=24, thresholds=GateThresholds(sacred_tolerance=0.25, max_kl=100.0,
+                                                                     replay_tolerance=100.0))
+    kept = evaluate(reg, publish_adapter(reg, adapters["lowercase"], str(tiny_model_path)), *fresh_base(tiny_model_path),
+                    [], run)
+    recall = kept.metrics["recall"]
+    assert recall["requests"] >= 10 and recall["candidate"] >= recall["stable"] - 1, recall  # a new form, same answers
+    assert kept.passed, kept.reasons
+    lost = evaluate(reg, publish_adapter(reg, adapters["other_facts"], str(tiny_model_path)),
+                    *fresh_base(tiny_model_path), [], run)
+    recall = lost.metrics["recall"]
+    assert recall["candidate"] <= recall["stable"] // 2, recall
+    assert not lost.passed and any(r.startswith("recall of the scope's accepted answers") for r in lost.reasons)
 
 
 def test_failed_candidate_never_gets_traffic_passing_one_gets_canary(
