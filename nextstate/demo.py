@@ -26,7 +26,7 @@ from bench.prefbench.report import curve, plot, sparkline
 from bench.prefbench.runner import USER_SCOPE, BenchConfig, run_one, settings_report
 from bench.prefbench.simulator import FeedbackMix
 from bench.prefbench.stack import Progress
-from bench.prefbench.user import Interaction
+from bench.prefbench.user import TEXT_MAX_TOKENS, Interaction
 from proxy.settings import CommonSettings
 
 
@@ -102,8 +102,10 @@ def main(argv: list[str]) -> int:
                          interactions=args.interactions, every=args.every, eval_prompts=12,
                          mix=FeedbackMix(silent_p=0.1, noise_p=0.0), model_cache=cache, jobs=1)
     if args.model != "tiny-chat":  # the learner takes the real model's own preset ('small')
-        config = dataclasses.replace(config, extra_env={"NEXTSTATE_BASE_MODEL": MODELS[args.model]})
-        print(f"   settings: NEXTSTATE_BASE_MODEL={MODELS[args.model]} (--model)")
+        config = dataclasses.replace(config, extra_env={"NEXTSTATE_BASE_MODEL": MODELS[args.model]},
+                                     max_tokens=TEXT_MAX_TOKENS)
+        print(f"   settings: NEXTSTATE_BASE_MODEL={MODELS[args.model]} (--model); the user asks for at most "
+              f"{TEXT_MAX_TOKENS} tokens (the real model's answers say the fact within that; longer ones cost the CPU)")
     home = root / f"{args.model}-{args.method}-{args.persona}-s{args.seed}"
     print(settings_report(config), flush=True)
     print("2/3 starting the stack (redis, policy server, proxy, labeler, learner, controller) ...", flush=True)

@@ -18,6 +18,7 @@ from bench.prefbench.runner import METHODS, BenchConfig, run_matrix, settings_re
 from bench.prefbench.simulator import FeedbackMix
 from bench.prefbench.stack import stop_stacks_on_termination
 from bench.prefbench.streak import sessions_to_streak
+from bench.prefbench.user import MAX_TOKENS, TEXT_MAX_TOKENS
 
 DEFAULT_OUT = Path("bench/out/prefbench")
 TEXT_DEFAULT_PERSONAS = ("brief", "skimmer", "oneliner")
@@ -43,6 +44,10 @@ def real_model_changes(model: str, args: argparse.Namespace) -> dict[str, object
         reasons.append(f"questions on {','.join(SMOLLM2_TOPICS)} only: the topics whose facts SmolLM2-135M-Instruct "
                        "gets right at its own sampling (0.85 and 0.90 of answers; colors 0.33, animal sounds 0.02, "
                        "counts 0.05), so the user's reactions are about its preference, not about wrong facts")
+    changes["max_tokens"] = TEXT_MAX_TOKENS
+    reasons.append(f"the user asks for at most {TEXT_MAX_TOKENS} tokens instead of {MAX_TOKENS}: the real model's "
+                   "answers to these questions say the fact and start a list within that, and longer answers cost the "
+                   "busy CPU (the tiny model needs its detail answers whole, up to 83 tokens)")
     changes["idle_timeout_s"] = 20.0
     reasons.append("idle timeout 20 s instead of the tiny model's 6 s: an answer of the real model on a busy CPU takes "
                    "several seconds, and a conversation must not be closed between two of its messages")

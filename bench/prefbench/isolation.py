@@ -79,7 +79,7 @@ def run(config: BenchConfig, seed: int, home: Path, rounds: int) -> dict[str, An
             rng = random.Random(f"isolation-{name}-{seed}")
             model = config.model or clients[name].models.list().data[0].id
             users[name] = SimulatedUser(clients[name], model, PERSONAS[persona], config.mix, rng,
-                                        question_stream(pools, rng), f"{name}-{seed}")
+                                        question_stream(pools, rng), f"{name}-{seed}", max_tokens=config.max_tokens)
             pipelines[name] = Pipeline(connect(stack.redis_url, socket_timeout=5), scope=scope_of(key))
 
         def settle() -> None:
@@ -91,7 +91,7 @@ def run(config: BenchConfig, seed: int, home: Path, rounds: int) -> dict[str, An
             for name, _, _ in USERS:
                 for _, persona, _ in USERS:
                     result = evaluate(clients[name], users[name].model, PERSONAS[persona], pools.evaluate,
-                                      f"{name}-{persona}-{users[name].count}")
+                                      f"{name}-{persona}-{users[name].count}", max_tokens=config.max_tokens)
                     points.append({"user": name, "preference": persona, "interactions": users[name].count,
                                    "satisfaction": result.satisfaction, "served_by": list(result.versions),
                                    "stable": pipelines[name].refresh().stable})

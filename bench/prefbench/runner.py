@@ -30,7 +30,7 @@ from bench.prefbench.personas_text import TEXT_PERSONAS
 from bench.prefbench.questions import question_stream, split_pools
 from bench.prefbench.simulator import FeedbackMix
 from bench.prefbench.stack import Pipeline, Progress, Stack
-from bench.prefbench.user import Interaction, SimulatedUser, evaluate
+from bench.prefbench.user import MAX_TOKENS, Interaction, SimulatedUser, evaluate
 from proxy.redis_connect import connect
 
 METHODS = ("none", "rl", "opd", "combined")
@@ -68,6 +68,8 @@ class BenchConfig:
     """Pause before each message of the simulated user (reading time), so records reach the loop."""
     model: str | None = None
     """Model name clients send; unset = the first model the proxy lists."""
+    max_tokens: int = MAX_TOKENS
+    """The longest answer the simulated user asks for (``max_tokens`` of its requests)."""
     model_cache: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     jobs: int = 2
@@ -167,7 +169,7 @@ def run_one(config: BenchConfig, method: str, persona_name: str, seed: int, home
         pools = split_pools(seed, config.eval_prompts, config.topics)
         rng = random.Random(f"prefbench-{persona_name}-{seed}")  # the same user behaviour for every method
         user = SimulatedUser(client, model, persona, config.mix, rng, question_stream(pools, rng), f"{method}-{seed}",
-                             opt_in=config.opt_in)
+                             opt_in=config.opt_in, max_tokens=config.max_tokens)
         timeouts: list[str] = []
         interactions: list[dict[str, Any]] = []
         points: list[dict[str, Any]] = []
@@ -200,7 +202,8 @@ def run_one(config: BenchConfig, method: str, persona_name: str, seed: int, home
         def checkpoint() -> None:
             if method != "none":
                 settle()
-            result = evaluate(client, model, persona, pools.evaluate, f"{method}-{seed}-c{user.count}")
+            result = evaluate(client, model, persona, pools.evaluate, f"{method}-{seed}-c{user.count}",
+                              max_tokens=config.max_tokens)
             progress = pipeline.refresh()
             points.append({"method": method, "persona": persona_name, "seed": seed, "wording": wording,
                            "interactions": user.count,

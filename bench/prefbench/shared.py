@@ -76,7 +76,7 @@ def run(config: BenchConfig, seed: int, home: Path, interactions: int, every_s: 
         pipeline = Pipeline(connect(stack.redis_url, socket_timeout=5))
         users = [SimulatedUser(client, model, PERSONAS[persona], config.mix, random.Random(f"shared-{name}-{seed}"),
                                question_stream(pools, random.Random(f"shared-q-{name}-{seed}")), f"{name}-{seed}",
-                               opt_in=opt_in) for name, persona, opt_in in mix]
+                               opt_in=opt_in, max_tokens=config.max_tokens) for name, persona, opt_in in mix]
         errors: list[str] = []
         timeouts: list[str] = []
 
@@ -91,7 +91,8 @@ def run(config: BenchConfig, seed: int, home: Path, interactions: int, every_s: 
             done = sum(u.count for u in users)
             preferences = sorted({p for _, p, _ in mix})
             for persona in preferences:
-                result = evaluate(client, model, PERSONAS[persona], pools.evaluate, f"shared-{persona}-{done}")
+                result = evaluate(client, model, PERSONAS[persona], pools.evaluate, f"shared-{persona}-{done}",
+                                  max_tokens=config.max_tokens)
                 points.append({"preference": persona, "interactions": done, "satisfaction": result.satisfaction,
                                "facts": result.fact_accuracy, "served_by": list(result.versions),
                                "stable": progress.stable, "elapsed_s": round(time.monotonic() - started, 1)})

@@ -25,7 +25,11 @@ from bench.prefbench.questions import EvalPrompt
 from bench.prefbench.simulator import FeedbackMix, next_message, react
 from learner.tinycorpus import Fact, fact_correct
 
-MAX_TOKENS = 64
+MAX_TOKENS = 96
+"""What the user asks for at most: the tiny model's longest style, a detail answer, takes up to 83 tokens."""
+TEXT_MAX_TOKENS = 64
+"""The same for a real model: its answers to the bench's questions say the fact and start a list within 64
+tokens, and every longer answer costs a busy CPU."""
 
 
 @dataclass(frozen=True)
@@ -47,9 +51,9 @@ class EvalResult:
 
 
 def _chat(client: openai.OpenAI, model: str, messages: list[dict[str, str]], seed: int,
-          headers: dict[str, str]) -> tuple[str, dict[str, str]]:
+          headers: dict[str, str], max_tokens: int) -> tuple[str, dict[str, str]]:
     raw = client.chat.completions.with_raw_response.create(
-        model=model, messages=messages, max_tokens=MAX_TOKENS, seed=seed,  # type: ignore[arg-type]
+        model=model, messages=messages, max_tokens=max_tokens, seed=seed,  # type: ignore[arg-type]
         extra_headers=headers,
     )
     completion = raw.parse()
@@ -72,6 +76,7 @@ class SimulatedUser:
     volunteers for candidates); False = a plain client with no nextstate header."""
     questions_per_session: int = 3
     max_attempts: int = 2
+    max_tokens: int = MAX_TOKENS
     sessions: int = 0
     count: int = 0
 
@@ -95,7 +100,8 @@ class SimulatedUser:
         while True:
             messages.append({"role": "user", "content": pending})
             before_each()
-            answer, response_headers = _chat(self.client, self.model, messages, self.rng.randrange(2**31), headers)
+            answer, response_headers = _chat(self.client, self.model, messages, self.rng.randrange(2**31), headers,
+                                             self.max_tokens)
             messages.append({"role": "assistant", "content": answer})
             self.count += 1
             attempts += 1
@@ -109,7 +115,8 @@ class SimulatedUser:
                 if reaction.text:  # deliver the last reaction as the next state (its answer goes unread)
                     messages.append({"role": "user", "content": reaction.text})
                     done = {"X-Session-Done": "true"} if self.opt_in else {}  # a plain client just stops
-                    _chat(self.client, self.model, messages, self.rng.randrange(2**31), {**headers, **done})
+                    _chat(self.client, self.model, messages, self.rng.randrange(2**31), {**headers, **done},
+                          self.max_tokens)
                 return
             if retry:
                 pending = reaction.text
@@ -120,7 +127,7 @@ class SimulatedUser:
 
 
 def evaluate(client: openai.OpenAI, model: str, persona: Persona, prompts: tuple[EvalPrompt, ...],
-             tag: str, concurrency: int = 8) -> EvalResult:
+             tag: str, concurrency: int = 8, max_tokens: int = MAX_TOKENS) -> EvalResult:
     """Fresh prompts, no hint, answered by what the proxy serves as stable; nothing is recorded.
 
     The prompts are sent ``concurrency`` at a time (the policy server decodes them in one batch); each
@@ -131,7 +138,7 @@ def evaluate(client: openai.OpenAI, model: str, persona: Persona, prompts: tuple
         i, prompt = item
         headers = {"X-NextState-Record": "off", "X-NextState-Canary": "0", "X-Session-Id": f"{tag}-e{i}"}
         answer, response_headers = _chat(client, model, [{"role": "user", "content": prompt.question}],
-                                         prompt.seed, headers)
+                                         prompt.seed, headers, max_tokens)
         return (persona.satisfied_by(answer), fact_correct(answer, prompt.fact),
                 response_headers.get("x-nextstate-version") or "base")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from learner import tinycorpus
@@ -90,3 +92,17 @@ def test_instructions_are_asked_with_and_without_please() -> None:
     phrasings = {tinycorpus._instruction(rng, "bullets") for _ in range(400)}
     assert {"Please reply with a bulleted list.", "Reply with a bulleted list.", "Please use bullet points."} <= phrasings
     assert all(find_style_request(p) == "bullets" for p in phrasings)
+
+
+def test_every_styled_answer_fits_what_the_bench_user_and_the_learner_ask_for(tiny_model_path: Path) -> None:
+    """A detail answer cut at the token cap is no detail answer: the cap must hold the longest one whole."""
+    from transformers import AutoTokenizer
+
+    from bench.prefbench.user import MAX_TOKENS
+    from learner.config import TrainConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    longest = max(len(tokenizer(tinycorpus.render_answer(fact, style))["input_ids"]) + 1  # with its end-of-turn token
+                  for fact in tinycorpus.FACTS for style in tinycorpus.STYLES)
+    preset = TrainConfig.tiny()
+    assert 64 < longest <= min(MAX_TOKENS, preset.demo_max_tokens, preset.retain_max_tokens)
