@@ -60,6 +60,7 @@ class GateRun:
     max_tokens: int = 96
     replay_max: int = 200
     recall_max: int = 16
+    recall_answers: int = 2
     recall_temperature: float = 0.3
     recall_max_tokens: int = 64
     seed: int = 0
@@ -230,7 +231,8 @@ def evaluate(registry: Registry, version: str, base: Any, tokenizer: Any, suite:
         kl = drift_kl(policies, anchors, run)
         drop = anchor_logp_drop(policies, anchors, run)
         requests = recall_requests(registry, tokenizer, run.recall_max, MAX_PROMPT_TOKENS) if run.recall_max else []
-        kept = recall(policies, requests, run.recall_temperature, run.recall_max_tokens, run.seed + 3000)
+        kept = recall(policies, requests, run.recall_answers, run.recall_temperature, run.recall_max_tokens,
+                      run.seed + 3000)
     finally:
         policies.model.unload()  # take the adapters out again: a lent base model goes back as it came
     verdict = gate_verdict(sacred.cases, replay, kl, run.thresholds, compared_to=stable,

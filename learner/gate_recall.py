@@ -47,15 +47,18 @@ def recall_requests(registry: Registry, tokenizer: Any, limit: int, max_prompt_t
     return requests
 
 
-def recall(policies: Policies, requests: list[RecallRequest], temperature: float, max_tokens: int,
+def recall(policies: Policies, requests: list[RecallRequest], answers: int, temperature: float, max_tokens: int,
            seed: int) -> RecallScore | None:
-    """Two answers from stable (the first picks each key word, the second is counted) and one from the
-    candidate per request; None when there is no request."""
+    """Per request, ``answers`` + 1 answers from stable (the first picks the key word, the others are counted)
+    and ``answers`` from the candidate; None when there is no request."""
     if not requests:
         return None
-    conversations = [r.messages for r in requests]
+    conversations, k = [r.messages for r in requests], answers
     decode = policies.tokenizer.batch_decode
-    stable = decode(stable_answers(policies, conversations, 2, temperature, max_tokens, seed), skip_special_tokens=True)
-    candidate = decode(generate(policies, "candidate", conversations, 1, temperature, max_tokens, seed),
+    stable = decode(stable_answers(policies, conversations, k + 1, temperature, max_tokens, seed), skip_special_tokens=True)
+    candidate = decode(generate(policies, "candidate", conversations, k, temperature, max_tokens, seed),
                        skip_special_tokens=True)
-    return recall_score(requests, stable[0::2], stable[1::2], candidate)
+    per_request = range(len(requests))
+    return recall_score(requests, [stable[i * (k + 1)] for i in per_request],
+                        [stable[i * (k + 1) + 1:(i + 1) * (k + 1)] for i in per_request],
+                        [candidate[i * k:(i + 1) * k] for i in per_request])

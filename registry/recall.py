@@ -11,9 +11,12 @@ request itself does not contain, that the stable version's own answer to the sam
 and that is not common to the scope's accepted answers (in more than a quarter of them: "sure",
 "city", a sign-off). Which word carries an answer is not known; the first one both the accepted
 answer and stable say is, on short questions, the answer itself ("Paris", "cold"), and a change of
-form (a list, lowercase, one word, more detail) keeps it. The gate samples a second answer from
-stable and one from the candidate, counts the answers that still contain their key word, and fails a
-drop judged like a sacred case (``registry.verdict``: tolerance, then a one-sided Fisher exact test).
+form (a list, lowercase, one word, more detail) keeps it. The gate samples more answers from stable
+and as many from the candidate (two each by default), counts the answers that still contain their key
+word, and fails a drop judged like a sacred case (``registry.verdict``: tolerance, then a one-sided Fisher
+exact test over the answers). Two answers of one request are not independent trials, so the test is
+somewhat keener than its nominal level; the tolerance stands in front of it. With one answer each, a
+drop from 9 of 9 to 6 of 9 was within chance (p = 0.10) on a real run; with two, the same share is not.
 """
 
 from __future__ import annotations
@@ -95,22 +98,25 @@ class RecallScore:
 
     requests: int
     """requests with a key word (the others are not counted)"""
+    answers: int
+    """answers counted per side (over those requests)"""
     candidate: int
     stable: int
 
 
-def recall_score(requests: Sequence[RecallRequest], stable_first: Sequence[str], stable_second: Sequence[str],
-                 candidate: Sequence[str]) -> RecallScore:
-    """Count, over the requests that have a key word (chosen with stable's first answers), the candidate's
-    answers and stable's second answers that contain it. Counts only: the verdict is kept in the registry's
+def recall_score(requests: Sequence[RecallRequest], stable_first: Sequence[str],
+                 stable_counted: Sequence[Sequence[str]], candidate: Sequence[Sequence[str]]) -> RecallScore:
+    """Count, over the requests that have a key word (chosen with stable's first answer), the candidate's
+    answers and stable's further answers that contain it. Counts only: the verdict is kept in the registry's
     audit trail, which must hold none of the users' words."""
     common = common_words(requests)
-    counted = cand = stab = 0
-    for request, first, second, answer in zip(requests, stable_first, stable_second, candidate, strict=True):
+    counted = answers = cand = stab = 0
+    for request, first, seconds, theirs in zip(requests, stable_first, stable_counted, candidate, strict=True):
         key = key_word(request, first, common)
         if key is None:
             continue
         counted += 1
-        stab += says(second, key)
-        cand += says(answer, key)
-    return RecallScore(counted, cand, stab)
+        answers += len(theirs)
+        stab += sum(says(a, key) for a in seconds)
+        cand += sum(says(a, key) for a in theirs)
+    return RecallScore(counted, answers, cand, stab)

@@ -95,7 +95,7 @@ def gate_verdict(cases: list[CaseScore], replay: ReplayStats, kl: float | None, 
         _judge_case(case, f"sacred case {case.case_id}", thresholds, reasons, notes)
     if recall is not None:
         if recall.requests >= thresholds.recall_min_requests:
-            n = recall.requests
+            n = recall.answers
             _judge_case(CaseScore("recall", recall.candidate / n, recall.stable / n, n),
                         "recall of the scope's accepted answers", thresholds, reasons, notes)
         else:

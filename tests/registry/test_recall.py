@@ -84,27 +84,30 @@ def test_a_change_of_form_keeps_the_answer_and_other_capitals_lose_it() -> None:
     requests = [request(q, f"It is {a}.") for q, a in facts]
     stable = [f"The answer is {a}." for _, a in facts]
     in_form = ["- paris\n- a big city", "tokyo", "ROME.", "- Cold\n- not hot"]
-    score = recall_score(requests, stable, stable, in_form)
-    assert (score.requests, score.candidate, score.stable) == (4, 4, 4)
+    score = recall_score(requests, stable, [[a] for a in stable], [[a] for a in in_form])
+    assert (score.requests, score.answers, score.candidate, score.stable) == (4, 4, 4, 4)
     others = ["- Berlin\n- Madrid", "- Tokyo\n- Osaka", "- Paris\n- Lyon", "- Warm\n- Cool"]
-    score = recall_score(requests, stable, stable, others)
-    assert (score.requests, score.candidate, score.stable) == (4, 1, 4)  # Tokyo kept, three answers lost
+    score = recall_score(requests, stable, [[a, a] for a in stable], [[a, b] for a, b in zip(others, in_form, strict=True)])
+    assert (score.requests, score.answers, score.candidate, score.stable) == (4, 8, 5, 8)  # Tokyo, and the in-form ones
     # stable's second answer is counted like the candidate's: a key it drops counts against it too
-    score = recall_score(requests, stable, ["Paris.", "Kyoto.", "Rome.", "Cold."], in_form)
+    score = recall_score(requests, stable, [["Paris."], ["Kyoto."], ["Rome."], ["Cold."]], [[a] for a in in_form])
     assert (score.candidate, score.stable) == (4, 3)
 
 
 def test_the_verdict_fails_a_candidate_that_loses_the_scope_s_answers() -> None:
     thresholds = GateThresholds()
-    lost = gate_verdict([], ReplayStats(), None, thresholds, compared_to="v1", recall=RecallScore(16, 8, 15))
+    lost = gate_verdict([], ReplayStats(), None, thresholds, compared_to="v1", recall=RecallScore(8, 16, 8, 15))
     assert not lost.passed
     assert lost.reasons == ["recall of the scope's accepted answers: 0.50 < stable 0.94 - 0.25 (p=0.008 over 16 answers each)"]
     assert lost.metrics["recall"]["candidate"] == 8
-    kept = gate_verdict([], ReplayStats(), None, thresholds, compared_to="v1", recall=RecallScore(16, 13, 15))
+    kept = gate_verdict([], ReplayStats(), None, thresholds, compared_to="v1", recall=RecallScore(8, 16, 13, 15))
     assert kept.passed
-    chance = gate_verdict([], ReplayStats(), None, thresholds, compared_to="v1", recall=RecallScore(6, 3, 6))
+    chance = gate_verdict([], ReplayStats(), None, thresholds, compared_to="v1", recall=RecallScore(6, 6, 3, 6))
     assert chance.passed and any("recall of the scope's accepted answers" in n and "within chance" in n
                                  for n in chance.metrics["notes"])
-    few = gate_verdict([], ReplayStats(), None, thresholds, compared_to="v1", recall=RecallScore(5, 0, 5))
+    few = gate_verdict([], ReplayStats(), None, thresholds, compared_to="v1", recall=RecallScore(5, 10, 0, 10))
     assert few.passed and "recall: 5 requests with a key word, not judged" in few.metrics["notes"]
     assert gate_verdict([], ReplayStats(), None, thresholds, compared_to=None).metrics["recall"] is None
+    # the same share lost over nine requests: within chance with one answer each, not with two
+    assert gate_verdict([], ReplayStats(), None, thresholds, None, recall=RecallScore(9, 9, 6, 9)).passed
+    assert not gate_verdict([], ReplayStats(), None, thresholds, None, recall=RecallScore(9, 18, 12, 18)).passed
