@@ -1,5 +1,5 @@
 """The gate's recall check on the model: the scope's own requests whose answers its users accepted, answered
-twice by stable and once by the candidate, and counted by ``registry.recall``."""
+again by stable and by the candidate, and counted by ``registry.recall``."""
 
 from __future__ import annotations
 
