@@ -9,8 +9,10 @@ rejected, and how many labeled turns that took. Product defaults only (``Persona
 ``--supersede-every K``: the learner publishes a version trained on top of the canary every K labeled
 turns, which replaces the canary while it is undecided and inherits its turns (as ``registry.controller``
 does); every version of the chain has the same true rate, so the rows show what inheritance costs.
+``--step D`` with it: each newer version's rate is ``D`` above the one it replaces (a chain that learns
+from the user's turns; the rows name the first version's rate).
 
-    python -m bench.personal_canary_sim --runs 20000 [--supersede-every 4]
+    python -m bench.personal_canary_sim --runs 20000 [--supersede-every 4 [--step 0.2]]
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from registry.personal_canary import Evidence, PersonalPolicy, decide
 
 
 def one_run(rng: random.Random, policy: PersonalPolicy, p_stable: float, p_canary: float, stable_prior: int,
-            max_turns: int, supersede_every: int = 0) -> tuple[str, int]:
+            max_turns: int, supersede_every: int = 0, step: float = 0.0) -> tuple[str, int]:
     stable = [1 if rng.random() < p_stable else -1 for _ in range(stable_prior)]
     canary: list[int] = []
     inherited: list[int] = []
@@ -41,6 +43,7 @@ def one_run(rng: random.Random, policy: PersonalPolicy, p_stable: float, p_canar
             return action, turn
         if supersede_every and turn % supersede_every == 0:  # a newer version replaces the undecided canary
             inherited, canary = inherited + canary, []
+            p_canary = min(1.0, p_canary + step)  # the newer version learned from the user's newer turns
     return "continue", max_turns
 
 
@@ -53,18 +56,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--supersede-every", type=int, default=0,
                         help="a version trained on top of the canary replaces it every K labeled turns (0 = never)")
+    parser.add_argument("--step", type=float, default=0.0,
+                        help="with --supersede-every: each newer version's true rate is this much above the one it replaces")
     args = parser.parse_args(argv)
     policy = PersonalPolicy()
     print(f"policy (product defaults): {policy}")
     print(f"p_stable {args.p_stable}, {args.stable_prior} labeled stable turns before the canary, "
           f"{args.runs} runs per row, at most {args.max_turns} labeled turns"
-          + (f", a newer version every {args.supersede_every} labeled turns" if args.supersede_every else "") + "\n")
+          + (f", a newer version every {args.supersede_every} labeled turns" if args.supersede_every else "")
+          + (f", each {args.step:+.2f} on the one before (rows: the first version's rate)" if args.step else "") + "\n")
     print(f"{'p_canary':>8} {'promote':>8} {'rollback':>9} {'reject':>7} {'undecided':>9} {'turns mean':>10} {'median':>6}")
     started = time.perf_counter()
     rng = random.Random(args.seed)
     for p_canary in (0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 0.9):
         outcomes = [one_run(rng, policy, args.p_stable, p_canary, args.stable_prior, args.max_turns,
-                            args.supersede_every)
+                            args.supersede_every, args.step)
                     for _ in range(args.runs)]
         share = {a: sum(o == a for o, _ in outcomes) / args.runs for a in ("promote", "rollback", "reject", "continue")}
         turns = [t for _, t in outcomes]

@@ -30,7 +30,11 @@ The rule (``decide``), with the numbers of ``PersonalPolicy``'s defaults:
   and a rollback discards the training the lineage carries.
 - Reject when ``max_labeled`` (12) labeled turns, the inherited ones counted at their weight, or the
   deadline pass without a decision (counting inherited turns whole rejected a chain of replacements
-  whose evidence was one turn short: 2 of its own, both good, and 11 inherited) — unless the verdict
+  whose evidence was one turn short: 2 of its own, both good, and 11 inherited) — unless its own turns
+  alone pass the promotion test (at least ``min_labeled``, the newest good), which promotes it: the
+  inherited turns are there to speed a decision up, not to overrule the version's own (a run's canary
+  with 6 good turns of 6 was rejected at P = 0.84, held back by 13 inherited turns of older versions,
+  7 of them good; its own gave P = 0.96), or unless the verdict
   is inconclusive because stable's side is thin: with fewer than ``stable_min`` (6) labeled stable
   turns the canary first shares the user's conversations with stable (``share_fraction``, 0.5: half
   go to stable) and is rejected only at twice the limit. A user whose first 4 turns happened to please
@@ -46,7 +50,9 @@ The rule (``decide``), with the numbers of ``PersonalPolicy``'s defaults:
 Error rates, simulated (``python -m bench.personal_canary_sim --runs 4000``: stable's true prefer
 rate 0.3 with 6 labeled stable turns known before the canary, the candidate serving every turn, the
 rule applied after every labeled turn; 4000 simulated users per row; second table: ``--supersede-every
-4``, a newer version of the same rate replacing the undecided canary every 4 labeled turns):
+4``, a newer version of the same rate replacing the undecided canary every 4 labeled turns; third:
+``--supersede-every 4 --step 0.2``, each newer version 0.2 better than the one it replaces, the rows
+naming the first version's rate):
 
     candidate's true rate   0.1    0.2    0.3    0.4    0.6    0.8    0.9
     promoted                7.7%  18.4%  30.3%  45.2%  75.8%  95.1%  99.2%
@@ -55,13 +61,21 @@ rule applied after every labeled turn; 4000 simulated users per row; second tabl
     labeled turns to decide 5.6    6.2    6.6    6.6    5.7    4.2    3.6   (mean)
 
     superseded every 4:
-    promoted               10.8%  22.9%  37.8%  52.8%  81.3%  97.2%  99.4%
+    promoted               11.3%  24.3%  39.3%  54.7%  82.5%  97.5%  99.5%
     rolled back            77.7%  62.3%  48.0%  33.3%   9.2%   0.8%   0.2%
+
+    superseded every 4, each 0.2 better:
+    promoted               41.5%  57.4%  71.0%  82.3%  94.8%  99.5%  99.8%
+    rolled back            57.4%  42.5%  28.9%  17.6%   4.9%   0.5%   0.1%
+
+Before the promotion on its own turns at the limit, the chains were promoted for 10.8 / 22.9 / 37.8 /
+52.8 / 81.3 / 97.2 / 99.4 % and, improving, 39.9 / 54.8 / 68.7 / 80.6 / 94.7 / 99.5 / 99.8 %: about one
+point more at and below the margin, two more for a chain that learns.
 
 A candidate that fixes what the user complained about (0.8-0.9) is promoted for 95-99 % of users
 after about 4 of their labeled turns. The price of deciding on so few turns, with a look after every
 one of them, is the error at the margin: a candidate worse than stable by the margin (0.2 against 0.3)
-is promoted for 18 % of users (23 % in a chain of replacements, which pools turns of related
+is promoted for 18 % of users (24 % in a chain of replacements, which pools turns of related
 versions), one three times worse (0.1) for 8-11 % — for that user only; the user's next turns keep
 training candidates on top of it, each checked against it in turn (an operator can roll it back with
 ``nextstate registry rollback --scope``). Two negative turns in a row instead of three promote as
@@ -176,6 +190,14 @@ def prob_not_worse(a_c: float, b_c: float, a_s: float, b_s: float, margin: float
     return total / weight
 
 
+def _own_not_worse(own: tuple[int, ...], a_s: float, b_s: float, policy: PersonalPolicy) -> float:
+    """The promotion probability on the canary's own turns alone (0 below ``min_labeled`` of them)."""
+    if len(own) < policy.min_labeled:
+        return 0.0
+    wins = sum(r > 0 for r in own)
+    return prob_not_worse(policy.prior_a + wins, policy.prior_b + len(own) - wins, a_s, b_s, policy.margin)
+
+
 def decide(evidence: Evidence, policy: PersonalPolicy, age_seconds: float) -> PersonalDecision:
     """What to do with a personal canary given the user's labeled turns on each arm (pure)."""
     own, inherited, stable = evidence.canary, evidence.inherited, evidence.stable[-policy.stable_window:]
@@ -205,7 +227,13 @@ def decide(evidence: Evidence, policy: PersonalPolicy, age_seconds: float) -> Pe
         return PersonalDecision("promote", f"not worse than stable by more than {policy.margin:.2f} with "
                                 f"P={not_worse:.2f} over {len(own)} labeled turns"
                                 + (f" and {len(inherited)} inherited at weight {w:g}" if inherited else ""), stats)
-    if n_c >= policy.max_labeled or age_seconds >= policy.deadline_seconds:
+    at_limit = n_c >= policy.max_labeled or age_seconds >= policy.deadline_seconds
+    own_not_worse = _own_not_worse(own, a_s, b_s, policy) if at_limit and inherited and own[-1:] == (1,) else 0.0
+    if own_not_worse >= policy.confidence:  # inherited turns speed a decision up, never overrule its own
+        return PersonalDecision("promote", f"its own {len(own)} labeled turns alone are not worse than stable by more "
+                                f"than {policy.margin:.2f} with P={own_not_worse:.2f} (the inherited turns of older "
+                                "versions held it back)", {**stats, "p_own_not_worse": round(own_not_worse, 4)})
+    if at_limit:
         if len(stable) < policy.stable_min and n_c < 2 * policy.max_labeled and age_seconds < policy.deadline_seconds:
             return PersonalDecision("share", f"inconclusive with {len(stable)} labeled stable turns: stable serves "
                                     f"{1 - policy.share_fraction:.0%} of the user's conversations until it has "

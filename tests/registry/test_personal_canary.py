@@ -119,3 +119,20 @@ def test_inconclusive_with_a_thin_stable_shares_the_user_before_rejecting() -> N
     assert decide(Evidence((1, -1) * 12, stable), POLICY, 60.0).action == "reject"
     # past the deadline nothing waits for stable
     assert decide(Evidence(own, stable, inherited=inherited), POLICY, POLICY.deadline_seconds).action == "reject"
+
+
+def test_at_the_limit_its_own_turns_alone_can_promote() -> None:
+    # the chain of a run: 6 of its own 6 good, 7 of 13 inherited (6.5 effective) against stable's 4 of 6
+    own, stable = (1,) * 6, (1, 1, -1, 1, -1, 1)
+    inherited = (1, -1, 1, -1, 1, 1, 1, -1, -1, -1, -1, 1, 1)
+    # pooled, Beta(1 + 6 + 3.5, 1 + 3) against Beta(5, 3): P = 0.84, inconclusive at 12.5 effective turns
+    # alone, Beta(7, 1) against Beta(5, 3): P = 0.96
+    verdict = decide(Evidence(own, stable, inherited=inherited), POLICY, 60.0)
+    assert verdict.action == "promote" and "its own 6 labeled turns alone" in verdict.reason
+    assert verdict.evidence["p_not_worse"] == pytest.approx(0.841, abs=0.01)
+    assert verdict.evidence["p_own_not_worse"] == pytest.approx(0.963, abs=0.01)
+    # before the limit the pooled test decides: 5 own + 13 inherited = 11.5 effective, still collecting
+    assert decide(Evidence(own[:5], stable, inherited=inherited), POLICY, 60.0).action == "continue"
+    # at the limit, a newest turn that failed, or own turns that alone do not pass, reject as before
+    assert decide(Evidence((*own[:5], -1), stable, inherited=inherited), POLICY, 60.0).action == "reject"
+    assert decide(Evidence((1, -1, -1, 1, -1, 1), stable, inherited=inherited), POLICY, 60.0).action == "reject"
