@@ -228,7 +228,7 @@ def decide(evidence: Evidence, policy: PersonalPolicy, age_seconds: float) -> Pe
                                 f"P={not_worse:.2f} over {len(own)} labeled turns"
                                 + (f" and {len(inherited)} inherited at weight {w:g}" if inherited else ""), stats)
     at_limit = n_c >= policy.max_labeled or age_seconds >= policy.deadline_seconds
-    own_not_worse = _own_not_worse(own, a_s, b_s, policy) if at_limit and inherited and own[-1:] == (1,) else 0.0
+    own_not_worse = _own_not_worse(own, a_s, b_s, policy) if at_limit and inherited and own and own[-1] > 0 else 0.0
     if own_not_worse >= policy.confidence:  # inherited turns speed a decision up, never overrule its own
         return PersonalDecision("promote", f"its own {len(own)} labeled turns alone are not worse than stable by more "
                                 f"than {policy.margin:.2f} with P={own_not_worse:.2f} (the inherited turns of older "
