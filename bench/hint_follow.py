@@ -21,6 +21,8 @@ from learner.tinycorpus import FACTS, TOPICS, Fact, fact_correct
 
 PREFERENCES: tuple[tuple[str, str, Callable[[str], bool]], ...] = (
     ("at most ten words", "Make it shorter.", is_brief),
+    ("at most five words", "Make it shorter.", lambda answer: is_brief(answer, 5)),
+    ("at most five words", "Answer in one word.", lambda answer: is_brief(answer, 5)),
     ("one sentence", "Just one sentence.", is_one_sentence),
     ("a list", "Use bullet points.", is_list),
     ("a list (other wording)", "Answer as a bullet list.", is_list),

@@ -65,7 +65,8 @@ def config_from_args(argv: list[str]) -> tuple[BenchConfig, Path]:
     parser.add_argument("--quick", action="store_true", help="CI size: 1 seed, none and combined, 1 persona, 36 interactions")
     parser.add_argument("--methods", type=_csv, help=f"subset of {','.join(METHODS)}")
     parser.add_argument("--personas", type=_csv, help=f"subset of {','.join(PERSONAS)}")
-    parser.add_argument("--seeds", type=int, help="number of seeds (0..n-1)")
+    parser.add_argument("--seeds", type=int, help="number of seeds (first..first+n-1)")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first seed (split a matrix over machines)")
     parser.add_argument("--interactions", type=int, help="interactions per run")
     parser.add_argument("--every", type=int, help="evaluate every k interactions")
     parser.add_argument("--eval-prompts", type=int, help="fresh prompts per evaluation")
@@ -99,8 +100,9 @@ def config_from_args(argv: list[str]) -> tuple[BenchConfig, Path]:
     if args.base_model:
         changes["extra_env"] = {"NEXTSTATE_BASE_MODEL": str(Path(args.base_model).resolve()),
                                 "NEXTSTATE_SERVED_MODEL_NAME": "tiny-chat", "NEXTSTATE_SERVED_BASE_MODEL": "tiny-chat"}
-    if args.seeds is not None:
-        changes["seeds"] = tuple(range(args.seeds))
+    if args.seeds is not None or args.first_seed:
+        count = args.seeds if args.seeds is not None else len(base.seeds)
+        changes["seeds"] = tuple(range(args.first_seed, args.first_seed + count))
     unknown = (set(changes.get("personas", ())) - set(PERSONAS) - set(TEXT_PERSONAS)  # type: ignore[arg-type]
                | set(changes.get("methods", ())) - set(METHODS))  # type: ignore[arg-type]
     if unknown:

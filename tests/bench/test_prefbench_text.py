@@ -103,3 +103,10 @@ def test_model_option_runs_the_product_preset_and_text_personas(capsys: pytest.C
     assert config_from_args([])[0].topics == ()
     assert config_from_args([])[0].max_tokens == 96
     assert config_from_args(["--model", "smollm2-135m", "--topics", "colors"])[0].topics == ("colors",)
+
+
+def test_first_seed_picks_where_the_seeds_start() -> None:
+    assert config_from_args([])[0].seeds == (0, 1, 2)
+    assert config_from_args(["--seeds", "2"])[0].seeds == (0, 1)
+    assert config_from_args(["--seeds", "1", "--first-seed", "2"])[0].seeds == (2,)
+    assert config_from_args(["--first-seed", "3"])[0].seeds == (3, 4, 5)  # as many seeds as the default, from 3
