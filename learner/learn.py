@@ -166,10 +166,13 @@ class Learner:
         except (redis.RedisError, *CLUSTER_UNREACHABLE) as exc:
             log().info("learner_state_not_written", error=repr(exc))
 
-    def round(self, entries: list[Entry], progress: bool = False, scope: str = GLOBAL_SCOPE) -> RoundOutcome:
+    def round(self, entries: list[Entry], progress: bool = False, scope: str = GLOBAL_SCOPE,
+              one_batch: bool = False) -> RoundOutcome:
         """Train on the trainable entries of ``scope``, publish a candidate into it, acknowledge, gate.
 
         Skipped entries are acked at once; entries of another scope are left alone (not trained, not acked).
+        ``one_batch``: all of the round's samples form one batch (``steps_per_batch`` steps, however many it
+        holds), so a candidate moves from its parent no further than a round of new samples moves it.
         """
         started = time.perf_counter()
         registry = self.registry_for(scope)
@@ -199,14 +202,15 @@ class Learner:
                              self.config.seed + self.rounds) if self.config.uses_opd else []
         log().info("training", scope=scope, parent=parent, samples=len(items), retain=len(retain), demos=len(demos),
                    method=self.config.method, device=self.device)
-        steps = -(-len(items) // self.config.batch_size) * self.config.steps_per_batch
+        config = self.config.replace(batch_size=max(self.config.batch_size, len(items))) if one_batch else self.config
+        steps = -(-len(items) // config.batch_size) * config.steps_per_batch
         with tqdm(total=steps, desc="training", unit="step", disable=None if progress else True, file=sys.stderr) as bar:
             def on_step(n: int, m: dict[str, float]) -> None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{m['loss']:.3f}", clip=f"{m['clip_fraction']:.2f}")
                 log().debug("train_step", step=n, loss=m["loss"], entropy=m["entropy"])
 
-            result = train(model, items, self.config, pad_id=self.pad_id, progress=on_step, parent_dir=parent_dir,
+            result = train(model, items, config, pad_id=self.pad_id, progress=on_step, parent_dir=parent_dir,
                            retain=retain, demos=demos)
         try:
             outcome = self._finish(model, selection, parent, result, registry, started_from)

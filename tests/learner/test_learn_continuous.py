@@ -79,6 +79,8 @@ def test_samples_of_a_gate_failed_candidate_join_the_next_round(
         push(redis_client, turn, "avoid", -1, hint="Answer in lowercase.")
     run_continuous(learner, threading.Event(), metrics, rounds=1)  # v1's samples are retried beside the new ones
     assert sorted(learner.registry.manifest("v2").sample_ids) == ["Chile", "Cuba", "Kenya", "Peru"]
+    # two batches' samples in one batch: the candidate takes one batch's steps from its parent, not two
+    assert learner.registry.manifest("v2").metrics["steps"] == learner.config.steps_per_batch
     assert learner.registry.get("v2").state == "gated_fail"
     for turn in ("Egypt", "Oslo"):
         push(redis_client, turn, "prefer", 1)
