@@ -114,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--model", default="builtin:tiny-chat", help="the run's base model or its directory")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    persona = args.run.name.split("-")[1]
-    style = PERSONAS[persona].style
+    parts = args.run.name.split("-")  # <method>-<persona>-s<seed>
+    if len(parts) < 3 or parts[1] not in PERSONAS:
+        parser.error(f"{args.run} is not a tiny-model PrefBench run directory (<method>-<persona>-s<seed>)")
+    style = PERSONAS[parts[1]].style
     samples = recorded_samples(args.run)
     base, tokenizer = load_model(resolve_model(args.model, ServeSettings().home_dir()), device="cpu")
     root = args.run / "adapters" / "scopes" / args.scope

@@ -44,3 +44,9 @@ def test_a_recorded_round_is_trained_again_both_ways_and_gated(
     summary = out.strip().splitlines()[-1]
     assert summary.startswith("passed the gate: in batches ") and summary.endswith(" of 1")
     assert (run / "redis" / "appendonly.aof").exists() and not list(run.glob("redis/*.sock"))  # the run is untouched
+
+
+def test_a_directory_that_is_no_tiny_model_run_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        replay_rounds.main([str(tmp_path / "runs" / "combined-skimmer-s0"), "--versions", "v1"])
+    assert exited.value.code == 2 and "not a tiny-model PrefBench run directory" in capsys.readouterr().err
