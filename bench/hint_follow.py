@@ -13,16 +13,18 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from bench.prefbench.personas_text import is_brief, is_list, is_lowercase, is_one_sentence
 from learner.logprobs import HINT_SEPARATOR
 from learner.tinycorpus import FACTS, TOPICS, Fact, fact_correct
 
+_FIVE_WORDS = partial(is_brief, limit=5)
 PREFERENCES: tuple[tuple[str, str, Callable[[str], bool]], ...] = (
     ("at most ten words", "Make it shorter.", is_brief),
-    ("at most five words", "Make it shorter.", lambda answer: is_brief(answer, 5)),
-    ("at most five words", "Answer in one word.", lambda answer: is_brief(answer, 5)),
+    ("at most five words", "Make it shorter.", _FIVE_WORDS),
+    ("at most five words", "Answer in one word.", _FIVE_WORDS),
     ("one sentence", "Just one sentence.", is_one_sentence),
     ("a list", "Use bullet points.", is_list),
     ("a list (other wording)", "Answer as a bullet list.", is_list),
