@@ -221,6 +221,10 @@ def apply_feedback(entry_id: str, feedback_id: str) -> str:
     turn = load_turn(rt.redis, feedback.turn_id)
     if turn is None and not _final_attempt():
         raise LabelInputMissing(f"turn {feedback.turn_id} is not stored (yet)")
+    if turn is not None and feedback.scope is not None and feedback.scope != turn.scope:
+        # given in another learning scope than the turn's: it must never reach that scope's lineage
+        log.warning("feedback_scope_mismatch", feedback_id=feedback.feedback_id, turn_id=feedback.turn_id)
+        return "scope_mismatch"
     comment = (feedback.comment or "").strip()
     candidates = [hint_from(comment)] if comment else []
     if comment and feedback.rating < 0 and accept_hint(comment, rt.settings.hint_min_chars):

@@ -95,7 +95,8 @@ def document() -> dict[str, Any]:
         "model": {"type": "string"}, "prompt": {"type": "string"}, "stream": {"type": "boolean"}}}
     feedback = {"type": "object", "required": ["turn_id", "rating"], "properties": {
         "turn_id": {"type": "string", "minLength": 1}, "rating": {"type": "integer", "enum": [1, -1]},
-        "comment": {"type": "string", "maxLength": 10_000}, "feedback_id": {"type": "string"}}}
+        "comment": {"type": "string", "maxLength": 10_000}, "feedback_id": {"type": "string"},
+        "user": {"type": "string", "maxLength": 200}}}
     ok = {"status": {"type": "string"}}
     return {
         "openapi": "3.1.0",

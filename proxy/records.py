@@ -172,6 +172,9 @@ class FeedbackRecord(_Record):
     rating: Literal[1, -1]
     comment: str | None = None
     client_key_hash: str | None = None
+    scope: str | None = None
+    """The learning scope of the request that gave it (``proxy.scopes``): feedback counts only for a turn of the
+    same scope, so no one rates another scope's turns into its lineage. None on records written before it."""
 
 
 class ResponseContext(BaseModel):

@@ -12,7 +12,8 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from proxy.access import CLIENT
+from proxy import fastjson
+from proxy.access import CLIENT, ClientKey
 from proxy.body import parse_json_object, receive_body
 from proxy.errors import BadRequest, NotFound, ProxyError, error_response
 from proxy.forward import Flight, Reply
@@ -20,6 +21,7 @@ from proxy.headers import forward_headers, key_hash
 from proxy.openapi import document
 from proxy.recorder import REDIS_DOWN, Entry
 from proxy.records import FeedbackRecord, turn_key
+from proxy.scopes import resolve_scope
 from proxy.settings import ProxySettings
 from proxy.state import ProxyState
 from proxy.targets import extra_prefixes, passes_through
@@ -99,23 +101,44 @@ async def feedback(request: Request) -> Response:
         raw = await receive_body(request.receive, request.headers.get("content-length"), state.settings.max_body_bytes)
         body = parse_json_object(raw, state.settings.max_json_depth)
         turn_id, rating, comment = parse_feedback(body)
+        scope = feedback_scope(state.settings, request, body)
         if not records_feedback(state.settings, request.headers):
-            return _feedback_answer(body, turn_id, rating, comment, request, "not_recorded")[0]
+            return _feedback_answer(body, turn_id, rating, comment, request, "not_recorded", scope)[0]
+        stored = None
         try:
-            known = bool(await state.redis.exists(turn_key(turn_id)))
+            stored = await state.redis.get(turn_key(turn_id))
+            known = stored is not None and _scope_of_turn(stored) == scope
         except REDIS_DOWN:
-            known = True  # cannot check now: accept, the spool keeps it
-        if not known and not state.recorder.knows_turn(turn_id):
+            known = True  # cannot check now: accept, the spool keeps it (the labeler checks the scope)
+        if not known and (stored is not None or not state.recorder.knows_turn(turn_id)):
+            # a turn of another learning scope is answered as one that does not exist: nothing says it does
             raise NotFound(f"unknown turn {turn_id!r}", param="turn_id", code="turn_not_found")
     except ProxyError as exc:
         return error_response(exc)
-    answer, record = _feedback_answer(body, turn_id, rating, comment, request, "accepted")
+    answer, record = _feedback_answer(body, turn_id, rating, comment, request, "accepted", scope)
     state.recorder.submit(Entry(kind="feedback", feedback=record))
     return answer
 
 
+def feedback_scope(settings: ProxySettings, request: Request, body: dict[str, Any]) -> str:
+    """The learning scope of a feedback request, settled as a chat request's is (its key, header or ``user``)."""
+    client: ClientKey | None = request.scope.get(CLIENT)
+    return resolve_scope(settings.scope_by, settings.scope_unkeyed, header=request.headers.get("x-nextstate-scope"),
+                         key_hash=key_hash(request.headers.get("authorization")), user=body.get("user"),
+                         client_scope=client.scope if client is not None else None)
+
+
+def _scope_of_turn(stored: bytes) -> str | None:
+    """The learning scope a stored turn (its JSON copy) was recorded in; None when the copy cannot be read."""
+    try:
+        turn = fastjson.loads(stored)
+    except ValueError:
+        return None
+    return str(turn.get("scope", "global")) if isinstance(turn, dict) else None
+
+
 def _feedback_answer(body: dict[str, Any], turn_id: str, rating: int, comment: str | None, request: Request,
-                     status: str) -> tuple[Response, FeedbackRecord]:
+                     status: str, scope: str) -> tuple[Response, FeedbackRecord]:
     """The feedback's record (its id: the client's ``feedback_id``, else a hash of what it says) and the answer."""
     client = key_hash(request.headers.get("authorization"))
     given = body.get("feedback_id")
@@ -124,7 +147,7 @@ def _feedback_answer(body: dict[str, Any], turn_id: str, rating: int, comment: s
     ).hexdigest()[:32]
     record = FeedbackRecord(
         record_id=f"fb-{feedback_id}", feedback_id=feedback_id, turn_id=turn_id, rating=rating,  # type: ignore[arg-type]
-        comment=comment, client_key_hash=client,
+        comment=comment, client_key_hash=client, scope=scope,
     )
     return JSONResponse({"id": feedback_id, "object": "feedback", "turn_id": turn_id, "rating": rating,
                          "status": status}), record

@@ -63,3 +63,14 @@ def request_scope(sources: tuple[str, ...], unkeyed: str, *, header: str | None,
         if source == "user" and isinstance(user, str) and user.strip():
             return _hashed("u", user.strip())
     return unkeyed
+
+
+def resolve_scope(scope_by: str, unkeyed: str, *, header: str | None, key_hash: str | None, user: object,
+                  client_scope: str | None) -> str:
+    """The scope of a request as the proxy settles it: ``request_scope`` over the ``scope_by`` setting, except
+    that a client key configured with a scope (``proxy.access``) names it unless a trusted header names another."""
+    sources = parse_sources(scope_by)
+    header = header if "header" in sources else None
+    if client_scope and not (header and header.strip()):
+        return client_scope
+    return request_scope(sources, unkeyed, header=header, key_hash=key_hash, user=user)

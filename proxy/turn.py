@@ -16,7 +16,7 @@ from proxy.headers import header_value, key_hash
 from proxy.ids import new_id
 from proxy.recorder import REDIS_DOWN
 from proxy.routing import Decision, route
-from proxy.scopes import parse_sources, request_scope
+from proxy.scopes import resolve_scope
 from proxy.sessions import last_assistant_index, message_digest, opening_fingerprint
 from proxy.settings import ProxySettings
 from proxy.state import ProxyState
@@ -74,12 +74,9 @@ def decide(state: ProxyState, controls: dict[bytes, str], body: dict[str, Any],
     A client key configured with a scope (``proxy.access``) names the request's scope unless an
     ``X-NextState-Scope`` header the settings trust names another."""
     settings = state.settings
-    sources = parse_sources(settings.scope_by)
-    header = controls.get(b"x-nextstate-scope") if "header" in sources else None
-    scope = request_scope(sources, settings.scope_unkeyed, header=header,
-                          key_hash=key_hash(controls.get(b"authorization")), user=body.get("user"))
-    if client_scope and not (header and header.strip()):
-        scope = client_scope
+    scope = resolve_scope(settings.scope_by, settings.scope_unkeyed, header=controls.get(b"x-nextstate-scope"),
+                          key_hash=key_hash(controls.get(b"authorization")), user=body.get("user"),
+                          client_scope=client_scope)
     decision = route(
         state.routing.table, pin_header=controls.get(b"x-nextstate-policy"),
         canary_header=controls.get(b"x-nextstate-canary"), requested_model=body.get("model"),

@@ -59,9 +59,10 @@ def put_transition(client: redis.Redis, turn_id: str, next_text: str | None, *, 
 
 
 def put_feedback(client: redis.Redis, turn_id: str, rating: int, comment: str | None = None,
-                 feedback_id: str | None = None) -> str:
+                 feedback_id: str | None = None, scope: str | None = None) -> str:
     fid = feedback_id or f"fb-{turn_id}-{rating}"
-    record = FeedbackRecord(record_id=f"fb-{fid}", feedback_id=fid, turn_id=turn_id, rating=rating, comment=comment)  # type: ignore[arg-type]
+    record = FeedbackRecord(record_id=f"fb-{fid}", feedback_id=fid, turn_id=turn_id, rating=rating,  # type: ignore[arg-type]
+                            comment=comment, scope=scope)
     return client.xadd(FEEDBACK_STREAM, {"record": record.model_dump_json()}).decode()
 
 

@@ -94,6 +94,22 @@ def test_feedback_overrides_the_judge_and_keeps_both(redis_url: str, redis_clien
     assert len(samples(redis_client)) == 2
 
 
+def test_feedback_from_another_scope_never_reaches_the_turns_sample(redis_url: str, redis_client: redis.Redis) -> None:
+    rt = runtime(redis_url)
+    put_turn(redis_client, "t1")  # recorded in the global scope
+    put_transition(redis_client, "t1", "Great, thanks!")
+    dispatch(rt)
+    work(rt)
+    put_feedback(redis_client, "t1", -1, "Answer in one word.", feedback_id="other", scope="k-0123456789abcdef")
+    put_feedback(redis_client, "t1", -1, "Answer in lowercase.", feedback_id="own", scope="global")
+    dispatch(rt)
+    work(rt)
+    history = samples(redis_client)
+    assert [(s.revision, s.source, s.cls) for s in history] == [(0, "judge", "prefer"), (1, "feedback", "avoid")]
+    assert history[-1].hint == "Answer in lowercase."  # the turn's own scope's feedback, not the other one's
+    assert history[-1].verdicts["feedback"]["comment"] == "Answer in lowercase."
+
+
 def test_feedback_before_the_judge_still_wins(redis_url: str, redis_client: redis.Redis) -> None:
     rt = runtime(redis_url)
     put_turn(redis_client, "t1")

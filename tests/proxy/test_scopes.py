@@ -7,10 +7,10 @@ import hashlib
 
 import pytest
 
-from proxy.records import ROUTING_KEY, RoutingTable, ScopeRoute
-from proxy.scopes import parse_sources, request_scope
+from proxy.records import FEEDBACK_STREAM, ROUTING_KEY, RoutingTable, ScopeRoute
+from proxy.scopes import parse_sources, request_scope, resolve_scope
 from proxy.settings import ProxySettings
-from tests.proxy.conftest import turns
+from tests.proxy.conftest import read_stream, turns, wait_records
 from tests.proxy.test_surface import CHAT, wait_for_table
 
 ALICE_KEY, BOB_KEY = "sk-alice", "sk-bob"
@@ -37,6 +37,21 @@ def hashed(value: str) -> str:
 )
 def test_request_scope(sources, unkeyed, header, key, user, expected) -> None:
     assert request_scope(sources, unkeyed, header=header, key_hash=key, user=user) == expected
+
+
+@pytest.mark.parametrize(
+    ("scope_by", "header", "client_scope", "expected"),
+    [
+        ("key", None, "team-a", "team-a"),  # a key configured with a scope names it
+        ("header,key", "alice", "team-a", "alice"),  # unless a trusted header names another
+        ("key", "alice", "team-a", "team-a"),  # an untrusted header names nothing
+        ("key", None, None, "k-abc"),
+        ("", None, None, "global"),
+    ],
+)
+def test_resolve_scope(scope_by, header, client_scope, expected) -> None:
+    assert resolve_scope(scope_by, "global", header=header, key_hash="abc", user=None,
+                         client_scope=client_scope) == expected
 
 
 def test_scope_settings_are_checked(tmp_path) -> None:
@@ -72,3 +87,25 @@ def test_requests_route_to_their_scopes_adapter_and_record_their_scope(start_pro
     other = http.post(f"{url}/v1/chat/completions", json={**CHAT, "model": f"tiny@{alice}-v2"},
                       headers={"Authorization": f"Bearer {BOB_KEY}"})
     assert other.headers.get("x-nextstate-version") == "v1" and fake.requests[-1]["body"]["model"] == "tiny@v1"
+
+
+def test_feedback_counts_only_in_the_scope_of_the_turn(start_proxy, redis_client, http) -> None:
+    """Bob cannot rate Alice's turn into her lineage: to him it does not exist (404, as an unknown id)."""
+    url = start_proxy(scope_by="key,user", scope_unkeyed="global")
+    alice = {"Authorization": f"Bearer {ALICE_KEY}"}
+    turn_id = http.post(f"{url}/v1/chat/completions", json=CHAT, headers=alice).headers["x-nextstate-turn-id"]
+    mine = http.post(f"{url}/v1/chat/completions", json={**CHAT, "user": "carol"}).headers["x-nextstate-turn-id"]
+    turns(redis_client, 2)
+    unknown = http.post(f"{url}/v1/feedback", json={"turn_id": "t-none", "rating": -1}, headers=alice).json()
+    for headers, body in [({"Authorization": f"Bearer {BOB_KEY}"}, {}), ({}, {}), ({}, {"user": "alice"})]:
+        refused = http.post(f"{url}/v1/feedback", json={"turn_id": turn_id, "rating": -1, "comment": "one word", **body},
+                            headers=headers)
+        assert refused.status_code == 404
+        assert refused.json()["error"]["code"] == unknown["error"]["code"] == "turn_not_found"
+    assert http.post(f"{url}/v1/feedback", json={"turn_id": turn_id, "rating": 1}, headers=alice).status_code == 200
+    carol = http.post(f"{url}/v1/feedback", json={"turn_id": mine, "rating": -1, "user": "carol"})  # a body's user
+    assert carol.status_code == 200 and carol.json()["status"] == "accepted"
+    wait_records(redis_client, FEEDBACK_STREAM, 2)
+    records = read_stream(redis_client, FEEDBACK_STREAM)
+    assert [(r["turn_id"], r["rating"], r["scope"]) for r in records] == [
+        (turn_id, 1, f"k-{hashed(ALICE_KEY)}"), (mine, -1, f"u-{hashed('carol')}")]
