@@ -19,7 +19,7 @@ from proxy.forward import Flight, Reply
 from proxy.headers import check_user, key_hash, session_header
 from proxy.recorder import Exchange
 from proxy.sessions import session_identity
-from proxy.turn import closes_session, forward_routed, mark_turn, recorded
+from proxy.turn import closes_session, flight_scope, forward_routed, mark_turn, recorded
 from proxy.upstream import Upstream
 
 __all__ = ["ClientGone", "chat_completions"]
@@ -63,11 +63,12 @@ async def chat_completions(scope: Scope, receive: Receive) -> Reply | Response:
         messages = body["messages"]
         check_user(body.get("user"))
         record = recorded(flight.state.settings, controls)
+        scope = flight_scope(flight, body)
         session_id, routing_key = session_identity(session_header(controls.get(b"x-session-id")), body.get("user"),
-                                                   messages)
+                                                   messages, scope)
         fingerprinted = not session_id
         session_id, model, captured = await forward_routed(
-            flight, body, messages, record, session_id, routing_key,
+            flight, body, messages, record, session_id, routing_key, scope,
             lambda model: _send_upstream(flight, raw, body, model, record))
     except ProxyError as exc:
         return flight.refuse(exc)

@@ -135,7 +135,7 @@ def build_entry(exchange: Exchange) -> Entry | None:
     siblings = [Sibling(turn=(t := turn(index)), reply_digest=message_digest(t.response.message)) for index in others]
     context = None
     if isinstance(response_id, str) and response_id and body.get("store") is not False:  # may be continued
-        context = ResponseContext(response_id=response_id, session_id=exchange.session_id,
+        context = ResponseContext(response_id=response_id, session_id=exchange.session_id, scope=decision.scope,
                                   messages=[*messages[exchange.instructions:], main.response.message])
     return Entry(
         kind="turn", turn=main, digests=[message_digest(m) for m in messages],

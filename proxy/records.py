@@ -184,6 +184,8 @@ class ResponseContext(BaseModel):
     session_id: str
     messages: list[dict[str, Any]]
     """The conversation through that response's reply, its request's ``instructions`` left out."""
+    scope: str = "global"
+    """The learning scope it was recorded in: only a request of the same scope continues it."""
 
 
 class ScopeRoute(BaseModel):

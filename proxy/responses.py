@@ -28,7 +28,7 @@ from proxy.headers import check_user, key_hash, session_header
 from proxy.recorder import REDIS_DOWN, Exchange
 from proxy.sessions import session_identity
 from proxy.state import ProxyState
-from proxy.turn import closes_session, forward_routed, mark_turn, recorded
+from proxy.turn import closes_session, flight_scope, forward_routed, mark_turn, recorded
 
 log = structlog.get_logger("proxy.responses")
 
@@ -36,11 +36,13 @@ log = structlog.get_logger("proxy.responses")
 _NOT_PARAMS = frozenset({"input", "instructions", "tools", "model", "messages", "previous_response_id", "conversation"})
 
 
-async def _conversation(state: ProxyState, body: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, str | None]:
+async def _conversation(state: ProxyState, body: dict[str, Any],
+                        scope: str) -> tuple[list[dict[str, Any]] | None, str | None]:
     """(the conversation through this request's input, instructions left out; the session it continues).
 
     The conversation is None when it cannot be known: input that is not items (the upstream answers
-    that), or an earlier part the proxy never recorded.
+    that), or an earlier part the proxy never recorded in this learning ``scope`` (a response of another
+    scope's conversation is never continued into this one's records).
     """
     try:
         new = items.to_messages(body.get("input", []))
@@ -61,7 +63,7 @@ async def _conversation(state: ProxyState, body: dict[str, Any]) -> tuple[list[d
     except REDIS_DOWN as exc:
         log.info("response_context_unavailable", error=repr(exc))
         return None, None
-    if context is None:
+    if context is None or context.scope != scope:
         log.info("response_context_unknown", previous_response_id=previous)
         return None, None
     return [*context.messages, *new], context.session_id
@@ -79,18 +81,19 @@ async def responses(request: Request) -> Reply | Response:
         check_model(body)
         check_user(body.get("user"))
         record = recorded(flight.state.settings, controls)
-        conversation, continued = await _conversation(flight.state, body) if record else (None, None)
+        scope = flight_scope(flight, body)
+        conversation, continued = await _conversation(flight.state, body, scope) if record else (None, None)
         instructions = body.get("instructions")
         system = [{"role": "system", "content": instructions}] if isinstance(instructions, str) and instructions else []
         messages = [*system, *(conversation or [])]
         record = record and conversation is not None and any(m["role"] != "system" for m in messages)
         named, routing_key = session_identity(session_header(controls.get(b"x-session-id")), body.get("user"),
-                                              messages)
+                                              messages, scope)
         session_id = named or continued or ""
         if continued and not named:
             routing_key = continued
         session_id, model, _ = await forward_routed(
-            flight, body, messages, record, session_id, routing_key,
+            flight, body, messages, record, session_id, routing_key, scope,
             lambda model: flight.request("POST", "/responses", forward_body(raw, body, model=model, capture=False)))
     except ProxyError as exc:
         return flight.refuse(exc)

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.scopes import GLOBAL
+
 NEXT_STATE_ROLES = frozenset({"user", "tool"})
 
 
@@ -119,22 +121,26 @@ def link(previous: PreviousTurn, messages: Sequence[Mapping[str, Any]], digests:
     return Link(True, next_state)
 
 
-def session_identity(header: str | None, user: Any, messages: Sequence[Mapping[str, Any]]) -> tuple[str, str | None]:
+def session_identity(header: str | None, user: Any, messages: Sequence[Mapping[str, Any]],
+                     scope: str = GLOBAL) -> tuple[str, str | None]:
     """(session id or "" when it must be looked up by fingerprint, routing key) for one request.
 
     ``X-Session-Id`` wins, then the body ``user``; otherwise the session is found through the
     fingerprint of the history up to its last assistant reply (see ``chain_hash``), and the
-    conversation's opening is the routing key.
+    conversation's opening is the routing key. A session named in a personal learning ``scope`` is that
+    scope's own (``<name>@<scope>``): clients of two scopes that name the same session have two.
     """
     if header:
         session_id = header.strip()[:200]
-        return session_id, session_id
-    if isinstance(user, str) and user:
+    elif isinstance(user, str) and user:
         session_id = f"user:{user[:200]}"
-        return session_id, session_id
-    return "", None
+    else:
+        return "", None
+    session_id = session_id if scope == GLOBAL else f"{session_id}@{scope}"
+    return session_id, session_id
 
 
-def chain_hash(digests: Sequence[str]) -> str:
-    """Key under which a fingerprinted session is found: the hash of request messages + reply."""
-    return prefix_hash(digests)
+def chain_hash(digests: Sequence[str], scope: str = GLOBAL) -> str:
+    """Key under which a fingerprinted session is found: the hash of request messages + reply, and of the
+    learning scope when it is a personal one (the same conversation in two scopes is two sessions)."""
+    return prefix_hash(digests if scope == GLOBAL else [f"scope:{scope}", *digests])

@@ -137,8 +137,8 @@ class Store:
     async def write_feedback(self, feedback: FeedbackRecord) -> bool:
         return await self.write(feedback.record_id, FEEDBACK_STREAM, feedback.model_dump_json())
 
-    async def find_session(self, digests: list[str]) -> str | None:
-        raw = await self.redis.get(chain_key(chain_hash(digests)))
+    async def find_session(self, digests: list[str], scope: str) -> str | None:
+        raw = await self.redis.get(chain_key(chain_hash(digests, scope)))
         return raw.decode() if raw else None
 
     async def apply(self, works: Sequence[Work]) -> list[int]:
@@ -222,7 +222,7 @@ class Store:
         keys = [
             record_seen_key(turn.record_id), TURNS_STREAM, turn_key(turn.turn_id),
             record_seen_key(transition_id(expected or turn.turn_id)), TRANSITIONS_STREAM, session_key(sid),
-            IDLE_SESSIONS_KEY, chain_key(chain_hash([*work.digests, work.reply_digest])),
+            IDLE_SESSIONS_KEY, chain_key(chain_hash([*work.digests, work.reply_digest], turn.scope)),
             record_seen_key(transition_id(turn.turn_id)), *(record_seen_key(t.record_id) for t in more),
         ]
         args = [turn.model_dump_json(), self.ttl_s, previous_json, closing_json, self.session_ttl_s, sid,
@@ -233,7 +233,8 @@ class Store:
             keys = [record_seen_key(sibling.turn.record_id), TURNS_STREAM, turn_key(sibling.turn.turn_id)]
             pipe.evalsha(self._write.sha, len(keys), *keys, sibling.turn.model_dump_json(), self.ttl_s)
             if work.chained:  # a fingerprinted conversation may go on with any of the choices
-                pipe.set(chain_key(chain_hash([*work.digests, sibling.reply_digest])), sid, ex=self.session_ttl_s)
+                pipe.set(chain_key(chain_hash([*work.digests, sibling.reply_digest], turn.scope)), sid,
+                         ex=self.session_ttl_s)
         if work.context is not None:
             pipe.set(response_context_key(work.context.response_id), work.context.model_dump_json(),
                      ex=self.session_ttl_s)

@@ -41,25 +41,25 @@ def closes_session(controls: dict[bytes, str]) -> bool:
     return controls.get(b"x-session-done", "").strip().lower() in _TRUE
 
 
-def fingerprint_session(state: ProxyState, messages: list[dict[str, Any]],
-                        record: bool) -> tuple[str, str | None, asyncio.Future[str] | None]:
+def fingerprint_session(state: ProxyState, messages: list[dict[str, Any]], record: bool,
+                        scope: str) -> tuple[str, str | None, asyncio.Future[str] | None]:
     """For a request that names no session: (its session id, or "" while ``lookup`` finds it as the
     upstream works; the routing key, only when a canary slice needs one; the lookup)."""
     table = state.routing.table
     routing_key = opening_fingerprint(messages) if table is not None and table.has_canary() else None
     index = last_assistant_index(messages)
     if record and index is not None:
-        return "", routing_key, asyncio.ensure_future(find_session(state, messages[: index + 1]))
+        return "", routing_key, asyncio.ensure_future(find_session(state, messages[: index + 1], scope))
     return f"fp-{new_id()}", routing_key, None
 
 
-async def find_session(state: ProxyState, history: list[dict[str, Any]]) -> str:
-    """Session of a request that names none: the session whose last turn ``history`` continues."""
+async def find_session(state: ProxyState, history: list[dict[str, Any]], scope: str) -> str:
+    """Session of a request that names none: the session of ``scope`` whose last turn ``history`` continues."""
     # the previous turn of this conversation may still be on its way to Redis: let it land first
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(state.recorder.barrier(), 0.25)
     try:
-        found = await state.store.find_session([message_digest(m) for m in history])
+        found = await state.store.find_session([message_digest(m) for m in history], scope)
         if found:
             return found
     except REDIS_DOWN as exc:  # serving goes on; this turn starts a new session
@@ -67,16 +67,18 @@ async def find_session(state: ProxyState, history: list[dict[str, Any]]) -> str:
     return f"fp-{new_id()}"
 
 
-def decide(state: ProxyState, controls: dict[bytes, str], body: dict[str, Any],
-           routing_key: str | None, client_scope: str | None = None) -> tuple[Decision, str | None]:
-    """Where a request goes (arm, version, learning scope) and the model name to ask the upstream for.
+def flight_scope(flight: Flight, body: dict[str, Any]) -> str:
+    """The learning scope of a request (``proxy.scopes``). A client key configured with a scope
+    (``proxy.access``) names it unless an ``X-NextState-Scope`` header the settings trust names another."""
+    settings, controls = flight.state.settings, flight.controls
+    return resolve_scope(settings.scope_by, settings.scope_unkeyed, header=controls.get(b"x-nextstate-scope"),
+                         key_hash=key_hash(controls.get(b"authorization")), user=body.get("user"),
+                         client_scope=flight.client.scope if flight.client is not None else None)
 
-    A client key configured with a scope (``proxy.access``) names the request's scope unless an
-    ``X-NextState-Scope`` header the settings trust names another."""
-    settings = state.settings
-    scope = resolve_scope(settings.scope_by, settings.scope_unkeyed, header=controls.get(b"x-nextstate-scope"),
-                          key_hash=key_hash(controls.get(b"authorization")), user=body.get("user"),
-                          client_scope=client_scope)
+
+def decide(state: ProxyState, controls: dict[bytes, str], body: dict[str, Any],
+           routing_key: str | None, scope: str) -> tuple[Decision, str | None]:
+    """Where a request of learning ``scope`` goes (arm, version) and the model name to ask the upstream for."""
     decision = route(
         state.routing.table, pin_header=controls.get(b"x-nextstate-policy"),
         canary_header=controls.get(b"x-nextstate-canary"), requested_model=body.get("model"),
@@ -86,7 +88,7 @@ def decide(state: ProxyState, controls: dict[bytes, str], body: dict[str, Any],
 
 
 async def forward_routed(flight: Flight, body: dict[str, Any], messages: list[dict[str, Any]], record: bool,
-                         session_id: str, routing_key: str | None,
+                         session_id: str, routing_key: str | None, scope: str,
                          send: Callable[[str | None], Awaitable[T]]) -> tuple[str, str | None, T]:
     """Route a turn and ``send`` it to the model chosen: (its session id, that model, what ``send`` gave).
 
@@ -96,9 +98,8 @@ async def forward_routed(flight: Flight, body: dict[str, Any], messages: list[di
     state = flight.state
     lookup = None
     if not session_id:
-        session_id, routing_key, lookup = fingerprint_session(state, messages, record)
-    flight.decision, model = decide(state, flight.controls, body, routing_key,
-                                    flight.client.scope if flight.client is not None else None)
+        session_id, routing_key, lookup = fingerprint_session(state, messages, record, scope)
+    flight.decision, model = decide(state, flight.controls, body, routing_key, scope)
     try:
         result = await flight.send(send(model))
     except BaseException:

@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="nextstate forget", description=__doc__.splitlines()[0])
     whom = parser.add_mutually_exclusive_group(required=True)
-    whom.add_argument("--session", help="a session id (X-Session-Id, or as shown on a turn)")
+    whom.add_argument("--session", help="a session id as x-nextstate-session-id and the turns show it (<name>@<scope> for one named in a personal scope)")
     whom.add_argument("--key", help="a client API key, sha256:<hex> of it, or the 16-hex hash on records")
     whom.add_argument("--user", help="the body 'user' field the client sent")
     whom.add_argument("--scope", help="a personal learning scope, with its versions and adapters (as `nextstate "

@@ -4,13 +4,15 @@ with their turns recorded in their scope."""
 from __future__ import annotations
 
 import hashlib
+import json
 
+import openai
 import pytest
 
-from proxy.records import FEEDBACK_STREAM, ROUTING_KEY, RoutingTable, ScopeRoute
+from proxy.records import FEEDBACK_STREAM, ROUTING_KEY, TRANSITIONS_STREAM, RoutingTable, ScopeRoute
 from proxy.scopes import parse_sources, request_scope, resolve_scope
 from proxy.settings import ProxySettings
-from tests.proxy.conftest import read_stream, turns, wait_records
+from tests.proxy.conftest import read_stream, transitions, turns, wait_records
 from tests.proxy.test_surface import CHAT, wait_for_table
 
 ALICE_KEY, BOB_KEY = "sk-alice", "sk-bob"
@@ -109,3 +111,52 @@ def test_feedback_counts_only_in_the_scope_of_the_turn(start_proxy, redis_client
     records = read_stream(redis_client, FEEDBACK_STREAM)
     assert [(r["turn_id"], r["rating"], r["scope"]) for r in records] == [
         (turn_id, 1, f"k-{hashed(ALICE_KEY)}"), (mine, -1, f"u-{hashed('carol')}")]
+
+
+def test_conversations_never_cross_scopes(start_proxy, redis_client) -> None:
+    """Two keys' clients that name the same session, or send the same conversation, have a session each: one
+    user's message never becomes the next state of another user's turn, nor joins its conversation."""
+    url = start_proxy(scope_by="key", scope_unkeyed="global")
+    alice, bob = (openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0) for key in (ALICE_KEY, BOB_KEY))
+    scope_a, scope_b = f"k-{hashed(ALICE_KEY)}", f"k-{hashed(BOB_KEY)}"
+    hi = {"role": "user", "content": "hi"}
+
+    def ask(client: openai.OpenAI, messages: list[dict[str, str]], **kwargs) -> tuple[str, str, str]:
+        raw = client.chat.completions.with_raw_response.create(model="m", messages=messages, **kwargs)  # type: ignore[arg-type]
+        return raw.headers["x-nextstate-turn-id"], raw.headers["x-nextstate-session-id"], raw.parse().choices[0].message.content or ""
+
+    named = {"extra_headers": {"X-Session-Id": "s1"}}
+    a1, session_a, reply = ask(alice, [hi], **named)
+    b1, session_b, _ = ask(bob, [hi, {"role": "assistant", "content": reply}, {"role": "user", "content": "bob's secret"}],
+                           **named)
+    assert (session_a, session_b) == (f"s1@{scope_a}", f"s1@{scope_b}")
+    a2, session_a2, _ = ask(alice, [hi, {"role": "assistant", "content": reply}, {"role": "user", "content": "alice goes on"}],
+                            **named)
+    assert session_a2 == session_a
+    # the same conversation without a session name: found by fingerprint in its own scope only
+    c1, fp_a, reply = ask(alice, [{"role": "user", "content": "hello"}])
+    c2, fp_b, _ = ask(bob, [{"role": "user", "content": "hello"}, {"role": "assistant", "content": reply},
+                            {"role": "user", "content": "bob again"}])
+    c3, fp_a2, _ = ask(alice, [{"role": "user", "content": "hello"}, {"role": "assistant", "content": reply},
+                               {"role": "user", "content": "alice again"}])
+    assert fp_b != fp_a and fp_a2 == fp_a
+    records = {r["turn_id"]: r for r in turns(redis_client, 6)}
+    assert {t: records[t]["scope"] for t in (a1, a2, c1, c3)} == dict.fromkeys((a1, a2, c1, c3), scope_a)
+    assert {records[t]["scope"] for t in (b1, c2)} == {scope_b}
+    links = {t["turn_id"]: t for t in transitions(redis_client, 2)}
+    assert (links[a1]["next_turn_id"], links[a1]["next_state"]) == (a2, [{"role": "user", "content": "alice goes on"}])
+    assert (links[c1]["next_turn_id"], links[c1]["next_state"]) == (c3, [{"role": "user", "content": "alice again"}])
+    assert not any("bob" in json.dumps(t["next_state"]) for t in read_stream(redis_client, TRANSITIONS_STREAM))
+
+
+def test_a_response_of_another_scope_is_not_continued_into_its_records(start_proxy, redis_client) -> None:
+    url = start_proxy(scope_by="key", scope_unkeyed="global")
+    alice, bob = (openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0) for key in (ALICE_KEY, BOB_KEY))
+    first = alice.responses.create(model="m", input="alice's question")
+    raw = bob.responses.with_raw_response.create(model="m", previous_response_id=first.id, input="and then?")
+    assert raw.parse().output_text == "echo: and then?"  # served: the upstream decides what it continues
+    assert "x-nextstate-turn-id" not in raw.headers  # but the proxy does not know this conversation in bob's scope
+    own = alice.responses.with_raw_response.create(model="m", previous_response_id=first.id, input="go on")
+    [one, two] = turns(redis_client, 2)
+    assert two["turn_id"] == own.headers["x-nextstate-turn-id"] and two["session_id"] == one["session_id"]
+    assert [m["content"] for m in two["request"]["messages"]] == ["alice's question", "echo: alice's question", "go on"]
