@@ -3,6 +3,7 @@ over proxy.forward); feedback, health, readiness, metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from typing import Any
@@ -21,10 +22,12 @@ from proxy.headers import forward_headers, key_hash
 from proxy.openapi import document
 from proxy.recorder import REDIS_DOWN, Entry
 from proxy.records import FeedbackRecord, turn_key
+from proxy.routing import UnknownVersion, foreign_adapter
 from proxy.scopes import resolve_scope
 from proxy.settings import ProxySettings
 from proxy.state import ProxyState
 from proxy.targets import extra_prefixes, passes_through
+from proxy.turn import flight_scope
 from proxy.upstream import Upstream
 
 MAX_COMMENT_CHARS = 10_000
@@ -39,12 +42,29 @@ async def _forward(request: Request, path: str, *, method: str = "POST", check_j
     try:
         raw = await flight.read(request.receive, decode=check_json)
         if check_json:  # then sent on as JSON, decoded
-            parse_json_object(raw, flight.limits.json_depth)
+            refuse_foreign_adapter(flight, parse_json_object(raw, flight.limits.json_depth))
+        elif raw and _plain_json(flight):  # an embeddings-like body: read only for the model it names
+            with contextlib.suppress(ValueError, RecursionError):
+                body = fastjson.loads(raw)
+                if isinstance(body, dict):
+                    refuse_foreign_adapter(flight, body)
         # an empty POST still says content-length: 0
         await flight.send(flight.request(method, path, raw or None))
     except ProxyError as exc:
         return flight.refuse(exc)
     return await flight.answer()
+
+
+def _plain_json(flight: Flight) -> bool:
+    """Is the body as sent on uncompressed JSON (a pass-through's own content type)?"""
+    kind = next((v for k, v in flight.headers if k == b"content-type"), b"").split(b";")[0].strip().lower()
+    return kind == b"application/json" and not flight.controls.get(b"content-encoding")
+
+
+def refuse_foreign_adapter(flight: Flight, body: dict[str, Any]) -> None:
+    """404, as for a model that does not exist, when the body names another learning scope's adapter."""
+    if foreign_adapter(flight.state.routing.table, body.get("model"), flight_scope(flight, body)):
+        raise UnknownVersion(f"unknown model {body.get('model')!r}", param="model")
 
 
 async def completions(request: Request) -> Reply | Response:

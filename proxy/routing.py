@@ -27,6 +27,7 @@ from proxy.tasks import cancelling
 log = structlog.get_logger("proxy.routing")
 
 _PIN_IN_MODEL = re.compile(r"^(?P<base>.+)@(?P<version>v\d+)$")
+_SCOPED_ADAPTER = re.compile(r"^(?P<scope>[a-z0-9][a-z0-9-]{0,47})-v\d+$")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,17 @@ def _model_for(table: RoutingTable, version: str) -> str:
     if version in table.versions:
         return table.versions[version]
     return f"{table.base_model}@{version}" if table.base_model else version
+
+
+def foreign_adapter(table: RoutingTable | None, model: object, scope: str) -> bool:
+    """Is ``model`` the served name of a personal adapter (``<base>@<scope>-vN``) of a scope other than
+    ``scope``? Such a name is never sent upstream for this request: one user's adapter, trained on that
+    user's conversations, answers no one else."""
+    if table is None or not table.base_model or not isinstance(model, str):
+        return False
+    match = _SCOPED_ADAPTER.match(model.removeprefix(f"{table.base_model}@")) if model.startswith(
+        f"{table.base_model}@") else None
+    return match is not None and match.group("scope") != scope
 
 
 def route(

@@ -160,3 +160,29 @@ def test_a_response_of_another_scope_is_not_continued_into_its_records(start_pro
     [one, two] = turns(redis_client, 2)
     assert two["turn_id"] == own.headers["x-nextstate-turn-id"] and two["session_id"] == one["session_id"]
     assert [m["content"] for m in two["request"]["messages"]] == ["alice's question", "echo: alice's question", "go on"]
+
+
+def test_another_scopes_adapter_is_served_to_no_one_else(start_proxy, fake, redis_client, http) -> None:
+    """Text completions and pass-through bodies go upstream as sent, but never naming another user's adapter."""
+    url = start_proxy(scope_by="key", scope_unkeyed="global")
+    alice = f"k-{hashed(ALICE_KEY)}"
+    table = RoutingTable(revision=1, base_model="tiny", stable="v1", versions={"v1": "tiny@v1"},
+                         scopes={alice: ScopeRoute(stable="v2", versions={"v2": f"tiny@{alice}-v2"})})
+    redis_client.set(ROUTING_KEY, table.model_dump_json())
+    wait_for_table(http, url)
+    before = len(fake.requests)
+    bob, carol = {"Authorization": f"Bearer {BOB_KEY}"}, {}
+    for path, body in [("/v1/completions", {"model": f"tiny@{alice}-v2", "prompt": "hi"}),
+                       ("/v1/completions", {"model": f"tiny@{alice}-v9", "prompt": "hi"}),  # retired ones too
+                       ("/v1/embeddings", {"model": f"tiny@{alice}-v2", "input": "hi"})]:
+        for headers in (bob, carol):
+            refused = http.post(url + path, json=body, headers=headers)
+            assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found", refused.text
+    assert len(fake.requests) == before  # none of them reached the upstream
+    for path, body, headers in [("/v1/completions", {"model": f"tiny@{alice}-v2", "prompt": "hi"},
+                                 {"Authorization": f"Bearer {ALICE_KEY}"}),
+                                ("/v1/completions", {"model": "tiny@v1", "prompt": "hi"}, bob),
+                                ("/v1/embeddings", {"model": "tiny", "input": "hi"}, bob),
+                                ("/v1/completions", {"model": "other@k-x-v2", "prompt": "hi"}, bob)]:  # not this base
+        assert http.post(url + path, json=body, headers=headers).status_code == 200
+    assert [r["body"]["model"] for r in fake.requests[before:]] == [f"tiny@{alice}-v2", "tiny@v1", "tiny", "other@k-x-v2"]
