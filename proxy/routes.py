@@ -90,8 +90,28 @@ async def passthrough(request: Request) -> Reply | Response:
 
 
 async def models(request: Request) -> Reply | Response:
-    """``GET /v1/models``: the upstream's list."""
-    return await _forward(request, "/models", method="GET")
+    """``GET /v1/models``: the upstream's list, less other learning scopes' personal adapters."""
+    flight = Flight.start(request.scope, "passthrough", as_sent=True)
+    try:
+        await flight.send(flight.request("GET", "/models", None))
+    except ProxyError as exc:
+        return flight.refuse(exc)
+    answer = await flight.answer()
+    if not isinstance(answer, Reply) or answer.status != 200:
+        return answer
+    try:
+        listed = fastjson.loads(answer.body)
+    except ValueError:
+        return answer
+    if not isinstance(listed, dict) or not isinstance(listed.get("data"), list):
+        return answer
+    table, scope = flight.state.routing.table, flight_scope(flight, {})
+    kept = [m for m in listed["data"] if not (isinstance(m, dict) and foreign_adapter(table, m.get("id"), scope))]
+    if len(kept) == len(listed["data"]):
+        return answer
+    body = fastjson.dumps({**listed, "data": kept})
+    headers = [(k, b"%d" % len(body) if k == b"content-length" else v) for k, v in answer.headers]
+    return Reply(answer.status, headers, body)
 
 
 def parse_feedback(body: dict[str, Any]) -> tuple[str, int, str | None]:

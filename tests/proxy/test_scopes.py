@@ -186,3 +186,10 @@ def test_another_scopes_adapter_is_served_to_no_one_else(start_proxy, fake, redi
                                 ("/v1/completions", {"model": "other@k-x-v2", "prompt": "hi"}, bob)]:  # not this base
         assert http.post(url + path, json=body, headers=headers).status_code == 200
     assert [r["body"]["model"] for r in fake.requests[before:]] == [f"tiny@{alice}-v2", "tiny@v1", "tiny", "other@k-x-v2"]
+    # and the model list names no other user's adapter
+    fake.listed = ["tiny@v1", f"tiny@{alice}-v2", f"tiny@k-{hashed(BOB_KEY)}-v3"]
+    listed = {key: [m["id"] for m in http.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"}).json()["data"]]
+              for key in (ALICE_KEY, BOB_KEY)}
+    assert listed == {ALICE_KEY: [fake.model, "tiny@v1", f"tiny@{alice}-v2"],
+                      BOB_KEY: [fake.model, "tiny@v1", f"tiny@k-{hashed(BOB_KEY)}-v3"]}
+    assert [m["id"] for m in http.get(f"{url}/v1/models").json()["data"]] == [fake.model, "tiny@v1"]

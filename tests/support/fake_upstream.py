@@ -79,6 +79,7 @@ class FakeUpstream:
     def __init__(self, *, capture: bool = True, model: str = "fake-model") -> None:
         self.capture = capture
         self.model = model
+        self.listed: list[str] = []  # more model ids /v1/models lists (a policy server's loaded adapters)
         self.replies: collections.deque[Reply] = collections.deque()
         self.requests: list[dict[str, Any]] = []
         self.disconnects = 0
@@ -113,7 +114,8 @@ class FakeUpstream:
 
     async def models(self, request: Request) -> Response:
         self.requests.append({"path": "/v1/models", "headers": dict(request.headers), "body": None})
-        return JSONResponse({"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "fake"}]})
+        return JSONResponse({"object": "list", "data": [{"id": name, "object": "model", "owned_by": "fake"}
+                                                        for name in (self.model, *self.listed)]})
 
     async def chat(self, request: Request) -> Response:
         body = json.loads(await request.body())
