@@ -64,13 +64,19 @@ def test_scope_settings_are_checked(tmp_path) -> None:
         ProxySettings(home=tmp_path, scope_unkeyed="Bad Name")
 
 
-def test_requests_route_to_their_scopes_adapter_and_record_their_scope(start_proxy, fake, redis_client, http) -> None:
+def alice_has_an_adapter(start_proxy, redis_client, http) -> tuple[str, str]:
+    """A proxy scoping by key whose routing table gives alice's scope a stable of its own: (its URL, that scope)."""
     url = start_proxy(scope_by="key", scope_unkeyed="global")
     alice = f"k-{hashed(ALICE_KEY)}"
     table = RoutingTable(revision=1, base_model="tiny", stable="v1", versions={"v1": "tiny@v1"},
                          scopes={alice: ScopeRoute(stable="v2", versions={"v2": f"tiny@{alice}-v2"})})
     redis_client.set(ROUTING_KEY, table.model_dump_json())
     wait_for_table(http, url)
+    return url, alice
+
+
+def test_requests_route_to_their_scopes_adapter_and_record_their_scope(start_proxy, fake, redis_client, http) -> None:
+    url, alice = alice_has_an_adapter(start_proxy, redis_client, http)
     cases = [(ALICE_KEY, (f"tiny@{alice}-v2", "v2", alice, alice)), (BOB_KEY, ("tiny@v1", "v1", f"k-{hashed(BOB_KEY)}", "global")),
              (None, ("tiny@v1", "v1", "global", "global"))]
     for key, (model, version, _, _) in cases:
@@ -164,12 +170,7 @@ def test_a_response_of_another_scope_is_not_continued_into_its_records(start_pro
 
 def test_another_scopes_adapter_is_served_to_no_one_else(start_proxy, fake, redis_client, http) -> None:
     """Text completions and pass-through bodies go upstream as sent, but never naming another user's adapter."""
-    url = start_proxy(scope_by="key", scope_unkeyed="global")
-    alice = f"k-{hashed(ALICE_KEY)}"
-    table = RoutingTable(revision=1, base_model="tiny", stable="v1", versions={"v1": "tiny@v1"},
-                         scopes={alice: ScopeRoute(stable="v2", versions={"v2": f"tiny@{alice}-v2"})})
-    redis_client.set(ROUTING_KEY, table.model_dump_json())
-    wait_for_table(http, url)
+    url, alice = alice_has_an_adapter(start_proxy, redis_client, http)
     before = len(fake.requests)
     bob, carol = {"Authorization": f"Bearer {BOB_KEY}"}, {}
     for path, body in [("/v1/completions", {"model": f"tiny@{alice}-v2", "prompt": "hi"}),
