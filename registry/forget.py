@@ -144,6 +144,32 @@ def _jobs(client: redis.Redis, queue_name: str, wanted: Callable[[list[Any]], bo
     return removed
 
 
+def _delete(client: redis.Redis, keys: list[str] | list[bytes]) -> int:
+    return sum(int(client.delete(*keys[at:at + 500])) for at in range(0, len(keys), 500))
+
+
+def forget_sessions(client: redis.Redis, sessions: set[str]) -> tuple[int, int]:
+    """Delete the proxy's state of ``sessions``: their session keys and idle entries, then the fingerprint chains
+    and Responses API contexts that name them. Returns (session keys deleted, chains and contexts deleted)."""
+    if not sessions:
+        return 0, 0
+    deleted = _delete(client, [session_key(s) for s in sessions])
+    client.zrem(IDLE_SESSIONS_KEY, *sessions)
+    session_values = {s.encode() for s in sessions}
+
+    def in_session(value: bytes) -> bool:
+        if value in session_values:
+            return True
+        try:
+            return json.loads(value).get("session_id") in sessions  # a Responses API context
+        except (ValueError, AttributeError):
+            return False
+
+    linked = _scan_values(client, chain_key("*"), in_session)
+    linked += _scan_values(client, response_context_key("*"), in_session)
+    return deleted, _delete(client, linked)
+
+
 def forget(client: redis.Redis, who: Who, *, actor: str = "operator", queues: redis.Redis | None = None) -> dict[str, int]:
     """Delete everything kept of ``who``; the counts of what was deleted, by kind."""
     removed = Removed()
@@ -173,23 +199,10 @@ def forget(client: redis.Redis, who: Who, *, actor: str = "operator", queues: re
                     turn_ids.add(str(record.get("turn_id")))
         removed.add(kind, _xdel(client, stream, ids))
 
-    keys = [turn_key(t) for t in turn_ids] + [sample_key(t) for t in turn_ids] + [session_key(s) for s in sessions]
-    removed.add("turn_and_session_keys", sum(int(client.delete(*keys[at:at + 500])) for at in range(0, len(keys), 500)))
-    if sessions:
-        client.zrem(IDLE_SESSIONS_KEY, *sessions)
-    session_values = {s.encode() for s in sessions}
-
-    def in_session(value: bytes) -> bool:
-        if value in session_values:
-            return True
-        try:
-            return json.loads(value).get("session_id") in sessions  # a Responses API context
-        except (ValueError, AttributeError):
-            return False
-
-    linked = _scan_values(client, chain_key("*"), in_session)
-    linked += _scan_values(client, response_context_key("*"), in_session)
-    removed.add("chains_and_contexts", int(client.delete(*linked)) if linked else 0)
+    keys = [turn_key(t) for t in turn_ids] + [sample_key(t) for t in turn_ids]
+    session_keys, linked = forget_sessions(client, sessions)
+    removed.add("turn_and_session_keys", _delete(client, keys) + session_keys)
+    removed.add("chains_and_contexts", linked)
     if who.key_hash is not None:  # the key's rate-limit bucket (it would expire on its own)
         removed.add("rate_limit_buckets", int(client.delete(bucket_key(who.key_hash))))
     queues = queues if queues is not None else client  # RQ's Redis (NEXTSTATE_QUEUE_URL), else the data's

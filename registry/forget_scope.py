@@ -2,8 +2,9 @@
 
 What goes: the scope's version directories and its registry keys (versions, aliases, canary, audit
 trail), its adapters on the policy servers, every turn recorded in the scope (stream entries and the
-JSON copies), the transitions and feedback of those turns, and every sample labeled in the scope (stream
-entries and current copies). The routing table is rewritten first, so no request is routed to an
+JSON copies), the transitions and feedback of those turns, every sample labeled in the scope (stream
+entries and current copies), and the proxy's state of the scope's conversations (session keys,
+fingerprint chains, Responses API contexts). The routing table is rewritten first, so no request is routed to an
 adapter that is being removed. The global scope cannot be forgotten this way (it holds everyone's
 shared lineage). Prints what it removed.
 """
@@ -27,6 +28,7 @@ from proxy.records import FEEDBACK_STREAM, TRANSITIONS_STREAM, TURNS_STREAM, Tur
 from proxy.scopes import valid_scope
 from registry.actions import Control
 from registry.errors import PolicyServerError, RegistryError
+from registry.forget import forget_sessions
 from registry.records import GLOBAL_SCOPE, RETIRED_KEY, SCOPES_KEY, AuditEvent
 from registry.settings import RegistrySettings
 from registry.wiring import open_control
@@ -44,6 +46,7 @@ class Forgotten:
     feedback: int = 0
     samples: int = 0
     registry_keys: int = 0
+    conversation_keys: int = 0
 
     def lines(self) -> list[str]:
         return [
@@ -55,6 +58,7 @@ class Forgotten:
             f"  feedback          {self.feedback}",
             f"  samples           {self.samples} (stream entries, every revision)",
             f"  registry keys     {self.registry_keys} (aliases, canary, counter, audit trail, ...)",
+            f"  conversation keys {self.conversation_keys} (sessions, fingerprint chains, Responses API contexts)",
         ]
 
 
@@ -96,9 +100,10 @@ def forget_scope(control: Control, scope: str) -> Forgotten:
     shutil.rmtree(registry.root, ignore_errors=True)
 
     turn_ids: set[str] = set()
+    sessions: set[str] = set()
 
     def in_scope(model: type[TurnRecord] | type[SampleRecord]) -> Callable[[bytes], bool]:
-        """A stream filter: the record is of ``scope`` (its turn id is kept, to find what names the turn)."""
+        """A stream filter: the record is of ``scope`` (its turn and session ids are kept, to find what names them)."""
         def check(raw: bytes) -> bool:
             try:
                 record = model.model_validate_json(raw)
@@ -106,6 +111,7 @@ def forget_scope(control: Control, scope: str) -> Forgotten:
                 return False
             if record.scope == scope:
                 turn_ids.add(record.turn_id)
+                sessions.add(record.session_id)
                 return True
             return False
         return check
@@ -121,6 +127,8 @@ def forget_scope(control: Control, scope: str) -> Forgotten:
     done.feedback = _delete_entries(client, FEEDBACK_STREAM, names_turn)
     for turn_id in turn_ids:
         client.delete(turn_key(turn_id), sample_key(turn_id))
+    session_keys, linked = forget_sessions(client, sessions)
+    done.conversation_keys = session_keys + linked
     return done
 
 
