@@ -21,12 +21,14 @@ import time
 
 from tqdm import tqdm
 
-from bench.prefbench.personas import PERSONAS, Persona
+from bench.prefbench.personas import PERSONAS
+from bench.prefbench.personas_text import TEXT_PERSONAS
+from bench.prefbench.real_model import real_model_changes
 from bench.prefbench.report import curve, plot, sparkline
 from bench.prefbench.runner import USER_SCOPE, BenchConfig, run_one, settings_report
 from bench.prefbench.simulator import FeedbackMix
 from bench.prefbench.stack import Progress
-from bench.prefbench.user import TEXT_MAX_TOKENS, Interaction
+from bench.prefbench.user import Interaction
 from proxy.settings import CommonSettings
 
 
@@ -34,38 +36,33 @@ class DemoSettings(CommonSettings):
     """The demo reads only the common settings (its data goes under ``<home>/demo``)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class BriefPersona(Persona):
-    """A user who wants answers of at most ``max_words`` words: a preference a real chat model can be moved
-    toward (SmolLM2-135M answers that briefly about one time in ten unasked), where PrefBench's styles are
-    the tiny model's own formats, which a real model almost never produces."""
-
-    max_words: int = 10
-
-    def satisfied_by(self, answer: str) -> bool:
-        return 0 < len(answer.split()) <= self.max_words
-
-
-BRIEF = BriefPersona(
-    "brief", "at most ten words",
-    directives=("Keep it under ten words, please.", "Shorter please, a few words are enough.",
-                "Too long. Answer in a few words.", "Just give me the short answer."),
-    complaints=("Way too long.", "I don't need all that text.", "Too much text again."),
-)
 MODELS = {"tiny-chat": "builtin:tiny-chat", "smollm2-135m": "builtin:smollm2-135m"}
-DEFAULT_PERSONA = {"tiny-chat": "terse", "smollm2-135m": BRIEF.name}
+# the tiny model's personas want its trained styles, a real model's are predicates on free text; on SmolLM2-135M the
+# demo's user wants lists, which the model never writes unasked and learns from a plain client's corrections
+DEFAULT_PERSONA = {"tiny-chat": "terse", "smollm2-135m": "skimmer"}
+PERSONAS_OF = {"tiny-chat": PERSONAS, "smollm2-135m": TEXT_PERSONAS}
+# how long each runs by default: the real model learns lists between 32 and 48 interactions (bench/README.md)
+LENGTH = {"tiny-chat": (36, 6), "smollm2-135m": (48, 8)}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="nextstate demo", description=__doc__)
     parser.add_argument("--model", default="tiny-chat", choices=sorted(MODELS), help="the built-in model to personalise")
-    parser.add_argument("--persona", choices=sorted([*PERSONAS, BRIEF.name]),
-                        help="the simulated user (default: terse on tiny-chat, brief on smollm2-135m)")
+    parser.add_argument("--persona", help="the simulated user: one of the tiny model's personas on tiny-chat (default "
+                        f"terse: {', '.join(sorted(PERSONAS))}), one of the text personas on smollm2-135m (default "
+                        f"skimmer: {', '.join(sorted(TEXT_PERSONAS))})")
     parser.add_argument("--method", default="combined", choices=("none", "rl", "opd", "combined"))
-    parser.add_argument("--interactions", type=int, default=36)
-    parser.add_argument("--every", type=int, default=6, help="evaluate every k interactions")
+    parser.add_argument("--interactions", type=int, help="default 36 on tiny-chat, 48 on smollm2-135m")
+    parser.add_argument("--every", type=int, help="evaluate every k interactions (default 6 on tiny-chat, 8 on smollm2-135m)")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.persona = args.persona or DEFAULT_PERSONA[args.model]
+    if args.persona not in PERSONAS_OF[args.model]:
+        parser.error(f"persona {args.persona!r} is not one of {args.model}'s: {', '.join(sorted(PERSONAS_OF[args.model]))}")
+    interactions, every = LENGTH[args.model]
+    args.interactions = args.interactions or interactions
+    args.every = args.every or every
+    return args
 
 
 def _updates(before: dict[str, int], progress: Progress) -> list[str]:
@@ -84,14 +81,11 @@ def _updates(before: dict[str, int], progress: Progress) -> list[str]:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    args.persona = args.persona or DEFAULT_PERSONA[args.model]
-    if args.persona == BRIEF.name:  # the demo's own persona joins the simulator's table for this process only
-        PERSONAS.setdefault(BRIEF.name, BRIEF)
     settings = DemoSettings()
     root = settings.home_dir().resolve() / "demo"
     cache = settings.home_dir().resolve() / "models"
     print(f"nextstate demo: model {args.model}, persona '{args.persona}' (hidden preference: "
-          f"{PERSONAS[args.persona].style}), method {args.method}, {args.interactions} interactions")
+          f"{PERSONAS_OF[args.model][args.persona].style}), method {args.method}, {args.interactions} interactions")
     print(f"1/3 preparing the built-in model {args.model} (cached in {cache}) ...", flush=True)
     built = subprocess.run([sys.executable, "-m", "nextstate", "build-model", "--model", args.model, "--out", str(cache)],
                            check=False)
@@ -101,11 +95,8 @@ def main(argv: list[str]) -> int:
     config = BenchConfig(methods=(args.method,), personas=(args.persona,), seeds=(args.seed,),
                          interactions=args.interactions, every=args.every, eval_prompts=12,
                          mix=FeedbackMix(silent_p=0.1, noise_p=0.0), model_cache=cache, jobs=1)
-    if args.model != "tiny-chat":  # the learner takes the real model's own preset ('small')
-        config = dataclasses.replace(config, extra_env={"NEXTSTATE_BASE_MODEL": MODELS[args.model]},
-                                     max_tokens=TEXT_MAX_TOKENS)
-        print(f"   settings: NEXTSTATE_BASE_MODEL={MODELS[args.model]} (--model); the user asks for at most "
-              f"{TEXT_MAX_TOKENS} tokens (the real model's answers say the fact within that; longer ones cost the CPU)")
+    if args.model != "tiny-chat":  # PrefBench's real-model settings (its topics, token budget, idle timeout), printed
+        config = dataclasses.replace(config, **real_model_changes(args.model, personas_chosen=True))  # type: ignore[arg-type]
     home = root / f"{args.model}-{args.method}-{args.persona}-s{args.seed}"
     print(settings_report(config), flush=True)
     print("2/3 starting the stack (redis, policy server, proxy, labeler, learner, controller) ...", flush=True)

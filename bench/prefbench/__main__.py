@@ -13,49 +13,14 @@ from pathlib import Path
 
 from bench.prefbench.personas import PERSONAS
 from bench.prefbench.personas_text import TEXT_PERSONAS
+from bench.prefbench.real_model import real_model_changes
 from bench.prefbench.report import curve, interactions_to, markdown_table, plot, sparkline
 from bench.prefbench.runner import METHODS, BenchConfig, run_matrix, settings_report
 from bench.prefbench.simulator import FeedbackMix
 from bench.prefbench.stack import stop_stacks_on_termination
 from bench.prefbench.streak import sessions_to_streak
-from bench.prefbench.user import MAX_TOKENS, TEXT_MAX_TOKENS
 
 DEFAULT_OUT = Path("bench/out/prefbench")
-TEXT_DEFAULT_PERSONAS = ("brief", "skimmer", "oneliner")
-SMOLLM2_TOPICS = ("capitals", "opposites")
-
-
-def real_model_changes(model: str, args: argparse.Namespace) -> dict[str, object]:
-    """What a real model changes from the tiny model's bench settings, each printed with its reason."""
-    env = {"NEXTSTATE_BASE_MODEL": "builtin:smollm2-135m"}
-    if model != "smollm2-135m":  # a directory: served under its folder's name (no slashes in version names)
-        path = Path(model).expanduser().resolve()
-        env = {"NEXTSTATE_BASE_MODEL": str(path), "NEXTSTATE_SERVED_MODEL_NAME": path.name,
-               "NEXTSTATE_SERVED_BASE_MODEL": path.name}
-    model_id = env["NEXTSTATE_BASE_MODEL"]
-    changes: dict[str, object] = {"extra_env": env}
-    reasons = [f"base model {model_id}: the real model under test (the learner takes its 'small' preset)"]
-    if args.personas is None:
-        changes["personas"] = TEXT_DEFAULT_PERSONAS
-        reasons.append(f"personas {','.join(TEXT_DEFAULT_PERSONAS)}: preferences on free text (personas_text.py); "
-                       "the tiny model's personas want its trained styles")
-    if args.topics is None and model == "smollm2-135m":
-        changes["topics"] = SMOLLM2_TOPICS
-        reasons.append(f"questions on {','.join(SMOLLM2_TOPICS)} only: the topics whose facts SmolLM2-135M-Instruct "
-                       "gets right at its own sampling (0.85 and 0.90 of answers; colors 0.33, animal sounds 0.02, "
-                       "counts 0.05), so the user's reactions are about its preference, not about wrong facts")
-    changes["max_tokens"] = TEXT_MAX_TOKENS
-    reasons.append(f"the user asks for at most {TEXT_MAX_TOKENS} tokens instead of {MAX_TOKENS}: the real model's "
-                   "answers to these questions say the fact and start a list within that, and longer answers cost the "
-                   "busy CPU (the tiny model needs its detail answers whole, up to 83 tokens)")
-    changes["idle_timeout_s"] = 20.0
-    reasons.append("idle timeout 20 s instead of the tiny model's 6 s: an answer of the real model on a busy CPU takes "
-                   "several seconds, and a conversation must not be closed between two of its messages")
-    for line in reasons:
-        print(f"setting: {line}")
-    return changes
-
-
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
@@ -96,7 +61,8 @@ def config_from_args(argv: list[str]) -> tuple[BenchConfig, Path]:
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.model != "tiny-chat":
-        changes.update(real_model_changes(args.model, args))
+        changes.update(real_model_changes(args.model, personas_chosen=args.personas is not None,
+                                          topics_chosen=args.topics is not None))
     if args.base_model:
         changes["extra_env"] = {"NEXTSTATE_BASE_MODEL": str(Path(args.base_model).resolve()),
                                 "NEXTSTATE_SERVED_MODEL_NAME": "tiny-chat", "NEXTSTATE_SERVED_BASE_MODEL": "tiny-chat"}
