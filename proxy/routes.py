@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from proxy import fastjson
-from proxy.access import CLIENT, ClientKey
+from proxy.access import CLIENT
 from proxy.body import parse_json_object, receive_body
 from proxy.errors import BadRequest, NotFound, ProxyError, error_response
 from proxy.forward import Flight, Reply
@@ -23,11 +23,10 @@ from proxy.openapi import document
 from proxy.recorder import REDIS_DOWN, Entry
 from proxy.records import FeedbackRecord, turn_key
 from proxy.routing import UnknownVersion, foreign_adapter
-from proxy.scopes import resolve_scope
 from proxy.settings import ProxySettings
 from proxy.state import ProxyState
 from proxy.targets import extra_prefixes, passes_through
-from proxy.turn import flight_scope
+from proxy.turn import flight_scope, scope_of
 from proxy.upstream import Upstream
 
 MAX_COMMENT_CHARS = 10_000
@@ -162,10 +161,9 @@ async def feedback(request: Request) -> Response:
 
 def feedback_scope(settings: ProxySettings, request: Request, body: dict[str, Any]) -> str:
     """The learning scope of a feedback request, settled as a chat request's is (its key, header or ``user``)."""
-    client: ClientKey | None = request.scope.get(CLIENT)
-    return resolve_scope(settings.scope_by, settings.scope_unkeyed, header=request.headers.get("x-nextstate-scope"),
-                         key_hash=key_hash(request.headers.get("authorization")), user=body.get("user"),
-                         client_scope=client.scope if client is not None else None)
+    return scope_of(settings, header=request.headers.get("x-nextstate-scope"),
+                    authorization=request.headers.get("authorization"), user=body.get("user"),
+                    client=request.scope.get(CLIENT))
 
 
 def _scope_of_turn(stored: bytes) -> str | None:

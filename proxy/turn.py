@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from proxy.access import ClientKey
 from proxy.forward import Flight
 from proxy.headers import header_value, key_hash
 from proxy.ids import new_id
@@ -67,13 +68,19 @@ async def find_session(state: ProxyState, history: list[dict[str, Any]], scope: 
     return f"fp-{new_id()}"
 
 
-def flight_scope(flight: Flight, body: dict[str, Any]) -> str:
+def scope_of(settings: ProxySettings, *, header: str | None, authorization: str | None, user: object,
+             client: ClientKey | None) -> str:
     """The learning scope of a request (``proxy.scopes``). A client key configured with a scope
     (``proxy.access``) names it unless an ``X-NextState-Scope`` header the settings trust names another."""
-    settings, controls = flight.state.settings, flight.controls
-    return resolve_scope(settings.scope_by, settings.scope_unkeyed, header=controls.get(b"x-nextstate-scope"),
-                         key_hash=key_hash(controls.get(b"authorization")), user=body.get("user"),
-                         client_scope=flight.client.scope if flight.client is not None else None)
+    return resolve_scope(settings.scope_by, settings.scope_unkeyed, header=header, key_hash=key_hash(authorization),
+                         user=user, client_scope=client.scope if client is not None else None)
+
+
+def flight_scope(flight: Flight, body: dict[str, Any]) -> str:
+    """The learning scope of a forwarded request."""
+    controls = flight.controls
+    return scope_of(flight.state.settings, header=controls.get(b"x-nextstate-scope"),
+                    authorization=controls.get(b"authorization"), user=body.get("user"), client=flight.client)
 
 
 def decide(state: ProxyState, controls: dict[bytes, str], body: dict[str, Any],
