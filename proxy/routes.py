@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import Headers
@@ -15,14 +16,14 @@ from starlette.responses import JSONResponse, Response
 
 from proxy import fastjson
 from proxy.access import CLIENT
-from proxy.body import parse_json_object, receive_body
+from proxy.body import decode_body, parse_json_object, receive_body
 from proxy.errors import BadRequest, NotFound, ProxyError, error_response
 from proxy.forward import Flight, Reply
 from proxy.headers import forward_headers, key_hash
 from proxy.openapi import document
 from proxy.recorder import REDIS_DOWN, Entry
 from proxy.records import FeedbackRecord, turn_key
-from proxy.routing import UnknownVersion, foreign_adapter
+from proxy.routing import UnknownVersion, foreign_adapter, foreign_adapter_in
 from proxy.settings import ProxySettings
 from proxy.state import ProxyState
 from proxy.targets import extra_prefixes, passes_through
@@ -42,11 +43,8 @@ async def _forward(request: Request, path: str, *, method: str = "POST", check_j
         raw = await flight.read(request.receive, decode=check_json)
         if check_json:  # then sent on as JSON, decoded
             refuse_foreign_adapter(flight, parse_json_object(raw, flight.limits.json_depth))
-        elif raw and _plain_json(flight):  # an embeddings-like body: read only for the model it names
-            with contextlib.suppress(ValueError, RecursionError):
-                body = fastjson.loads(raw)
-                if isinstance(body, dict):
-                    refuse_foreign_adapter(flight, body)
+        elif raw:
+            refuse_foreign_adapter_in(flight, raw)
         # an empty POST still says content-length: 0
         await flight.send(flight.request(method, path, raw or None))
     except ProxyError as exc:
@@ -54,10 +52,27 @@ async def _forward(request: Request, path: str, *, method: str = "POST", check_j
     return await flight.answer()
 
 
-def _plain_json(flight: Flight) -> bool:
-    """Is the body as sent on uncompressed JSON (a pass-through's own content type)?"""
+def refuse_foreign_adapter_in(flight: Flight, raw: bytes) -> None:
+    """A pass-through body goes upstream as sent, in whatever form the client chose: JSON under any content type or
+    none (an upstream may read it as JSON all the same), compressed, a multipart or URL-encoded form. It is read,
+    never changed, for another learning scope's adapter: the ``model`` of a JSON object, else any adapter name the
+    body carries. A compressed body the proxy cannot decode is refused as for chat (415, 400, 413)."""
+    table = flight.state.routing.table
+    if table is None or not table.base_model:
+        return  # no adapter is served: nothing to look for
+    encoding = flight.controls.get(b"content-encoding")
+    text = decode_body(raw, encoding, flight.state.settings.max_body_bytes) if encoding else raw
+    if text.lstrip()[:1] == b"{":
+        with contextlib.suppress(ValueError, RecursionError):
+            body = fastjson.loads(text)
+            if isinstance(body, dict):
+                refuse_foreign_adapter(flight, body)
+                return
+    scope = flight_scope(flight, {})
     kind = next((v for k, v in flight.headers if k == b"content-type"), b"").split(b";")[0].strip().lower()
-    return kind == b"application/json" and not flight.controls.get(b"content-encoding")
+    forms = [text, unquote_to_bytes(text.replace(b"+", b" "))] if kind == b"application/x-www-form-urlencoded" else [text]
+    if name := next(filter(None, (foreign_adapter_in(table, form, scope) for form in forms)), None):
+        raise UnknownVersion(f"unknown model {name!r}", param="model")
 
 
 def refuse_foreign_adapter(flight: Flight, body: dict[str, Any]) -> None:

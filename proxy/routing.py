@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 import redis.asyncio as aioredis
 import structlog
@@ -71,6 +72,24 @@ def foreign_adapter(table: RoutingTable | None, model: object, scope: str) -> bo
     match = _SCOPED_ADAPTER.match(model.removeprefix(f"{table.base_model}@")) if model.startswith(
         f"{table.base_model}@") else None
     return match is not None and match.group("scope") != scope
+
+
+@lru_cache(maxsize=8)
+def _adapter_names(base_model: str) -> re.Pattern[bytes]:
+    """Served names of the personal adapters of ``base_model`` anywhere in a body (``<base>@<scope>-vN``)."""
+    return re.compile(rb"(?<![\w.@/-])" + re.escape(base_model.encode()) + rb"@([a-z0-9][a-z0-9-]{0,47}-v\d+)(?![\w-])")
+
+
+def foreign_adapter_in(table: RoutingTable | None, body: bytes, scope: str) -> str | None:
+    """The first served name of another scope's personal adapter that ``body`` carries anywhere, or None: for a
+    body the proxy sends on without reading its fields (a multipart form, a URL-encoded one)."""
+    if table is None or not table.base_model or f"{table.base_model}@".encode() not in body:
+        return None
+    for match in _adapter_names(table.base_model).finditer(body):
+        name = match.group(0).decode()
+        if foreign_adapter(table, name, scope):
+            return name
+    return None
 
 
 def route(

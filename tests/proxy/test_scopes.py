@@ -3,6 +3,7 @@ with their turns recorded in their scope."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 
@@ -194,3 +195,36 @@ def test_another_scopes_adapter_is_served_to_no_one_else(start_proxy, fake, redi
     assert listed == {ALICE_KEY: [fake.model, "tiny@v1", f"tiny@{alice}-v2"],
                       BOB_KEY: [fake.model, "tiny@v1", f"tiny@k-{hashed(BOB_KEY)}-v3"]}
     assert [m["id"] for m in http.get(f"{url}/v1/models").json()["data"]] == [fake.model, "tiny@v1"]
+
+
+def test_a_body_sent_on_as_sent_names_another_scopes_adapter_in_no_form(start_proxy, fake, redis_client, http) -> None:
+    """A pass-through body is read, never changed, whatever its form: JSON under any content type or none,
+    compressed, a multipart or URL-encoded form."""
+    url, alice = alice_has_an_adapter(start_proxy, redis_client, http)
+    theirs = f"tiny@{alice}-v2"
+    as_json = json.dumps({"model": theirs, "input": "hi"}).encode()
+    forms = [dict(content=as_json),  # no content type: an upstream may read it as JSON all the same
+             dict(content=as_json, headers={"content-type": "text/plain"}),
+             dict(content=gzip.compress(as_json), headers={"content-type": "application/json", "content-encoding": "gzip"}),
+             dict(content=as_json.replace(b"@", b"\\u0040")),  # the name behind a JSON escape
+             dict(files={"file": ("a.wav", b"RIFF" + bytes(range(64)), "audio/wav")}, data={"model": theirs}),
+             dict(content=f"model={theirs.replace('@', '%40')}&x=1".encode(),
+                  headers={"content-type": "application/x-www-form-urlencoded"})]
+    before = len(fake.requests)
+    for form in forms:
+        for key in (BOB_KEY, None):
+            headers = {**form.get("headers", {}), **({"Authorization": f"Bearer {key}"} if key else {})}
+            refused = http.post(f"{url}/v1/audio/transcriptions", **{**form, "headers": headers})
+            assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found", (form, refused.text)
+    assert len(fake.requests) == before  # none of them reached the upstream
+    alice_auth = {"Authorization": f"Bearer {ALICE_KEY}"}
+    served = [dict(files={"file": ("a.wav", b"RIFF", "audio/wav")}, data={"model": theirs}, headers=alice_auth),
+              dict(content=as_json, headers=alice_auth),
+              dict(files={"file": ("a.wav", b"RIFF", "audio/wav")}, data={"model": "tiny"}),
+              # a JSON body is read for its model only: another field may mention any name
+              dict(content=json.dumps({"model": "tiny", "input": f"what is {theirs}?"}).encode()),
+              dict(content=b"\x1f\x8b not gzip", headers={"content-type": "application/octet-stream"})]
+    for form in served:
+        assert http.post(f"{url}/v1/audio/transcriptions", **form).status_code == 200, form
+    assert len(fake.requests) == before + len(served)
+    assert fake.requests[before]["body"].count(theirs.encode()) == 1  # sent on as sent
