@@ -17,6 +17,7 @@ from bench.prefbench.real_model import real_model_changes
 from bench.prefbench.report import curve, interactions_to, markdown_table, plot, sparkline
 from bench.prefbench.runner import METHODS, BenchConfig, run_matrix, settings_report
 from bench.prefbench.simulator import FeedbackMix
+from bench.prefbench.stable_steps import stable_step_lines
 from bench.prefbench.stack import stop_stacks_on_termination
 from bench.prefbench.streak import sessions_to_streak
 
@@ -136,9 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     words = wording_table(points)
     print("\n" + words)
+    steps = "\n".join(stable_step_lines(points))
     with (out / "table.md").open("a") as md:
-        md.write("\n" + words + "\n\n" + next_state_line(results["runs"]) + "\n")
+        md.write("\n" + words + "\n\n" + next_state_line(results["runs"]) + "\n\n" + steps + "\n")
     print(next_state_line(results["runs"]))
+    print(steps)
     print(f"\nwall time {time.monotonic() - started:.0f} s; results {out / 'results.json'}; plot {png}")
     return 0
 

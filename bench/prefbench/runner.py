@@ -209,6 +209,7 @@ def run_one(config: BenchConfig, method: str, persona_name: str, seed: int, home
                            "interactions": user.count,
                            "satisfaction": result.satisfaction, "fact_accuracy": result.fact_accuracy,
                            "served_by": list(result.versions), "stable": progress.stable,
+                           "satisfied": [int(x) for x in result.satisfied], "facts_ok": [int(x) for x in result.facts_ok],
                            "elapsed_s": round(time.monotonic() - started, 1)})
             on_line(f"[{method}/{persona_name}/{wording}/seed {seed}] eval satisfaction {result.satisfaction:.2f} "
                     f"(facts {result.fact_accuracy:.2f}, served by {','.join(result.versions)}) | "

@@ -48,6 +48,10 @@ class EvalResult:
     fact_accuracy: float
     versions: tuple[str, ...]
     """Versions that answered the evaluation prompts (``x-nextstate-version``; "base" for none)."""
+    satisfied: tuple[bool, ...] = ()
+    """Per prompt, in the prompts' order: did the answer satisfy the persona?"""
+    facts_ok: tuple[bool, ...] = ()
+    """Per prompt: did the answer state the right fact?"""
 
 
 def _chat(client: openai.OpenAI, model: str, messages: list[dict[str, str]], seed: int,
@@ -146,4 +150,4 @@ def evaluate(client: openai.OpenAI, model: str, persona: Persona, prompts: tuple
         answers = list(pool.map(ask, enumerate(prompts)))
     n = max(1, len(prompts))
     return EvalResult(sum(a[0] for a in answers) / n, sum(a[1] for a in answers) / n,
-                      tuple(sorted({a[2] for a in answers})))
+                      tuple(sorted({a[2] for a in answers})), tuple(a[0] for a in answers), tuple(a[1] for a in answers))
