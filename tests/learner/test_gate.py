@@ -202,3 +202,13 @@ def test_the_gate_picks_the_suite_that_fits_the_model(tmp_path: Path) -> None:
     assert suite_for(tmp_path) == CHAT_SUITE  # any other model: a general chat model's suite
     chat = load_suite(CHAT_SUITE)
     assert len([c for c in chat if c.anchor]) >= 3 and len([c for c in chat if not c.anchor]) >= 10
+
+
+def test_the_chat_suites_breadth_of_facts_holds_none_of_prefbenchs_questions() -> None:
+    """The facts the gate keeps across the board are its own, so PrefBench's facts on fresh prompts stay a
+    held-out measure of what a candidate lost."""
+    breadth = [c for c in load_suite(CHAT_SUITE) if c.samples == 2]
+    assert len(breadth) >= 20 and all(c.prompt and c.checks for c in breadth)
+    assert [c.id for c in breadth if tinycorpus.find_fact(c.prompt or "") is not None] == []
+    subjects = {f.subject.lower() for f in tinycorpus.FACTS if f.topic in ("capitals", "opposites")}
+    assert [c.id for c in breadth if (c.prompt or "").lower().rstrip("?").split()[-1] in subjects] == []
