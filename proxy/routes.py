@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -32,6 +33,7 @@ from proxy.upstream import Upstream
 
 MAX_COMMENT_CHARS = 10_000
 _OFF = frozenset({"off", "0", "false", "no"})
+_JSON_OBJECT = re.compile(rb"[ \t\r\n]*\{")
 
 
 async def _forward(request: Request, path: str, *, method: str = "POST", check_json: bool = False) -> Reply | Response:
@@ -62,7 +64,7 @@ def refuse_foreign_adapter_in(flight: Flight, raw: bytes) -> None:
         return  # no adapter is served: nothing to look for
     encoding = flight.controls.get(b"content-encoding")
     text = decode_body(raw, encoding, flight.state.settings.max_body_bytes) if encoding else raw
-    if text.lstrip()[:1] == b"{":
+    if _JSON_OBJECT.match(text):
         with contextlib.suppress(ValueError, RecursionError):
             body = fastjson.loads(text)
             if isinstance(body, dict):
