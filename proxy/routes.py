@@ -3,10 +3,8 @@ over proxy.forward); feedback, health, readiness, metrics."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import re
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -33,7 +31,6 @@ from proxy.upstream import Upstream
 
 MAX_COMMENT_CHARS = 10_000
 _OFF = frozenset({"off", "0", "false", "no"})
-_JSON_OBJECT = re.compile(rb"[ \t\r\n]*\{")
 
 
 async def _forward(request: Request, path: str, *, method: str = "POST", check_json: bool = False) -> Reply | Response:
@@ -64,17 +61,26 @@ def refuse_foreign_adapter_in(flight: Flight, raw: bytes) -> None:
         return  # no adapter is served: nothing to look for
     encoding = flight.controls.get(b"content-encoding")
     text = decode_body(raw, encoding, flight.state.settings.max_body_bytes) if encoding else raw
-    if _JSON_OBJECT.match(text):
-        with contextlib.suppress(ValueError, RecursionError):
-            body = fastjson.loads(text)
-            if isinstance(body, dict):
-                refuse_foreign_adapter(flight, body)
-                return
+    if (body := _json_object(text)) is not None:
+        refuse_foreign_adapter(flight, body)
+        return
     scope = flight_scope(flight, {})
     kind = next((v for k, v in flight.headers if k == b"content-type"), b"").split(b";")[0].strip().lower()
     forms = [text, unquote_to_bytes(text.replace(b"+", b" "))] if kind == b"application/x-www-form-urlencoded" else [text]
     if name := next(filter(None, (foreign_adapter_in(table, form, scope) for form in forms)), None):
         raise UnknownVersion(f"unknown model {name!r}", param="model")
+
+
+def _json_object(text: bytes) -> dict[str, Any] | None:
+    """``text`` as a JSON object, read as a Python server reads JSON (white space first, a byte-order mark, UTF-16
+    or UTF-32 too), or None when it is none."""
+    for loads in (fastjson.loads, json.loads):  # the fast parser first; the standard one for the encodings it takes
+        try:
+            value = loads(text)
+        except (ValueError, RecursionError):  # a UnicodeDecodeError is a ValueError
+            continue
+        return value if isinstance(value, dict) else None
+    return None
 
 
 def refuse_foreign_adapter(flight: Flight, body: dict[str, Any]) -> None:

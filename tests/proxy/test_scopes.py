@@ -208,6 +208,8 @@ def test_a_body_sent_on_as_sent_names_another_scopes_adapter_in_no_form(start_pr
              dict(content=gzip.compress(as_json), headers={"content-type": "application/json", "content-encoding": "gzip"}),
              dict(content=as_json.replace(b"@", b"\\u0040")),  # the name behind a JSON escape
              dict(content=b" " * 200 + as_json.replace(b"@", b"\\u0040")),  # after any amount of white space
+             dict(content=b"\xef\xbb\xbf" + as_json.replace(b"@", b"\\u0040")),  # after a byte-order mark
+             dict(content=as_json.decode().encode("utf-16")),  # in UTF-16, as a Python server still reads it
              dict(files={"file": ("a.wav", b"RIFF" + bytes(range(64)), "audio/wav")}, data={"model": theirs}),
              dict(content=f"model={theirs.replace('@', '%40')}&x=1".encode(),
                   headers={"content-type": "application/x-www-form-urlencoded"})]
