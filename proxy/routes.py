@@ -64,10 +64,10 @@ def refuse_foreign_adapter_in(flight: Flight, raw: bytes) -> None:
     if (body := _json_object(text)) is not None:
         refuse_foreign_adapter(flight, body)
         return
-    scope = flight_scope(flight, {})
     kind = next((v for k, v in flight.headers if k == b"content-type"), b"").split(b";")[0].strip().lower()
-    forms = [text, unquote_to_bytes(text.replace(b"+", b" "))] if kind == b"application/x-www-form-urlencoded" else [text]
-    if name := next(filter(None, (foreign_adapter_in(table, form, scope) for form in forms)), None):
+    if kind == b"application/x-www-form-urlencoded":
+        text = unquote_to_bytes(text)  # a form's "%40" is the "@" of an adapter name
+    if name := foreign_adapter_in(table, text, flight_scope(flight, {})):
         raise UnknownVersion(f"unknown model {name!r}", param="model")
 
 

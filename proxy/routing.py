@@ -77,7 +77,7 @@ def foreign_adapter(table: RoutingTable | None, model: object, scope: str) -> bo
 @lru_cache(maxsize=8)
 def _adapter_names(base_model: str) -> re.Pattern[bytes]:
     """Served names of the personal adapters of ``base_model`` anywhere in a body (``<base>@<scope>-vN``)."""
-    return re.compile(rb"(?<![\w.@/-])" + re.escape(base_model.encode()) + rb"@([a-z0-9][a-z0-9-]{0,47}-v\d+)(?![\w-])")
+    return re.compile(rb"(?<![\w.@/-])" + re.escape(base_model.encode()) + rb"@[a-z0-9][a-z0-9-]{0,47}-v\d+(?![\w-])")
 
 
 def foreign_adapter_in(table: RoutingTable | None, body: bytes, scope: str) -> str | None:
