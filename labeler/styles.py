@@ -128,13 +128,16 @@ def content_words(text: str) -> set[str]:
 
 
 def says_no_more(answer: str, known: str, share: float = 0.5) -> bool:
-    """Whether an answer of three or more content words takes at least ``share`` of them from ``known``.
+    """Whether an answer takes at least ``share`` of its content words from ``known`` (True where either
+    has none: nothing to judge).
 
     A change of form (a list, lowercase, fewer words) says what was said before; an answer that lists
-    five other capitals when asked for one has the form and not the answer.
+    five other capitals when asked for one has the form and not the answer, and a one-word answer whose
+    word was never said names another fact (asked for one word, the built-in tiny model named the right
+    capital in 0.83 of its answers and the right opposite in 0.79, against 1.00 and 0.88 unasked).
     """
-    said = content_words(answer)
-    return len(said) < 3 or len(said & content_words(known)) / len(said) >= share
+    said, known_words = content_words(answer), content_words(known)
+    return not said or not known_words or len(said & known_words) / len(said) >= share
 
 
 # a relative request: honoured by an answer shorter than the one it corrected

@@ -16,7 +16,9 @@ An answer the teacher gave despite the hint — prose after "Use bullet points."
 (SmolLM2-135M-Instruct asked for bullet points about one capital listed five others) teaches the model
 to lose its facts. So where ``labeler.styles.honours`` can read what the hint asks, only answers that do
 it and, for a change of form, say no more than the question and the corrected answer did are kept
-(``demo_honoured_only``); other hints keep every answer.
+(``demo_honoured_only``); other hints keep every answer. A one-word answer is judged by its one word:
+of a one-word user's contexts (a PrefBench run replayed, four teacher answers each) 44 demonstrations
+answered a fact question, 3 of them with another fact's answer; the 36 kept all had it right.
 
 Scope ``conversation`` demonstrates a hint only on its own conversation's contexts; scope ``batch`` on
 every context of the batch (the latest hint of the batch where a conversation has none), which learns a

@@ -83,7 +83,9 @@ BEFORE = "The capital of Peru is Lima."
         ("Answer in lowercase.", "lima is lovely, with beaches, museums and great food.", False),
         ("Make it shorter.", "Lima.", True),
         ("Make it shorter.", "Madrid, Spain's capital.", False),  # shorter, and another answer
-        ("Answer in one word.", "Cusco", True),  # too short to tell: a corrected fact may be new
+        ("Answer in one word.", "Lima", True),
+        ("Answer in one word.", "Cusco", False),  # one word, and another fact than the answer it corrected
+        ("Answer in one word.", "lima.", True),
         ("More detail please.", "The capital of Peru is Lima. It lies on the Pacific coast.", True),  # may add
     ],
 )
@@ -93,7 +95,11 @@ def test_a_change_of_form_keeps_what_was_said(hint: str, answer: str, verdict: b
 
 def test_content_words_and_says_no_more() -> None:
     assert content_words("The capital of Peru is Lima, isn't it?") == {"capital", "peru", "lima", "isn't"}
-    assert says_no_more("Lima, Peru", "")  # fewer than three content words: nothing to judge
+    assert says_no_more("Lima", BEFORE)
+    assert not says_no_more("Cusco", BEFORE)  # a single word is judged too: it is the whole answer
+    assert says_no_more("Lima, Chile", BEFORE)  # one of two known
+    assert says_no_more("Yes, of it", BEFORE)  # no content word said: nothing to judge
+    assert says_no_more("Rome Paris London", "")  # nothing known: nothing to judge
     assert says_no_more("Peru capital Lima Andes", BEFORE)  # three of four known
     assert not says_no_more("Rome Paris London", BEFORE)
 
