@@ -96,6 +96,9 @@ def sacred_scores(policies: Policies, cases: list[SacredCase], run: GateRun) -> 
     """Pass rate of each checked case for both policies; cases sharing sampling settings share a batch.
 
     The stable side's answers are reused while the stable version stays the same (same seed, same answers).
+    Where stable is an adapter, the base model answers too (once per gate process): a lineage's every step
+    may lose a little within the tolerance against the stable before it, and only the base model shows
+    what the steps lost together.
     """
     checked = [c for c in cases if not c.anchor]
     groups: dict[tuple[int, float, int], list[SacredCase]] = {}
@@ -110,21 +113,26 @@ def sacred_scores(policies: Policies, cases: list[SacredCase], run: GateRun) -> 
     capped_by_side: dict[str, list[list[bool]]] = {"candidate": [], "stable": []}
     tok = policies.tokenizer
     end_ids = {t for t in (tok.eos_token_id, tok.pad_token_id) if t is not None}
+    sides = ("candidate", "stable", "base") if policies.has_stable else ("candidate", "stable")
     for index, ((n, temperature, max_tokens), group) in enumerate(groups.items()):
-        for side in ("candidate", "stable"):
-            if side == "stable":
-                ids = stable_answers(policies, [c.messages for c in group], n, temperature, max_tokens, run.seed + index)
+        for side in sides:
+            if side != "candidate":
+                ids = stable_answers(policies, [c.messages for c in group], n, temperature, max_tokens, run.seed + index,
+                                     side=side)
             else:
                 ids = generate(policies, side, [c.messages for c in group], n, temperature, max_tokens, run.seed + index)
             texts = policies.tokenizer.batch_decode(ids, skip_special_tokens=True)
             for k, case in enumerate(group):
                 answers = texts[k * n:(k + 1) * n]
+                rates.setdefault(case.id, {})[side] = score(answers, case)
+                if side == "base":
+                    continue
                 answers_by_side[side].append(answers)
                 capped_by_side[side].append([_capped(a, max_tokens, end_ids) for a in ids[k * n:(k + 1) * n]])
                 counts[case.id] = n
-                rates.setdefault(case.id, {})[side] = score(answers, case)
                 examples.setdefault(case.id, {})[side] = answers[0]
-    scores = [CaseScore(c.id, rates[c.id]["candidate"], rates[c.id]["stable"], counts[c.id]) for c in checked]
+    scores = [CaseScore(c.id, rates[c.id]["candidate"], rates[c.id]["stable"], counts[c.id], rates[c.id].get("base"))
+              for c in checked]
     text = {side: text_stats(answers_by_side[side], capped_by_side[side]) for side in answers_by_side}
     return SacredRun(scores, examples, text)
 

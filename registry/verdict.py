@@ -1,7 +1,8 @@
 """The gate's decision: numbers in (sacred scores, replay deltas, drift), verdict out. Pure.
 
-A candidate fails when (a) on any sacred case its pass rate is below stable's by more than the
-tolerance and, when the number of sampled answers is known, the drop is significant (one-sided Fisher
+A candidate fails when (a) on any sacred case its pass rate is below stable's — or, where stable is an
+adapter, the base model's: each step of a lineage may lose a little within the tolerance, and the steps
+add up — by more than the tolerance and, when the number of sampled answers is known, the drop is significant (one-sided Fisher
 exact test at ``sacred_alpha``: a few sampled answers differ by chance, and a gate that fails on chance
 stops learning without protecting anything); or pooled over all cases the candidate passes less often
 by more than ``suite_tolerance``, significantly (a broad small regression no single case shows); (b) on held-out labeled samples it lowers the mean per-token log-likelihood of prefer
@@ -53,6 +54,8 @@ class CaseScore:
     stable: float
     samples: int = 0
     """sampled answers per side (0 = unknown: the tolerance alone decides)"""
+    base: float | None = None
+    """the base model's pass rate where stable is an adapter (None: stable is the base model, or not measured)"""
 
     def passes(self, rate: float) -> int:
         return round(rate * self.samples)
@@ -93,6 +96,9 @@ def gate_verdict(cases: list[CaseScore], replay: ReplayStats, kl: float | None, 
     notes: list[str] = []
     for case in cases:
         _judge_case(case, f"sacred case {case.case_id}", thresholds, reasons, notes)
+        if case.base is not None:  # what a lineage's steps lost together, each within the tolerance
+            _judge_case(dataclasses.replace(case, stable=case.base), f"sacred case {case.case_id}", thresholds,
+                        reasons, notes, reference="the base model")
     if recall is not None:
         if recall.requests >= thresholds.recall_min_requests:
             n = recall.answers
@@ -102,16 +108,9 @@ def gate_verdict(cases: list[CaseScore], replay: ReplayStats, kl: float | None, 
             notes.append(f"recall: {recall.requests} requests with a key word, not judged")
     counted = [c for c in cases if c.samples > 0]
     if counted:
-        n = sum(c.samples for c in counted)
-        cand, stab = sum(c.passes(c.candidate) for c in counted), sum(c.passes(c.stable) for c in counted)
-        if cand / n < stab / n - thresholds.suite_tolerance:
-            significant, p = _significant(cand, n, stab, n, thresholds.sacred_alpha)
-            message = (f"sacred suite: {cand}/{n} answers pass < stable {stab}/{n} - {thresholds.suite_tolerance}"
-                       f" (p={p:.3f})")
-            if significant:
-                reasons.append(message)
-            else:
-                notes.append(f"{message}, within chance")
+        _judge_suite(counted, [c.stable for c in counted], "stable", thresholds, reasons, notes)
+        if all(c.base is not None for c in counted):
+            _judge_suite(counted, [c.base or 0.0 for c in counted], "the base model", thresholds, reasons, notes)
     if replay.prefer_n >= thresholds.replay_min_samples:
         if replay.prefer_delta < -thresholds.replay_tolerance:
             message = f"replay: prefer log-likelihood fell by {-replay.prefer_delta:.4f} over {replay.prefer_n} samples"
@@ -130,7 +129,8 @@ def gate_verdict(cases: list[CaseScore], replay: ReplayStats, kl: float | None, 
     candidate_text, stable_text = text or (empty, empty)
     reasons += collapse_reasons(candidate_text, stable_text, anchor_logp_drop, thresholds.collapse)
     metrics = {
-        "sacred": {c.case_id: {"candidate": c.candidate, "stable": c.stable} for c in cases},
+        "sacred": {c.case_id: {"candidate": c.candidate, "stable": c.stable,
+                               **({"base": c.base} if c.base is not None else {})} for c in cases},
         "sacred_mean": {"candidate": _mean([c.candidate for c in cases]), "stable": _mean([c.stable for c in cases])},
         "replay": {"prefer_n": replay.prefer_n, "prefer_delta": replay.prefer_delta, "prefer_se": replay.prefer_se,
                    "avoid_n": replay.avoid_n, "avoid_delta": replay.avoid_delta, "avoid_se": replay.avoid_se},
@@ -142,11 +142,30 @@ def gate_verdict(cases: list[CaseScore], replay: ReplayStats, kl: float | None, 
     return GateVerdict(passed=not reasons, reasons=reasons, metrics=metrics, compared_to=compared_to)
 
 
-def _judge_case(case: CaseScore, label: str, thresholds: GateThresholds, reasons: list[str], notes: list[str]) -> None:
-    """A pass rate below stable's by more than the tolerance fails, unless chance explains it (Fisher)."""
+def _judge_suite(counted: list[CaseScore], reference: list[float], name: str, thresholds: GateThresholds,
+                 reasons: list[str], notes: list[str]) -> None:
+    """The pass rate pooled over the cases below the reference's by more than the suite tolerance fails,
+    unless chance explains it (Fisher)."""
+    n = sum(c.samples for c in counted)
+    cand = sum(c.passes(c.candidate) for c in counted)
+    ref = sum(c.passes(rate) for c, rate in zip(counted, reference, strict=True))
+    if cand / n >= ref / n - thresholds.suite_tolerance:
+        return
+    significant, p = _significant(cand, n, ref, n, thresholds.sacred_alpha)
+    message = f"sacred suite: {cand}/{n} answers pass < {name} {ref}/{n} - {thresholds.suite_tolerance} (p={p:.3f})"
+    if significant:
+        reasons.append(message)
+    else:
+        notes.append(f"{message}, within chance")
+
+
+def _judge_case(case: CaseScore, label: str, thresholds: GateThresholds, reasons: list[str], notes: list[str],
+                reference: str = "stable") -> None:
+    """A pass rate below the reference's (stable's) by more than the tolerance fails, unless chance explains it
+    (Fisher)."""
     if case.candidate >= case.stable - thresholds.sacred_tolerance:
         return
-    message = f"{label}: {case.candidate:.2f} < stable {case.stable:.2f} - {thresholds.sacred_tolerance}"
+    message = f"{label}: {case.candidate:.2f} < {reference} {case.stable:.2f} - {thresholds.sacred_tolerance}"
     if case.samples <= 0:
         reasons.append(message)
         return

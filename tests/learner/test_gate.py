@@ -129,6 +129,37 @@ def test_the_stable_sides_answers_are_reused_while_the_stable_version_stays(
     assert not second.passed  # the candidate side is still measured afresh
 
 
+def test_against_an_adapter_stable_the_base_model_is_scored_too_and_sampled_once(
+    control: Control, adapters: dict[str, Path], tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import learner.gate_policies as gate
+
+    sides: list[str] = []
+    real = gate.generate
+    monkeypatch.setattr(gate, "generate", lambda policies, side, *a, **k: sides.append(side) or real(policies, side, *a, **k))
+    suite = load_suite(TINY_SUITE)
+    reg = control.registry
+    base = fresh_base(tiny_model_path)
+    first = evaluate(reg, publish_adapter(reg, adapters["identity"], str(tiny_model_path)), *base, suite, FAST)
+    assert "base" not in sides  # stable is the base model: nothing more to sample
+    assert all("base" not in c for c in first.metrics["sacred"].values())
+    control.registry.set_alias("stable", control.registry.versions()[-1].version, actor="test")
+    second = evaluate(reg, publish_adapter(reg, adapters["identity"], str(tiny_model_path)), *base, suite, FAST)
+    assert "base" not in sides  # the base model's answers to the suite are the first gate's stable answers, kept
+    cases = second.metrics["sacred"]
+    assert {k: c["base"] for k, c in cases.items()} == {k: c["stable"] for k, c in first.metrics["sacred"].items()}
+    assert all(c["base"] == c["stable"] == c["candidate"] for c in cases.values())  # identity adapters: one model
+    assert second.passed, second.reasons
+    other = fresh_base(tiny_model_path)  # another loaded copy keeps nothing: the base model answers afresh
+    third = evaluate(reg, publish_adapter(reg, adapters["scrambled"], str(tiny_model_path)), *other, suite, FAST)
+    base_runs = sides.count("base")
+    assert base_runs >= 1
+    assert {k: c["base"] for k, c in third.metrics["sacred"].items()} == {k: c["base"] for k, c in cases.items()}
+    assert not third.passed and any("the base model" in r for r in third.reasons)
+    evaluate(reg, publish_adapter(reg, adapters["scrambled"], str(tiny_model_path)), *other, suite, FAST)
+    assert sides.count("base") == base_runs  # kept like stable's while the process lends the same base
+
+
 def test_replay_needs_prefer_up_and_avoid_down(control: Control, adapters: dict[str, Path], tiny_model_path: Path) -> None:
     reg = control.registry
     trained_on = add_samples(reg, lowercase_pairs(tinycorpus.FACTS[::3][:4]), "prefer", "trained")

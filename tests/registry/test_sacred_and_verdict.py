@@ -71,6 +71,14 @@ VERDICTS = [
     ([CaseScore(f"c{i}", 0.875, 1.0, 8) for i in range(10)], GOOD_REPLAY, 0.1, False, "sacred suite: 70/80"),
     ([CaseScore(f"c{i}", 0.875, 1.0, 8) for i in range(2)] + [CaseScore(f"d{i}", 1.0, 1.0, 8) for i in range(8)],
      GOOD_REPLAY, 0.1, True, None),  # 78/80 vs 80/80: within chance
+    # against the base model too, where stable is an adapter: steps each within the tolerance add up
+    ([CaseScore(f"c{i}", 0.875, 0.875, 8, base=1.0) for i in range(10)], GOOD_REPLAY, 0.1, False,
+     "sacred suite: 70/80 answers pass < the base model 80/80"),  # level with stable, 70/80 vs the base's 80/80
+    ([CaseScore("a", 0.5, 0.75, 8, base=1.0)], GOOD_REPLAY, 0.1, False,
+     "sacred case a: 0.50 < the base model 1.00"),  # 4/8 vs stable's 6/8 passes; vs the base's 8/8, p = 0.038
+    ([CaseScore(f"c{i}", 0.875, 1.0, 8, base=0.875) for i in range(2)] + [CaseScore(f"d{i}", 1.0, 1.0, 8, base=1.0)
+                                                                          for i in range(8)], GOOD_REPLAY, 0.1, True, None),
+    ([CaseScore(f"c{i}", 0.875, 0.875, 8, base=None) for i in range(10)], GOOD_REPLAY, 0.1, True, None),  # no base
     # replay with a standard error: a wrong-way move chance explains passes, one it does not fails
     ([], ReplayStats(4, -0.08, 10, -0.1, prefer_se=0.06), 0.1, True, None),  # z = 1.33
     ([], ReplayStats(4, -0.08, 10, -0.1, prefer_se=0.02), 0.1, False, "prefer log-likelihood fell"),  # z = 4
