@@ -108,14 +108,20 @@ def test_identity_adapter_passes_and_scrambled_fails(control: Control, adapters:
     assert any(r.startswith("collapse:") for r in verdict.reasons)
 
 
-def test_the_stable_sides_answers_are_reused_while_the_stable_version_stays(
-    control: Control, adapters: dict[str, Path], tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def sides(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The side of every sampling the gate runs, in order."""
     import learner.gate_policies as gate
 
-    sides: list[str] = []
+    seen: list[str] = []
     real = gate.generate
-    monkeypatch.setattr(gate, "generate", lambda policies, side, *a, **k: sides.append(side) or real(policies, side, *a, **k))
+    monkeypatch.setattr(gate, "generate", lambda policies, side, *a, **k: seen.append(side) or real(policies, side, *a, **k))
+    return seen
+
+
+def test_the_stable_sides_answers_are_reused_while_the_stable_version_stays(
+    control: Control, adapters: dict[str, Path], tiny_model_path: Path, sides: list[str],
+) -> None:
     suite = load_suite(TINY_SUITE)
     reg = control.registry
     base = fresh_base(tiny_model_path)  # lent to one gate after another, as the learner does
@@ -130,13 +136,8 @@ def test_the_stable_sides_answers_are_reused_while_the_stable_version_stays(
 
 
 def test_against_an_adapter_stable_the_base_model_is_scored_too_and_sampled_once(
-    control: Control, adapters: dict[str, Path], tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch,
+    control: Control, adapters: dict[str, Path], tiny_model_path: Path, sides: list[str],
 ) -> None:
-    import learner.gate_policies as gate
-
-    sides: list[str] = []
-    real = gate.generate
-    monkeypatch.setattr(gate, "generate", lambda policies, side, *a, **k: sides.append(side) or real(policies, side, *a, **k))
     suite = load_suite(TINY_SUITE)
     reg = control.registry
     base = fresh_base(tiny_model_path)
