@@ -4,7 +4,9 @@ Entropy and KL say a policy moved; these say whether what it now writes has dege
 each compared with the stable policy's answers to the same prompts at the same seed:
 
 - **repetition** — the share of an answer's word 3-grams that repeat an earlier 3-gram of the same
-  answer (a decoding loop: "the sky is blue. the sky is blue. ..."), averaged over answers;
+  answer (a decoding loop: "the sky is blue. the sky is blue. ..."), averaged over answers; list markers
+  do not count as words, or a numbered loop ("1. Berlin 2. Berlin 3. Berlin …", which SmolLM2-135M
+  learned from a user who wanted lists) would look like a list of new 3-grams;
 - **self-similarity** — the mean ROUGE-L F1 between answers to *different* prompts (mode collapse: one
   answer whatever is asked);
 - **degenerate length** — the share of answers that are empty (no word at all; one word is an answer) or run to the token cap
@@ -31,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 _WORD = re.compile(r"\w+")
+_LIST_MARKER = re.compile(r"^[ \t]*(?:[-*\u2022]|\d+[.)])[ \t]+", re.MULTILINE)
 MAX_COMPARED_WORDS = 200  # ROUGE-L is quadratic in length: compare the first words only
 
 
@@ -40,8 +43,9 @@ def words(text: str) -> list[str]:
 
 
 def ngram_repetition(text: str, n: int = 3) -> float:
-    """Share of the word ``n``-grams of ``text`` that repeat an earlier one (0 = none, -> 1 = a loop)."""
-    tokens = words(text)
+    """Share of the word ``n``-grams of ``text`` that repeat an earlier one (0 = none, -> 1 = a loop); the
+    bullets and numbers that start list lines are not words."""
+    tokens = words(_LIST_MARKER.sub("", text))
     grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
     if not grams:
         return 0.0

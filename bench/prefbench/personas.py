@@ -56,6 +56,9 @@ CORRECTIONS: tuple[str, ...] = (
     "That's wrong.", "No, that's not correct.", "That's not right, try again.", "Wrong answer.",
     "That's incorrect.",
 )
+LOOP_COMPLAINTS: tuple[str, ...] = (
+    "You keep repeating yourself.", "That's the same line over and over.", "It just repeats itself. Try again.",
+)
 REPHRASINGS: tuple[str, ...] = ("Let me ask again: {q}", "Again: {q}", "I'll rephrase. {q}", "Once more, {q}")
 MOVE_ON: tuple[str, ...] = ("Next question. {q}", "Another one: {q}", "{q}", "Ok. {q}", "Moving on. {q}")
 

@@ -4,6 +4,8 @@ Pure functions of the persona, the answer and a seeded ``random.Random``; the re
 thing the system ever learns from. A configurable share of reactions is misleading noise. Like a real
 user, a persona does not thank a wrong answer, however well styled: it says so and asks again, and when
 the style missed too, half the time it adds how it wants answers ("That's wrong. One word only, please.").
+Nor is it satisfied by an answer that loops, or that lists guesses instead of saying the fact
+(``bench.prefbench.reading``): it complains about the loop and corrects the guesses.
 """
 
 from __future__ import annotations
@@ -12,8 +14,17 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-from bench.prefbench.personas import CORRECTIONS, GENERIC_COMPLAINTS, MOVE_ON, REPHRASINGS, THANKS, Persona
-from learner.tinycorpus import fact_correct, find_fact
+from bench.prefbench.personas import (
+    CORRECTIONS,
+    GENERIC_COMPLAINTS,
+    LOOP_COMPLAINTS,
+    MOVE_ON,
+    REPHRASINGS,
+    THANKS,
+    Persona,
+)
+from bench.prefbench.reading import looping, states_fact
+from learner.tinycorpus import find_fact
 
 Kind = Literal["thanks", "silent", "complain", "directive", "rephrase", "correct"]
 
@@ -46,12 +57,15 @@ class Reaction:
 
 def react(persona: Persona, answer: str, question: str, rng: random.Random, mix: FeedbackMix) -> Reaction:
     """The persona's next message after ``answer`` to ``question``."""
-    satisfied = persona.satisfied_by(answer)
+    loop = looping(answer)
+    satisfied = persona.satisfied_by(answer) and not loop
     if rng.random() < mix.silent_p:
         return Reaction("silent", "", satisfied, retry=False)
     honest = rng.random() >= mix.noise_p
     fact = find_fact(question)
-    if honest and fact is not None and not fact_correct(answer, fact):
+    if honest and loop:
+        return Reaction("complain", rng.choice(LOOP_COMPLAINTS), satisfied, retry=True)
+    if honest and fact is not None and not states_fact(answer, question, fact):
         text = rng.choice(CORRECTIONS)
         if not satisfied and rng.random() < mix.both_p:  # wrong and not as liked: says both
             text = f"{text} {rng.choice(persona.directives)}"

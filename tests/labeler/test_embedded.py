@@ -55,6 +55,9 @@ ANSWER = {"role": "assistant", "content": "The capital of France is Paris, a cit
     ("That's wrong. Break it into a few bullet points.", -1, "Use bullet points."),
     ("Use a smiley, please.", -1, "Use a smiley."),  # about the answer's form, not a new task
     ("Could you end with a question for me?", -1, "End with a question for me."),
+    ("You keep repeating yourself.", -1, None),  # a loop, in the user's words
+    ("That's the same line over and over.", -1, None),
+    ("It just repeats itself.", -1, None),
     ("Thanks, that's perfect!", 1, None),
     ("Great. Now, what is the capital of Spain?", 1, None),
     ("Now write a poem with a question in it.", 1, None),

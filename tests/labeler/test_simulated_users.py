@@ -35,6 +35,7 @@ def reactions(n: int = 150, seed: int = 7) -> list[tuple[str, int, str, str]]:
             ("silent", 1, question, move_on),
             ("directive", -1, question, directive),
             ("complaint", -1, question, rng.choice(persona.complaints + prefbench.GENERIC_COMPLAINTS)),
+            ("loop_complaint", -1, question, rng.choice(prefbench.LOOP_COMPLAINTS)),
             ("rephrase", -1, question, rng.choice(prefbench.REPHRASINGS).format(q=question)),
             # later in a session the request also thanks for the answer before it and moves on
             ("rephrase_after_moving_on", -1, f"{rng.choice(prefbench.THANKS)} {move_on}",

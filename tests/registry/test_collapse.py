@@ -25,6 +25,10 @@ from registry.verdict import GateThresholds, ReplayStats, gate_verdict
     ("the sky is blue the sky is blue the sky is blue", 0.6),  # 10 trigrams, 4 distinct
     ("no no no no no no", 0.75),  # 4 trigrams, one distinct
     ("The Sky is blue. the sky IS blue!", 1 / 3),  # case and punctuation do not hide a loop
+    ("1. Berlin\n2. Berlin\n3. Berlin\n4. Berlin\n5. Berlin\n6. Berlin", 0.75),  # list numbers do not hide one
+    ("- Berlin\n* Berlin\n\u2022 Berlin\n10) Berlin", 0.5),  # nor do bullets
+    ("1. Tokyo\n2. Kyoto\n3. Osaka\n4. Nara", 0.0),  # a list of different items is no loop
+    ("1. Boil 2 cups of water.\n2. Add 1 cup of rice.", 0.0),  # numbers inside a line stay words
 ])
 def test_ngram_repetition(text: str, expected: float) -> None:
     assert ngram_repetition(text) == pytest.approx(expected)
@@ -53,6 +57,8 @@ def test_degenerate_share_counts_empty_and_looping_capped_answers() -> None:
     assert degenerate_share(texts, [False, False, False, False, True, True]) == 0.5
     assert degenerate_share(["go go go go go go go go"], [False]) == 0.0  # ended by itself
     assert degenerate_share([], []) == 0.0
+    numbered_loop = "1. William Shakespeare\n2. William Shakespeare\n3. William Shakespeare\n4. William"
+    assert degenerate_share([numbered_loop, "1. Rome\n2. Milan\n3. Turin\n4. Naples"], [True, True]) == 0.5
 
 
 def test_text_stats_of_a_healthy_and_a_collapsed_policy() -> None:
