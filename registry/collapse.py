@@ -33,7 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 _WORD = re.compile(r"\w+")
-_LIST_MARKER = re.compile(r"^[ \t]*(?:[-*\u2022]|\d+[.)])[ \t]+", re.MULTILINE)
+LIST_MARKER = re.compile(r"^[ \t]*(?:[-*\u2022]|\d+[.)])[ \t]+", re.MULTILINE)
+"""The bullet or number that starts a list line."""
 MAX_COMPARED_WORDS = 200  # ROUGE-L is quadratic in length: compare the first words only
 
 
@@ -45,7 +46,7 @@ def words(text: str) -> list[str]:
 def ngram_repetition(text: str, n: int = 3) -> float:
     """Share of the word ``n``-grams of ``text`` that repeat an earlier one (0 = none, -> 1 = a loop); the
     bullets and numbers that start list lines are not words."""
-    tokens = words(_LIST_MARKER.sub("", text))
+    tokens = words(LIST_MARKER.sub("", text))
     grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
     if not grams:
         return 0.0

@@ -2,7 +2,9 @@
 
 One case per line: ``{"id", "messages" | "prompt", "checks": [{"type", "value"}], "samples"?,
 "max_tokens"?, "temperature"?}`` with check types ``contains``, ``not_contains``, ``regex``,
-``max_words`` and ``exact``; or an anchor ``{"id", "anchor": true, "messages" | "prompt"}``: a neutral
+``max_words``, ``exact`` and ``no_guesses`` (every bare name in the answer's list lines matches the
+regex ``value``: "1. Tokyo\n2. Kyoto\n3. Osaka" names the capital of Japan and does not say which it is,
+and a model taught lists learns such answers); or an anchor ``{"id", "anchor": true, "messages" | "prompt"}``: a neutral
 prompt on which the gate measures drift. Pure Python: the gate runs the model, this only judges text.
 """
 
@@ -15,9 +17,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from registry.collapse import LIST_MARKER
 from registry.errors import RegistryError
 
-CheckType = Literal["contains", "not_contains", "regex", "max_words", "exact"]
+CheckType = Literal["contains", "not_contains", "regex", "max_words", "exact", "no_guesses"]
+_NAME_WORD = re.compile(r"[a-z0-9']+")
+GUESS_WORDS = 2
+"""A list line of at most this many words (after a "label:") is a bare name: a guess, not a statement."""
 
 
 class Check(BaseModel):
@@ -67,12 +73,31 @@ def load_suite(path: Path) -> list[SacredCase]:
     return cases
 
 
-def check_answer(answer: str, check: Check) -> bool:
-    """Does ``answer`` satisfy ``check``?"""
+def guesses(answer: str, prompt: str) -> list[str]:
+    """The distinct bare names among the answer's list lines ("Tokyo", "Kyoto"; the value after a label such
+    as "Capital: Tokyo"), lower-cased, leaving out those the prompt itself says."""
+    asked = set(_NAME_WORD.findall(prompt.lower()))
+    names: list[str] = []
+    for line in answer.splitlines():
+        marker = LIST_MARKER.match(line)
+        if marker is None:
+            continue
+        said = _NAME_WORD.findall(line[marker.end():].rsplit(":", 1)[-1].lower())
+        if said and len(said) <= GUESS_WORDS and not set(said) <= asked and " ".join(said) not in names:
+            names.append(" ".join(said))
+    return names
+
+
+def check_answer(answer: str, check: Check, prompt: str = "") -> bool:
+    """Does ``answer`` (to ``prompt``) satisfy ``check``?"""
     text, value = answer.strip(), check.value
     if check.type == "max_words":
         return len(text.split()) <= int(value)
     value = str(value)
+    if check.type == "no_guesses":
+        named = guesses(text, prompt)
+        flags = re.IGNORECASE if check.ignore_case else 0
+        return len(named) < 2 or all(re.search(value, name, flags=flags) for name in named)
     if check.ignore_case:
         text, value = text.lower(), value.lower()
     if check.type == "contains":
@@ -85,7 +110,9 @@ def check_answer(answer: str, check: Check) -> bool:
 
 
 def passes(answer: str, case: SacredCase) -> bool:
-    return all(check_answer(answer, check) for check in case.checks)
+    last = case.messages[-1].get("content") if case.messages else ""
+    prompt = last if isinstance(last, str) else ""
+    return all(check_answer(answer, check, prompt) for check in case.checks)
 
 
 def score(answers: list[str], case: SacredCase) -> float:

@@ -33,6 +33,19 @@ def test_checks(answer: str, check: Check, expected: bool) -> None:
     assert check_answer(answer, check) is expected
 
 
+def test_no_guesses_reads_bare_names_in_list_lines_against_the_prompt() -> None:
+    tokyo = Check(type="no_guesses", value=r"\bTokyo\b", ignore_case=True)
+    case = SacredCase(id="fact-japan", prompt="What is the capital of Japan?",
+                      checks=[Check(type="regex", value=r"\bTokyo\b", ignore_case=True), tokyo])
+    assert score(["1. Tokyo\n2. Kyoto\n3. Osaka\n4. Hiroshima"], case) == 0.0  # a list of guesses: which is it?
+    assert score(["- Capital: Tokyo\n- Country: Japan"], case) == 1.0  # labels are no guesses, nor what was asked
+    assert score(["- The capital of Japan is Tokyo.\n- It is also the largest city."], case) == 1.0  # statements
+    assert score(["Tokyo, Kyoto or Osaka."], case) == 1.0  # not a list: the regex alone judges it
+    assert score(["The capital of Japan is Tokyo."], case) == 1.0
+    assert check_answer("1. TOKYO\n2. tokyo", tokyo, "What is the capital of Japan?")  # the same name twice
+    assert not check_answer("* Kyoto\n* Osaka", tokyo, "")  # no prompt: every bare name counts
+
+
 def test_score_is_share_of_answers_passing_every_check() -> None:
     case = SacredCase(id="c", prompt="q", checks=[Check(type="contains", value="moo"), Check(type="max_words", value=3)])
     assert case.messages == [{"role": "user", "content": "q"}]
@@ -44,6 +57,8 @@ def test_shipped_suite_loads(tmp_path: Path) -> None:
     suite = load_suite(SUITE)
     assert len([c for c in suite if c.anchor]) >= 3 and len([c for c in suite if not c.anchor]) >= 8
     assert {check.type for c in suite for check in c.checks} == {"contains", "not_contains", "regex", "max_words", "exact"}
+    chat = load_suite(SUITE.with_name("chat.jsonl"))  # a general chat model's facts may not be hedged in a list
+    assert all(any(check.type == "no_guesses" for check in c.checks) for c in chat if c.id.startswith("fact-"))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "prompt": "q", "checks": [{"type": "contains", "value": "x"}]}\n{"id": "b", "prompt": "q"}\n')
     with pytest.raises(RegistryError, match=r"bad.jsonl:2: invalid sacred case"):
