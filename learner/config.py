@@ -61,7 +61,8 @@ class TrainConfig:
     demo_temperature: float = 1.0
     demo_max_tokens: int = 64
     demo_scope: Literal["conversation", "batch"] = "conversation"  # which contexts a hint is demonstrated on
-    # keep only answers that do what the hint asks, where labeler.styles can read it (a list, lowercase, shorter…)
+    # keep only answers that do what the hint asks, where labeler.styles can read it (a list, lowercase, shorter…),
+    # and never one that loops or guesses (learner.demos.worth_learning)
     demo_honoured_only: bool = True
 
     # collapse guard: a candidate outside these bounds is not published

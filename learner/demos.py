@@ -20,6 +20,16 @@ it and, for a change of form, say no more than the question and the corrected an
 of a one-word user's contexts (a PrefBench run replayed, four teacher answers each) 44 demonstrations
 answered a fact question, 3 of them with another fact's answer; the 36 kept all had it right.
 
+Whatever the hint, an answer that loops (``registry.collapse.loops``: a line said twice, or most of its
+3-grams repeated) or lists names that neither the question nor the corrected answer said
+(``registry.sacred.guesses``: "1. Tokyo\n2. Kyoto\n3. Osaka" for the capital of Japan) is not learned
+either (``worth_learning``). Asked "Use bullet points." after a capital or opposite question (24 questions,
+four answers each at 0.3), SmolLM2-135M-Instruct wrote 27 answers that ``honours`` took, 16 of them loops
+("* Rome\n* Rome\n* Italy", "1. The capital of Egypt is Cairo.\n2. The capital of Egypt is Cairo. …") and 2
+lists of guesses: the loops it learned from a list-wanting user were the teacher's. 9 of the 96 are kept;
+after an earlier exchange 4 were taken, 3 of them loops, and 1 is kept. A system-message hint and a
+repetition penalty of 1.3 both left no list at all.
+
 Scope ``conversation`` demonstrates a hint only on its own conversation's contexts; scope ``batch`` on
 every context of the batch (the latest hint of the batch where a conversation has none), which learns a
 standing preference faster when every conversation is one user's (the built-in laptop set-up) but in a
@@ -38,6 +48,8 @@ from labeler.styles import honours
 from learner.config import TrainConfig
 from learner.logprobs import append_hint, sampling
 from learner.modeling import sample_answers
+from registry.collapse import loops
+from registry.sacred import guesses, name_words
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,18 @@ class DemoItem:
 
 def _last_user_text(messages: Sequence[dict[str, Any]]) -> str:
     return next((content_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+
+
+def worth_learning(hint: str, answer: str, before: str, question: str) -> bool:
+    """Whether a teacher answer may be learned: it does not loop, does not list names neither the question
+    nor the corrected answer said (guesses), and does not fail what the hint asks (``honours``). Pure."""
+    if loops(answer):
+        return False
+    named = guesses(answer, question)
+    said = set(name_words(f"{question}\n{before}"))
+    if len(named) > 1 and any(not set(name.split()) <= said for name in named):
+        return False
+    return honours(hint, answer, before, question) is not False
 
 
 def session_hints(samples: Sequence[SampleRecord]) -> dict[str, str]:
@@ -95,7 +119,7 @@ def sample_demos(model: Any, tokenizer: Any, samples: Sequence[SampleRecord], pr
         if config.demo_honoured_only:
             text = tokenizer.decode(answer, skip_special_tokens=True)
             before = content_text(samples[i].response.get("content"))
-            if honours(hint, text, before, _last_user_text(samples[i].messages)) is False:
+            if not worth_learning(hint, text, before, _last_user_text(samples[i].messages)):
                 continue
         items.append(DemoItem(list(prompt_ids[i]), answer, hint))
     return items

@@ -12,7 +12,7 @@ from learner.modeling import BUILTIN_TINY
 from learner.retain import DEFAULT_RETAIN
 from registry.settings import RegistrySettings
 
-CONFIG_FIELDS = ("method", "w_rl", "w_opd", "lr", "batch_size", "steps_per_batch", "kl_coef", "topk", "seed",
+CONFIG_FIELDS = ("method", "w_rl", "w_opd", "rl_baseline", "lr", "batch_size", "steps_per_batch", "kl_coef", "topk", "seed",
                  "w_retain", "retain_samples", "hint_demos", "w_demo", "demo_honoured_only")
 
 
@@ -25,6 +25,7 @@ class LearnerSettings(RegistrySettings):
     method: str | None = Field(default=None, description="rl | opd | combined (default combined).")
     w_rl: float | None = None
     w_opd: float | None = None
+    rl_baseline: bool | None = Field(default=None, description="Subtract the batch-mean reward of the RL samples.")
     lr: float | None = None
     batch_size: int | None = None
     steps_per_batch: int | None = None
@@ -37,7 +38,8 @@ class LearnerSettings(RegistrySettings):
                                    "conversation (0 = off); see learner/demos.py.")
     w_demo: float | None = Field(default=None, description="Weight of the hint demonstrations in every step.")
     demo_honoured_only: bool | None = Field(default=None, description="Learn only the demonstrations that do what "
-                                            "the hint asks, where labeler.styles can read it (default on).")
+                                            "the hint asks, where labeler.styles can read it, and neither loop nor "
+                                            "guess (default on).")
     retain_file: Path = Field(default=DEFAULT_RETAIN, description="Retain set: instruction prompts (JSONL) whose "
                               "answers stay the base model's; see learner/retain.py.")
     learner_group: str = Field(default="learner", description="Consumer group on the samples stream.")

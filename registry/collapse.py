@@ -88,6 +88,15 @@ def cross_prompt_similarity(answers_by_prompt: Sequence[Sequence[str]]) -> float
 LOOP_REPETITION = 0.3  # share of repeated 3-grams that makes a capped answer a loop
 
 
+def loops(answer: str) -> bool:
+    """Whether an answer is a loop a reader would give up on: one of its lines said twice (list markers,
+    case and punctuation aside: "1. Berlin\n2. Berlin"), or at least ``LOOP_REPETITION`` of its word 3-grams
+    repeated."""
+    lines = [" ".join(words(LIST_MARKER.sub("", line))) for line in answer.splitlines()]
+    said = [line for line in lines if line]
+    return len(set(said)) < len(said) or ngram_repetition(answer) >= LOOP_REPETITION
+
+
 def degenerate_share(texts: Sequence[str], capped: Sequence[bool]) -> float:
     """Share of answers that are empty (no word at all) or were stopped at the token cap (``capped``) while
     looping. A one-word answer is an answer: a user may want exactly that, and the sacred suite checks

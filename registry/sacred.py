@@ -73,16 +73,21 @@ def load_suite(path: Path) -> list[SacredCase]:
     return cases
 
 
+def name_words(text: str) -> list[str]:
+    """The lower-cased words of ``text`` as ``guesses`` names them."""
+    return _NAME_WORD.findall(text.lower())
+
+
 def guesses(answer: str, prompt: str) -> list[str]:
     """The distinct bare names among the answer's list lines ("Tokyo", "Kyoto"; the value after a label such
     as "Capital: Tokyo"), lower-cased, leaving out those the prompt itself says."""
-    asked = set(_NAME_WORD.findall(prompt.lower()))
+    asked = set(name_words(prompt))
     names: list[str] = []
     for line in answer.splitlines():
         marker = LIST_MARKER.match(line)
         if marker is None:
             continue
-        said = _NAME_WORD.findall(line[marker.end():].rsplit(":", 1)[-1].lower())
+        said = name_words(line[marker.end():].rsplit(":", 1)[-1])
         if said and len(said) <= GUESS_WORDS and not set(said) <= asked and " ".join(said) not in names:
             names.append(" ".join(said))
     return names

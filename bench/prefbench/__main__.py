@@ -50,6 +50,8 @@ def config_from_args(argv: list[str]) -> tuple[BenchConfig, Path]:
     parser.add_argument("--base-model", help="a local model directory instead of builtin:tiny-chat (served as tiny-chat)")
     parser.add_argument("--model", default="tiny-chat",
                         help="tiny-chat (default), smollm2-135m or a model directory: a real model with text personas")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="settings",
+                        help="another product setting for every stack (NEXTSTATE_...=...; printed in the report)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     base = BenchConfig(methods=("none", "combined"), personas=("terse",), seeds=(0,), interactions=36, every=12,
@@ -67,6 +69,11 @@ def config_from_args(argv: list[str]) -> tuple[BenchConfig, Path]:
     if args.base_model:
         changes["extra_env"] = {"NEXTSTATE_BASE_MODEL": str(Path(args.base_model).resolve()),
                                 "NEXTSTATE_SERVED_MODEL_NAME": "tiny-chat", "NEXTSTATE_SERVED_BASE_MODEL": "tiny-chat"}
+    for item in args.settings:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("NEXTSTATE_"):
+            parser.error(f"--set takes NEXTSTATE_NAME=VALUE, got {item!r}")
+        changes["extra_env"] = {**changes.get("extra_env", {}), name: value}  # type: ignore[dict-item]
     if args.seeds is not None or args.first_seed:
         count = args.seeds if args.seeds is not None else len(base.seeds)
         changes["seeds"] = tuple(range(args.first_seed, args.first_seed + count))

@@ -23,8 +23,9 @@ from bench.prefbench.personas import (
     THANKS,
     Persona,
 )
-from bench.prefbench.reading import looping, states_fact
+from bench.prefbench.reading import states_fact
 from learner.tinycorpus import find_fact
+from registry.collapse import loops
 
 Kind = Literal["thanks", "silent", "complain", "directive", "rephrase", "correct"]
 
@@ -57,7 +58,7 @@ class Reaction:
 
 def react(persona: Persona, answer: str, question: str, rng: random.Random, mix: FeedbackMix) -> Reaction:
     """The persona's next message after ``answer`` to ``question``."""
-    loop = looping(answer)
+    loop = loops(answer)
     satisfied = persona.satisfied_by(answer) and not loop
     if rng.random() < mix.silent_p:
         return Reaction("silent", "", satisfied, retry=False)

@@ -22,9 +22,10 @@ import openai
 
 from bench.prefbench.personas import Persona
 from bench.prefbench.questions import EvalPrompt
-from bench.prefbench.reading import looping, states_fact
+from bench.prefbench.reading import states_fact
 from bench.prefbench.simulator import FeedbackMix, next_message, react
 from learner.tinycorpus import Fact
+from registry.collapse import loops
 
 MAX_TOKENS = 96
 """What the user asks for at most: the tiny model's longest style, a detail answer, takes up to 83 tokens."""
@@ -144,7 +145,7 @@ def evaluate(client: openai.OpenAI, model: str, persona: Persona, prompts: tuple
         headers = {"X-NextState-Record": "off", "X-NextState-Canary": "0", "X-Session-Id": f"{tag}-e{i}"}
         answer, response_headers = _chat(client, model, [{"role": "user", "content": prompt.question}],
                                          prompt.seed, headers, max_tokens)
-        return (persona.satisfied_by(answer) and not looping(answer), states_fact(answer, prompt.question, prompt.fact),
+        return (persona.satisfied_by(answer) and not loops(answer), states_fact(answer, prompt.question, prompt.fact),
                 response_headers.get("x-nextstate-version") or "base")
 
     with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="prefbench-eval") as pool:

@@ -8,28 +8,15 @@ import pytest
 
 from bench.prefbench.personas import CORRECTIONS, LOOP_COMPLAINTS, PERSONAS
 from bench.prefbench.personas_text import TEXT_PERSONAS
-from bench.prefbench.reading import guesses, looping, states_fact
+from bench.prefbench.reading import states_fact
 from bench.prefbench.simulator import FeedbackMix, react
 from learner.tinycorpus import FACTS, STYLES, render_answer
+from registry.collapse import loops
+from registry.sacred import guesses
 
 JAPAN = next(f for f in FACTS if f.subject == "Japan")
 SKIMMER = TEXT_PERSONAS["skimmer"]
 MIX = FeedbackMix(silent_p=0.0)
-
-
-@pytest.mark.parametrize(("answer", "expected"), [
-    ("1. Berlin\n2. Berlin\n3. Berlin\n4. Berlin\n5. Berlin\n6. Berlin", True),  # SmolLM2's learned "list"
-    ("* Reverse\n* Reverse\n* Reverse", True),
-    ("1. Santiago\n2. Chile\n3. Chile", True),  # one line said twice
-    ("1 day\n\nThere are 7 days in a week.\n\nThere are 7 days in a week.", True),
-    ("the sky is blue the sky is blue the sky is blue", True),  # a loop on one line
-    ("- The capital of Japan is Tokyo.\n- It is also the largest city.", False),
-    ("- Capital: Tokyo\n- Country: Japan", False),
-    ("The capital of Japan is Tokyo.", False),
-    ("", False),
-])
-def test_looping(answer: str, expected: bool) -> None:
-    assert looping(answer) is expected
 
 
 @pytest.mark.parametrize(("answer", "question", "names"), [
@@ -57,7 +44,7 @@ def test_the_tiny_models_answers_in_every_style_are_read_as_answers() -> None:
         question = fact.question(0)
         for style in STYLES:
             answer = render_answer(fact, style)
-            assert not looping(answer), (fact.subject, style, answer)
+            assert not loops(answer), (fact.subject, style, answer)
             assert states_fact(answer, question, fact), (fact.subject, style, answer)
 
 

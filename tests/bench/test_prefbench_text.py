@@ -15,6 +15,7 @@ from bench.prefbench.personas_text import (
     is_lowercase,
     is_one_sentence,
 )
+from bench.prefbench.runner import changed_settings
 from bench.prefbench.streak import first_replies, sessions_to_streak
 
 LONG = ("The capital of France is Paris. It is known for the Eiffel Tower, the Louvre and its cafes, "
@@ -103,6 +104,14 @@ def test_model_option_runs_the_product_preset_and_text_personas(capsys: pytest.C
     assert config_from_args([])[0].topics == ()
     assert config_from_args([])[0].max_tokens == 96
     assert config_from_args(["--model", "smollm2-135m", "--topics", "colors"])[0].topics == ("colors",)
+
+
+def test_set_passes_a_product_setting_to_every_stack_and_the_report() -> None:
+    config, _ = config_from_args(["--model", "smollm2-135m", "--set", "NEXTSTATE_RL_BASELINE=1"])
+    assert config.extra_env == {"NEXTSTATE_BASE_MODEL": "builtin:smollm2-135m", "NEXTSTATE_RL_BASELINE": "1"}
+    assert changed_settings(config, "combined", 0)["NEXTSTATE_RL_BASELINE"] == ("1", "set by the caller")
+    with pytest.raises(SystemExit):
+        config_from_args(["--set", "RL_BASELINE"])
 
 
 def test_first_seed_picks_where_the_seeds_start() -> None:

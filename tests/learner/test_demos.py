@@ -10,7 +10,7 @@ import pytest
 from labeler.records import SampleRecord
 from learner.config import TrainConfig
 from learner.data import Entry, build_item
-from learner.demos import demo_contexts, sample_demos
+from learner.demos import demo_contexts, sample_demos, worth_learning
 from learner.logprobs import adapter_disabled
 from learner.modeling import load_model
 from learner.tinycorpus import classify_style
@@ -35,6 +35,32 @@ def test_contexts_of_a_hinted_conversation_get_its_latest_hint() -> None:
     assert demo_contexts(samples, "batch") == [(0, BULLETS), (1, "Answer in lowercase."), (2, BULLETS), (3, BULLETS),
                                                (4, BULLETS)]
     assert demo_contexts([_sample(0, "a"), _sample(1, "b")], "batch") == []  # no hint, nothing to demonstrate
+
+
+JAPAN = "What is the capital of Japan?"
+SAID = "The capital of Japan is Tokyo."
+
+
+@pytest.mark.parametrize(("answer", "kept"), [
+    ("- The capital of Japan is Tokyo.\n- Tokyo is the capital.", True),
+    ("- Capital: Tokyo\n- Country: Japan", True),
+    ("- Japan\n- Tokyo", True),  # names the question and the corrected answer said
+    ("- Tokyo\n- Tokyo\n- Tokyo", False),  # a loop has the form and teaches a loop
+    ("1. Japan\n2. Japan\n3. Japan\n4. Japan", False),
+    ("1. Tokyo\n2. Kyoto\n3. Osaka", False),  # guesses: names neither the question nor the answer said
+    ("The capital of Japan is Tokyo.", False),  # prose after "use bullet points"
+])
+def test_a_demonstration_must_not_loop_guess_or_ignore_the_hint(answer: str, kept: bool) -> None:
+    assert worth_learning("Use bullet points.", answer, SAID, JAPAN) is kept
+
+
+def test_names_the_corrected_answer_gave_are_no_guesses() -> None:
+    question, before = "Name three primary colors.", "Red, yellow and blue."
+    assert worth_learning("Use bullet points.", "- Red\n- Yellow\n- Blue", before, question)
+    assert not worth_learning("Use bullet points.", "- Red\n- Green\n- Purple", before, question)
+    # a hint these checks cannot read still keeps no loop
+    assert worth_learning("Talk like a pirate.", "Arr, Tokyo it be.", SAID, JAPAN)
+    assert not worth_learning("Talk like a pirate.", "Arr arr arr arr arr arr arr arr arr", SAID, JAPAN)
 
 
 @pytest.fixture(scope="module")

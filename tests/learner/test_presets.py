@@ -46,3 +46,9 @@ def test_demonstrations_keep_only_honoured_answers_unless_told_otherwise(tmp_pat
     assert TrainConfig.small().demo_honoured_only and TrainConfig.tiny().demo_honoured_only
     monkeypatch.setenv("NEXTSTATE_DEMO_HONOURED_ONLY", "0")
     assert build_config(LearnerSettings(home=tmp_path), "cpu").demo_honoured_only is False
+
+
+def test_the_reward_baseline_is_a_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert build_config(LearnerSettings(home=tmp_path), "cpu").rl_baseline is False
+    monkeypatch.setenv("NEXTSTATE_RL_BASELINE", "1")
+    assert build_config(LearnerSettings(home=tmp_path), "cpu").rl_baseline is True

@@ -11,6 +11,7 @@ from registry.collapse import (
     cross_prompt_similarity,
     degenerate_share,
     lcs_length,
+    loops,
     ngram_repetition,
     rouge_l,
     text_stats,
@@ -103,3 +104,18 @@ def test_the_gate_fails_a_collapsed_candidate_and_reports_the_text_statistics() 
     passed = gate_verdict([], ReplayStats(), 0.1, thresholds, "v1", text=(STABLE, STABLE), anchor_logp_drop=0.1)
     assert passed.passed and passed.reasons == []
     assert gate_verdict([], ReplayStats(), None, thresholds, None).passed  # measured nothing: judged nothing
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    ("1. Berlin\n2. Berlin\n3. Berlin\n4. Berlin\n5. Berlin\n6. Berlin", True),  # SmolLM2's learned "list"
+    ("* Reverse\n* Reverse\n* Reverse", True),
+    ("1. Santiago\n2. Chile\n3. Chile", True),  # one line said twice
+    ("1 day\n\nThere are 7 days in a week.\n\nThere are 7 days in a week.", True),
+    ("the sky is blue the sky is blue the sky is blue", True),  # a loop on one line
+    ("- The capital of Japan is Tokyo.\n- It is also the largest city.", False),
+    ("- Capital: Tokyo\n- Country: Japan", False),
+    ("The capital of Japan is Tokyo.", False),
+    ("", False),
+])
+def test_loops_are_lines_said_twice_or_repeated_3grams(answer: str, expected: bool) -> None:
+    assert loops(answer) is expected
