@@ -26,7 +26,7 @@ Whatever the hint, an answer that loops (``registry.collapse.loops``: a line sai
 either (``worth_learning``). Asked "Use bullet points." after a capital or opposite question (24 questions,
 four answers each at 0.3), SmolLM2-135M-Instruct wrote 27 answers that ``honours`` took, 16 of them loops
 ("* Rome\n* Rome\n* Italy", "1. The capital of Egypt is Cairo.\n2. The capital of Egypt is Cairo. …") and 2
-lists of guesses: the loops it learned from a list-wanting user were the teacher's. 9 of the 96 are kept;
+lists of guesses, and its candidates taught by a list-wanting user wrote loops. 9 of the 96 are kept;
 after an earlier exchange 4 were taken, 3 of them loops, and 1 is kept. A system-message hint and a
 repetition penalty of 1.3 both left no list at all.
 

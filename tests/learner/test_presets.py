@@ -14,6 +14,7 @@ def test_each_preset_is_what_its_docstring_says() -> None:
     small = TrainConfig.small()
     assert (small.lr, small.lora_r, small.batch_size, small.steps_per_batch) == (2e-3, 8, 4, 2)
     assert (small.topk, small.hint_demos, small.demo_temperature, small.w_retain) == (8, 2, 0.3, 1.0)
+    assert (small.retain_temperature, TrainConfig.tiny().retain_temperature) == (0.3, 1.0)  # SmolLM2 at 1.0: incoherent
     assert not small.rl_baseline and not TrainConfig.tiny().rl_baseline  # measured both ways: see the docstring
     assert TrainConfig.small(lr=1e-3).lr == 1e-3  # overrides win
     assert (TrainConfig.tiny().lr, TrainConfig.tiny().steps_per_batch) == (3e-3, 3)
