@@ -140,10 +140,10 @@ class TrainConfig:
         keeps the drifted candidates from the user either way, so the preset keeps what learned.
 
         The retain set is sampled at 0.3, not at 1.0 as for the tiny model: at 1.0 SmolLM2-135M's answers are
-        often incoherent, and learned they were what broke the candidates. The retain term alone (8 answers,
-        four steps at 2e-3, nothing else trained) took the sacred chat suite from 142 to 103 of 144 answers
-        sampled at 1.0 and to 137 at 0.3; in PrefBench (``skimmer``, seed 0) every candidate of the first 24
-        interactions was refused at 62–85 of 96 against 95, with the RL weight at 1 or 0.25 or no RL at all.
+        often incoherent, and learning them breaks the model. The retain term alone (8 answers, four steps at
+        2e-3, nothing else trained) took the sacred chat suite from 142 to 103 of 144 answers sampled at 1.0
+        and to 137 at 0.3. A list-wanting user's candidates still lose facts at 0.3, and the gate refuses them
+        (``bench/README.md``, PrefBench on a real model, run 17).
         """
         base: dict[str, Any] = dict(lr=2e-3, retain_samples=8, retain_max_tokens=48, retain_temperature=0.3,
                                     demo_max_tokens=48, topk=8, hint_demos=2, demo_temperature=0.3, demo_scope="batch")
