@@ -5,7 +5,9 @@ For each preference (a PrefBench text predicate) and its hint, fact questions ar
 unasked at the model's own sampling (its generation config), asked in one turn (the hint appended to the
 question, the teacher's form, at the demonstrations' temperature), and asked after one earlier exchange.
 Also the share of answers that name the asked fact, per topic, unasked. A preference the model never
-shows and does not follow when asked cannot be taught by its own samples or its hinted teacher.
+shows and does not follow when asked cannot be taught by its own samples or its hinted teacher. Last,
+how many of the asked answers the learner would keep as hint demonstrations (``learner.demos``): an
+answer that does what the hint asks may still loop or list guesses.
 """
 
 from __future__ import annotations
@@ -86,13 +88,37 @@ def main(argv: list[str] | None = None) -> int:
         hits = [fact_correct(a, f) for a, f in zip(unasked, per_answer, strict=True) if f.topic == topic]
         print(f"  facts right, {topic}: {sum(hits) / len(hits):.2f}")
     print("\n| preference | hint | unasked | asked in one turn | asked after one earlier exchange |\n| --- | --- | --- | --- | --- |")
+    kept: list[str] = []
     for name, hint, check in PREFERENCES:
         single = run([[{"role": "user", "content": f"{q}{HINT_SEPARATOR}{hint}"}] for q in questions], asked_sampling)
         later = run([[*EARLIER, {"role": "user", "content": f"{q}{HINT_SEPARATOR}{hint}"}] for q in questions],
                     asked_sampling)
         rate = [sum(map(check, texts)) / len(texts) for texts in (unasked, single, later)]
         print(f"| {name} | {hint} | {rate[0]:.2f} | {rate[1]:.2f} | {rate[2]:.2f} |", flush=True)
+        kept.append(f"  {name} ({hint}): one turn {demonstrations(hint, single, unasked, questions, args.answers)}; "
+                    f"after an exchange {demonstrations(hint, later, unasked, questions, args.answers)}")
+    print("\nas hint demonstrations (learner.demos.worth_learning; the corrected answer is the unasked one):")
+    print("\n".join(kept))
     return 0
+
+
+def demonstrations(hint: str, asked: list[str], unasked: list[str], questions: list[str], n: int) -> str:
+    """How many asked answers the learner would take as demonstrations, and why the others it reads as doing
+    what the hint asks are not: loops and lists of guesses."""
+    from labeler.styles import honours
+    from learner.demos import worth_learning
+    from registry.collapse import loops
+
+    honoured = loop = guess = taken = 0
+    for k, answer in enumerate(asked):
+        question, before = questions[k // n], unasked[(k // n) * n]
+        if honours(hint, answer, before, question) is False:
+            continue
+        honoured += 1
+        taken += worth_learning(hint, answer, before, question)
+        loop += loops(answer)
+        guess += not loops(answer) and not worth_learning(hint, answer, before, question)
+    return f"{taken} of {len(asked)} kept ({honoured} do what it asks: {loop} loops, {guess} guesses)"
 
 
 if __name__ == "__main__":

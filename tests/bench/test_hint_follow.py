@@ -20,3 +20,5 @@ def test_hint_follow_reports_every_preference(tiny_model_path: Path, capsys: pyt
     # the tiny model was trained on "Answer in lowercase.": asked, it writes lowercase more often than unasked
     lowercase = rates[-1]
     assert lowercase[1] > lowercase[0]
+    kept = out.split("as hint demonstrations", 1)[1].strip().splitlines()[1:]
+    assert len(kept) == len(hint_follow.PREFERENCES) and all(" kept (" in line for line in kept)
