@@ -19,6 +19,7 @@ from functools import partial
 from typing import Any
 
 from bench.prefbench.personas_text import is_brief, is_list, is_lowercase, is_one_sentence
+from bench.prefbench.questions import QUESTION_FORMS, ask
 from learner.logprobs import HINT_SEPARATOR
 from learner.tinycorpus import FACTS, TOPICS, Fact, fact_correct
 
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="builtin:smollm2-135m", help="a built-in model or a model directory")
     parser.add_argument("--topics", default="capitals,opposites", help="question topics (comma-separated)")
+    parser.add_argument("--questions", default="plain", choices=QUESTION_FORMS,
+                        help="how the questions are asked (bench.prefbench.questions)")
     parser.add_argument("--answers", type=int, default=2, help="answers per question and way of asking")
     parser.add_argument("--asked-temperature", type=float, default=0.3, help="the hinted teacher's temperature")
     parser.add_argument("--seed", type=int, default=0)
@@ -75,14 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     asked_sampling = {"temperature": args.asked_temperature, "top_p": 1.0}
     topics = tuple(t for t in args.topics.split(",") if t) or tuple(TOPICS)
     facts: list[Fact] = [f for f in FACTS if f.topic in topics]
-    questions = [f.question(0) for f in facts]
+    questions = [ask(f, 0, args.questions) for f in facts]
 
     def run(conversations: list[list[dict[str, str]]], sampling: dict[str, float]) -> list[str]:
         return answers(model, tokenizer, conversations, args.answers, sampling, args.seed, 64)
 
     unasked = run([[{"role": "user", "content": q}] for q in questions], unasked_sampling)
     print(f"model {args.model}; unasked at its own sampling {unasked_sampling}, asked at {asked_sampling}; "
-          f"{len(questions)} questions x {args.answers} answers; topics {','.join(topics)}")
+          f"{len(questions)} questions x {args.answers} answers; topics {','.join(topics)}, {args.questions} questions")
     per_answer = [f for f in facts for _ in range(args.answers)]
     for topic in topics:
         hits = [fact_correct(a, f) for a, f in zip(unasked, per_answer, strict=True) if f.topic == topic]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bench.prefbench.personas import PERSONAS
 from bench.prefbench.personas_text import TEXT_PERSONAS
+from bench.prefbench.questions import QUESTION_FORMS
 from bench.prefbench.real_model import real_model_changes
 from bench.prefbench.report import curve, interactions_to, markdown_table, plot, sparkline
 from bench.prefbench.runner import METHODS, BenchConfig, run_matrix, settings_report
@@ -37,6 +38,9 @@ def config_from_args(argv: list[str]) -> tuple[BenchConfig, Path]:
     parser.add_argument("--every", type=int, help="evaluate every k interactions")
     parser.add_argument("--eval-prompts", type=int, help="fresh prompts per evaluation")
     parser.add_argument("--topics", type=_csv, help="question topics (default: all; capitals,opposites for smollm2-135m)")
+    parser.add_argument("--questions", choices=QUESTION_FORMS,
+                        help="how questions are asked: plain (default) or open (inviting a fuller answer; default for "
+                        "smollm2-135m)")
     parser.add_argument("--noise", type=float, default=0.0, help="share of misleading reactions")
     parser.add_argument("--silent", type=float, default=0.1, help="share of answers that get no feedback")
     parser.add_argument("--opt-in", action=argparse.BooleanOptionalAction, dest="opt_in",
@@ -59,13 +63,14 @@ def config_from_args(argv: list[str]) -> tuple[BenchConfig, Path]:
         if args.quick else BenchConfig()
     changes: dict[str, object] = {"mix": FeedbackMix(silent_p=args.silent, noise_p=args.noise),
                                   "model_cache": args.model_cache or args.out / "models"}
-    for name in ("methods", "personas", "topics", "interactions", "every", "eval_prompts", "opt_in", "lr",
+    for name in ("methods", "personas", "topics", "questions", "interactions", "every", "eval_prompts", "opt_in", "lr",
                  "steps_per_batch", "batch_size", "jobs"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.model != "tiny-chat":
         changes.update(real_model_changes(args.model, personas_chosen=args.personas is not None,
-                                          topics_chosen=args.topics is not None))
+                                          topics_chosen=args.topics is not None,
+                                          questions_chosen=args.questions is not None))
     if args.base_model:
         changes["extra_env"] = {"NEXTSTATE_BASE_MODEL": str(Path(args.base_model).resolve()),
                                 "NEXTSTATE_SERVED_MODEL_NAME": "tiny-chat", "NEXTSTATE_SERVED_BASE_MODEL": "tiny-chat"}

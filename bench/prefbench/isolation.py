@@ -73,7 +73,7 @@ def run(config: BenchConfig, seed: int, home: Path, rounds: int) -> dict[str, An
     points: list[dict[str, Any]] = []
     try:
         users, clients, pipelines = {}, {}, {}
-        pools = split_pools(seed, config.eval_prompts, config.topics)
+        pools = split_pools(seed, config.eval_prompts, config.topics, config.questions)
         for name, persona, key in USERS:
             clients[name] = openai.OpenAI(base_url=stack.base_url, api_key=key, timeout=120.0, max_retries=6)
             rng = random.Random(f"isolation-{name}-{seed}")

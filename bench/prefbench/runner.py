@@ -49,6 +49,8 @@ class BenchConfig:
     eval_prompts: int = 16
     topics: tuple[str, ...] = ()
     """Question topics of both pools (``learner.tinycorpus.TOPICS``); empty: all of them."""
+    questions: str = "plain"
+    """How the questions are asked: "plain" or "open" (``bench.prefbench.questions``)."""
     mix: FeedbackMix = field(default_factory=FeedbackMix)
     batch_size: int = 4
     """The learner's batch size (the library default; also used to tell a waiting learner from a training one)."""
@@ -166,7 +168,7 @@ def run_one(config: BenchConfig, method: str, persona_name: str, seed: int, home
         client = openai.OpenAI(base_url=stack.base_url, api_key="prefbench", timeout=120.0, max_retries=6)
         model = config.model or client.models.list().data[0].id
         pipeline = Pipeline(connect(stack.redis_url, socket_timeout=5), scope=USER_SCOPE)
-        pools = split_pools(seed, config.eval_prompts, config.topics)
+        pools = split_pools(seed, config.eval_prompts, config.topics, config.questions)
         rng = random.Random(f"prefbench-{persona_name}-{seed}")  # the same user behaviour for every method
         user = SimulatedUser(client, model, persona, config.mix, rng, question_stream(pools, rng), f"{method}-{seed}",
                              opt_in=config.opt_in, max_tokens=config.max_tokens)

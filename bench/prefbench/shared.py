@@ -72,7 +72,7 @@ def run(config: BenchConfig, seed: int, home: Path, interactions: int, every_s: 
     try:
         client = openai.OpenAI(base_url=stack.base_url, api_key="shared", timeout=120.0, max_retries=6)
         model = config.model or client.models.list().data[0].id
-        pools = split_pools(seed, config.eval_prompts, config.topics)
+        pools = split_pools(seed, config.eval_prompts, config.topics, config.questions)
         pipeline = Pipeline(connect(stack.redis_url, socket_timeout=5))
         users = [SimulatedUser(client, model, PERSONAS[persona], config.mix, random.Random(f"shared-{name}-{seed}"),
                                question_stream(pools, random.Random(f"shared-q-{name}-{seed}")), f"{name}-{seed}",

@@ -24,7 +24,7 @@ from bench.prefbench.personas import (
     Persona,
 )
 from bench.prefbench.reading import states_fact
-from learner.tinycorpus import find_fact
+from learner.tinycorpus import Fact, find_fact
 from registry.collapse import loops
 
 Kind = Literal["thanks", "silent", "complain", "directive", "rephrase", "correct"]
@@ -56,14 +56,16 @@ class Reaction:
     """True when the user wants this question answered again (same question, next turn)."""
 
 
-def react(persona: Persona, answer: str, question: str, rng: random.Random, mix: FeedbackMix) -> Reaction:
-    """The persona's next message after ``answer`` to ``question``."""
+def react(persona: Persona, answer: str, question: str, rng: random.Random, mix: FeedbackMix,
+          asked: Fact | None = None) -> Reaction:
+    """The persona's next message after ``answer`` to ``question``; ``asked`` is the fact the user asked about
+    (None: the one ``question`` words the plain way, if any)."""
     loop = loops(answer)
     satisfied = persona.satisfied_by(answer) and not loop
     if rng.random() < mix.silent_p:
         return Reaction("silent", "", satisfied, retry=False)
     honest = rng.random() >= mix.noise_p
-    fact = find_fact(question)
+    fact = asked or find_fact(question)
     if honest and loop:
         return Reaction("complain", rng.choice(LOOP_COMPLAINTS), satisfied, retry=True)
     if honest and fact is not None and not states_fact(answer, question, fact):

@@ -100,7 +100,7 @@ class SimulatedUser:
         session_id = f"{self.run_id}-s{self.sessions}"
         headers = {"X-Session-Id": session_id, "X-NextState-Canary": "1"} if self.opt_in else {}
         messages: list[dict[str, str]] = []
-        _, question = next(self.questions)
+        fact, question = next(self.questions)
         pending = question
         asked, attempts = 1, 0
         while True:
@@ -111,7 +111,7 @@ class SimulatedUser:
             messages.append({"role": "assistant", "content": answer})
             self.count += 1
             attempts += 1
-            reaction = react(self.persona, answer, question, self.rng, self.mix)
+            reaction = react(self.persona, answer, question, self.rng, self.mix, fact)
             after_each(Interaction(self.count, response_headers.get("x-nextstate-session-id", session_id),
                                    reaction.satisfied, reaction.kind, response_headers.get("x-nextstate-arm"),
                                    response_headers.get("x-nextstate-version")))
@@ -127,7 +127,7 @@ class SimulatedUser:
             if retry:
                 pending = reaction.text
                 continue
-            _, question = next(self.questions)
+            fact, question = next(self.questions)
             asked, attempts = asked + 1, 0
             pending = next_message(reaction, question, self.rng)
 

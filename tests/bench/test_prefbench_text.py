@@ -95,15 +95,18 @@ def test_model_option_runs_the_product_preset_and_text_personas(capsys: pytest.C
     assert (config.lr, config.steps_per_batch) == (None, None)  # the learner takes the model's own preset
     assert config.extra_env == {"NEXTSTATE_BASE_MODEL": "builtin:smollm2-135m"} and config.idle_timeout_s == 20.0
     printed = capsys.readouterr().out
-    assert printed.count("setting: ") == 5 and "'small' preset" in printed and "idle timeout 20 s" in printed
+    assert printed.count("setting: ") == 6 and "'small' preset" in printed and "idle timeout 20 s" in printed
     assert config.max_tokens == 64 and "at most 64 tokens instead of 96" in printed
     assert config.topics == ("capitals", "opposites") and "questions on capitals,opposites only" in printed
+    assert config.questions == "open" and "open questions" in printed
     config, _ = config_from_args(["--model", "smollm2-135m", "--personas", "skimmer", "--lr", "1e-3"])
     assert (config.personas, config.lr) == (("skimmer",), 1e-3)
     assert config_from_args([])[0].personas == ("terse", "quiet", "listy")  # the tiny model's bench is unchanged
     assert config_from_args([])[0].topics == ()
     assert config_from_args([])[0].max_tokens == 96
     assert config_from_args(["--model", "smollm2-135m", "--topics", "colors"])[0].topics == ("colors",)
+    assert config_from_args([])[0].questions == "plain"
+    assert config_from_args(["--model", "smollm2-135m", "--questions", "plain"])[0].questions == "plain"
 
 
 def test_set_passes_a_product_setting_to_every_stack_and_the_report() -> None:
