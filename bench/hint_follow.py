@@ -118,9 +118,10 @@ def demonstrations(hint: str, asked: list[str], unasked: list[str], questions: l
         if honours(hint, answer, before, question) is False:
             continue
         honoured += 1
-        taken += worth_learning(hint, answer, before, question)
-        loop += loops(answer)
-        guess += not loops(answer) and not worth_learning(hint, answer, before, question)
+        kept, looped = worth_learning(hint, answer, before, question), loops(answer)
+        taken += kept
+        loop += looped
+        guess += not looped and not kept
     return f"{taken} of {len(asked)} kept ({honoured} do what it asks: {loop} loops, {guess} guesses)"
 
 

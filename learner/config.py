@@ -144,6 +144,9 @@ class TrainConfig:
         2e-3, nothing else trained) took the sacred chat suite from 142 to 103 of 144 answers sampled at 1.0
         and to 137 at 0.3. A list-wanting user's candidates still lose facts at 0.3, and the gate refuses them
         (``bench/README.md``, PrefBench on a real model, run 17).
+
+        Where the teacher is clean the preset learns: users who want at most ten words or one sentence, asked
+        open questions, 0.00 -> 0.81 on fresh prompts at 24 interactions over 3 seeds each, facts kept (run 18).
         """
         base: dict[str, Any] = dict(lr=2e-3, retain_samples=8, retain_max_tokens=48, retain_temperature=0.3,
                                     demo_max_tokens=48, topk=8, hint_demos=2, demo_temperature=0.3, demo_scope="batch")

@@ -38,11 +38,12 @@ class DemoSettings(CommonSettings):
 
 MODELS = {"tiny-chat": "builtin:tiny-chat", "smollm2-135m": "builtin:smollm2-135m"}
 # the tiny model's personas want its trained styles, a real model's are predicates on free text; on SmolLM2-135M the
-# demo's user wants lists, which the model never writes unasked and learns from a plain client's corrections
-DEFAULT_PERSONA = {"tiny-chat": "terse", "smollm2-135m": "skimmer"}
+# demo's user wants one-sentence answers to open questions, which the model rarely gives unasked and learns from a
+# plain client's corrections (bench/README.md, PrefBench on a real model, run 18)
+DEFAULT_PERSONA = {"tiny-chat": "terse", "smollm2-135m": "oneliner"}
 PERSONAS_OF = {"tiny-chat": PERSONAS, "smollm2-135m": TEXT_PERSONAS}
-# how long each runs by default: the real model learns lists between 32 and 48 interactions (bench/README.md)
-LENGTH = {"tiny-chat": (36, 6), "smollm2-135m": (48, 8)}
+# how long each runs by default: the real model learned one sentence within 8 to 16 interactions (run 18)
+LENGTH = {"tiny-chat": (36, 6), "smollm2-135m": (24, 8)}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -50,9 +51,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--model", default="tiny-chat", choices=sorted(MODELS), help="the built-in model to personalise")
     parser.add_argument("--persona", help="the simulated user: one of the tiny model's personas on tiny-chat (default "
                         f"terse: {', '.join(sorted(PERSONAS))}), one of the text personas on smollm2-135m (default "
-                        f"skimmer: {', '.join(sorted(TEXT_PERSONAS))})")
+                        f"oneliner: {', '.join(sorted(TEXT_PERSONAS))})")
     parser.add_argument("--method", default="combined", choices=("none", "rl", "opd", "combined"))
-    parser.add_argument("--interactions", type=int, help="default 36 on tiny-chat, 48 on smollm2-135m")
+    parser.add_argument("--interactions", type=int, help="default 36 on tiny-chat, 24 on smollm2-135m")
     parser.add_argument("--every", type=int, help="evaluate every k interactions (default 6 on tiny-chat, 8 on smollm2-135m)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
