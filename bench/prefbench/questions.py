@@ -29,10 +29,14 @@ OPEN_QUESTIONS: dict[str, tuple[str, ...]] = {
 QUESTION_FORMS = ("plain", "open")
 
 
-def templates_of(topic: str, form: str) -> tuple[str, ...]:
-    """The question templates of ``topic`` in ``form`` ("plain" or "open")."""
+def check_form(form: str) -> None:
     if form not in QUESTION_FORMS:
         raise ValueError(f"unknown form {form!r}; known: {', '.join(QUESTION_FORMS)}")
+
+
+def templates_of(topic: str, form: str) -> tuple[str, ...]:
+    """The question templates of ``topic`` in ``form`` ("plain" or "open")."""
+    check_form(form)
     return TOPICS[topic].questions if form == "plain" else OPEN_QUESTIONS[topic]
 
 
@@ -62,7 +66,7 @@ def split_pools(seed: int, n_eval: int, topics: tuple[str, ...] = (), form: str 
 
     ``topics`` limits both pools to those topics (empty: every topic); ``form`` words every question.
     """
-    templates_of(next(iter(TOPICS)), form)  # an unknown form fails before anything is drawn
+    check_form(form)
     unknown = set(topics) - set(TOPICS)
     if unknown:
         raise ValueError(f"unknown topics {sorted(unknown)}; known: {sorted(TOPICS)}")
